@@ -1,0 +1,177 @@
+"""Building blocks of T5 v1.1 in Flax linen, with T5X (flaxformer) parameter names and logical axes.
+
+Every parameter is created through `nn.with_logical_partitioning`, so `jax.eval_shape(model.init, ...)`
+yields the logical axis names (`vocab`, `embed`, `joined_kv`, `mlp`, `heads`, `relpos_buckets`) that the
+trainer maps onto a device mesh. Parameters are stored in float32; computation runs in `dtype`; softmax
+and normalization statistics run in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+# Large negative additive bias for masked attention logits (as T5X; finite so fully masked rows stay
+# finite: they become uniform and are excluded from the loss by the loss weights).
+NEG_INF = -1e10
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def _param(module: nn.Module, name: str, init, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, no mean subtraction, no bias. [..., embed]."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',))
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale).astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """y = x @ kernel with a 2-D kernel [in, out] (T5X/flaxformer layout, e.g. `query/kernel` [embed, joined_kv])."""
+  features: int
+  axes: Tuple[str, str]
+  kernel_init: Any = default_kernel_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, 'kernel', self.kernel_init, (x.shape[-1], self.features), self.axes)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding table `embedding` [vocab, embed]."""
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = _param(self, 'embedding', nn.initializers.normal(stddev=1.0),
+                            (self.num_embeddings, self.features), ('vocab', 'embed'))
+
+  def __call__(self, tokens: Array) -> Array:
+    """[batch, length] int -> [batch, length, embed]."""
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+  """T5's relative position buckets (Raffel et al., 2020), memory_position - query_position -> bucket.
+
+  Small distances get their own bucket; larger ones are log-spaced up to `max_distance`. Computed in
+  float32 exactly as the reference implementations, on the host (shapes are static).
+  """
+  relative_position = np.asarray(relative_position, dtype=np.int64)
+  ret = np.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    ret += (relative_position > 0).astype(np.int64) * num_buckets
+    n = np.abs(relative_position)
+  else:
+    n = -np.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  with np.errstate(divide='ignore'):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
+              / np.float32(math.log(max_distance / max_exact))
+              * np.float32(num_buckets - max_exact))
+  val_if_large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  return ret + np.where(is_small, n, val_if_large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Per-stack relative position bias table `rel_embedding` [heads, buckets] (T5X layout)."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int) -> Array:
+    """Returns float32 biases [1, heads, q_len, k_len]."""
+    table = _param(self, 'rel_embedding',
+                   nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+                   (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
+    ctx = np.arange(q_len)[:, None]
+    mem = np.arange(k_len)[None, :]
+    buckets = relative_position_bucket(mem - ctx, self.bidirectional, self.num_buckets,
+                                       self.max_distance)
+    return jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=1)[None].astype(jnp.float32)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """T5 attention: no 1/sqrt(d) logit scaling (folded into the query init), joined-head kernels.
+
+  Optional prefix keys/values (deep prompt tuning, Li & Liang 2021) are prepended to the projected keys
+  and values; the caller's `bias` must already contain the columns for them (zero bias: always
+  visible, no relative position bias).
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array,
+               prefix: Optional[Tuple[Array, Array]] = None, deterministic: bool = True) -> Array:
+    """inputs_q [b, q, embed], inputs_kv [b, k, embed], bias [b|1, heads|1, q, (L+)k] float32,
+    prefix: (key [L, heads*head_dim], value [L, heads*head_dim]) or None. Returns [b, q, embed]."""
+    h, d = self.num_heads, self.head_dim
+    emb = inputs_q.shape[-1]
+    q_init = nn.initializers.variance_scaling(1.0 / d, 'fan_in', 'normal')
+    kv_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+    dense = functools.partial(Dense, features=h * d, axes=('embed', 'joined_kv'), dtype=self.dtype)
+    b, ql = inputs_q.shape[:2]
+    kl = inputs_kv.shape[1]
+    query = dense(kernel_init=q_init, name='query')(inputs_q).reshape(b, ql, h, d)
+    key = dense(kernel_init=kv_init, name='key')(inputs_kv).reshape(b, kl, h, d)
+    value = dense(kernel_init=kv_init, name='value')(inputs_kv).reshape(b, kl, h, d)
+    if prefix is not None:
+      pk, pv = prefix
+      plen = pk.shape[-2]
+      pk = jnp.broadcast_to(pk.astype(self.dtype).reshape(plen, h, d), (b, plen, h, d))
+      pv = jnp.broadcast_to(pv.astype(self.dtype).reshape(plen, h, d), (b, plen, h, d))
+      key = jnp.concatenate([pk, key], axis=1)
+      value = jnp.concatenate([pv, value], axis=1)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32) + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(b, ql, h * d)
+    return Dense(emb, axes=('joined_kv', 'embed'), kernel_init=kv_init, dtype=self.dtype,
+                 name='out')(out)
+
+
+class MlpBlock(nn.Module):
+  """Gated-GELU MLP of T5 v1.1: wo(gelu(x @ wi_0) * (x @ wi_1)), kernels [embed, mlp] / [mlp, embed]."""
+  mlp_dim: int
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    emb = x.shape[-1]
+    dense = functools.partial(Dense, dtype=self.dtype)
+    h0 = dense(self.mlp_dim, axes=('embed', 'mlp'), name='wi_0')(x)
+    h1 = dense(self.mlp_dim, axes=('embed', 'mlp'), name='wi_1')(x)
+    hidden = jax.nn.gelu(h0, approximate=True) * h1
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+    return dense(emb, axes=('mlp', 'embed'), name='wo')(hidden)

@@ -1,0 +1,163 @@
+"""`PromptableT5`: the pure-function model interface every algorithm in promptjax uses.
+
+Parameters are one plain pytree: the transformer under T5X names and, when a prompt is configured, a
+`prompt` subtree. All methods are pure functions of (params, batch, rng) and can be jitted, vmapped
+(e.g. over prompt copies) and differentiated.
+
+A batch follows T5X's EncDecFeatureConverter:
+  encoder_input_tokens  [b, n] int32, 0 = padding
+  decoder_target_tokens [b, t] int32, ends with EOS=1, 0 = padding
+  decoder_input_tokens  [b, t] int32 (optional: targets shifted right with 0 as BOS)
+  decoder_loss_weights  [b, t] (optional: 1 where decoder_target_tokens > 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from promptjax.models.config import T5Config
+from promptjax.models.prompts import PromptConfig, init_prompt_params
+from promptjax.models.t5 import Transformer
+from promptjax.training import losses
+
+Params = Dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+def shift_right(targets: jax.Array, bos_id: int = 0) -> jax.Array:
+  """Decoder inputs from targets: [y1, y2, ..., yT] -> [bos, y1, ..., y(T-1)] (padding stays 0)."""
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)), constant_values=bos_id)[:, :-1]
+  return jnp.where(shifted < 0, 0, shifted)
+
+
+def _decoder_inputs(batch: Batch) -> jax.Array:
+  if 'decoder_input_tokens' in batch:
+    return batch['decoder_input_tokens']
+  return shift_right(batch['decoder_target_tokens'])
+
+
+def _loss_weights(batch: Batch) -> jax.Array:
+  if 'decoder_loss_weights' in batch:
+    return batch['decoder_loss_weights']
+  return losses.default_loss_weights(batch['decoder_target_tokens'])
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptableT5:
+  """A T5 v1.1 with an optional soft prompt, exposed as pure functions.
+
+  Attributes:
+    config: architecture (`promptjax.models.get_config('small')`, ...).
+    prompt: which prompt (none / shallow / deep), its length and initializer.
+    loss_normalization: see `promptjax.training.losses` ('num_real_target_tokens' by default).
+    z_loss: T5X's auxiliary log-partition loss coefficient (0 in the papers).
+  """
+  config: T5Config
+  prompt: PromptConfig = PromptConfig()
+  loss_normalization: Union[str, float] = 'num_real_target_tokens'
+  z_loss: float = 0.0
+
+  @property
+  def module(self) -> Transformer:
+    return Transformer(self.config, self.prompt)
+
+  # ----------------------------------------------------------------------------------------------
+  # Parameters.
+
+  def _dummy_inputs(self):
+    return jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2), jnp.int32)
+
+  def init_params(self, rng: jax.Array, transformer_params: Optional[Params] = None) -> Params:
+    """Fresh parameters; with `transformer_params` (e.g. an imported checkpoint) only the prompt is
+    initialized, from those weights (vocab-sampled rows come from the loaded embedding)."""
+    init_rng, prompt_rng = jax.random.split(rng)
+    if transformer_params is None:
+      variables = jax.jit(self.module.init)(init_rng, *self._dummy_inputs())
+      params = dict(nn.meta.unbox(variables['params']))
+      params.pop('prompt', None)
+    else:
+      params = dict(transformer_params)
+      params.pop('prompt', None)
+      self.check_params(params, include_prompt=False)
+    prompt = init_prompt_params(prompt_rng, self.prompt, self.config, params)
+    if prompt is not None:
+      params['prompt'] = jax.tree_util.tree_map(jnp.asarray, prompt)
+    return params
+
+  def abstract_params(self) -> Any:
+    """Boxed abstract parameters (ShapeDtypeStructs with logical axis metadata); no allocation."""
+    return jax.eval_shape(self.module.init, jax.random.PRNGKey(0), *self._dummy_inputs())['params']
+
+  def param_shapes(self) -> Params:
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.meta.unbox(self.abstract_params()))
+
+  def logical_axes(self) -> Params:
+    """PartitionSpecs of logical axis names (`vocab`, `embed`, `joined_kv`, `mlp`, ...) per param."""
+    return nn.get_partition_spec(self.abstract_params())
+
+  def check_params(self, params: Params, include_prompt: bool = True) -> None:
+    """Raises ValueError naming the first missing/unexpected key or mismatched shape."""
+    expected = self.param_shapes()
+    if not include_prompt:
+      expected.pop('prompt', None)
+    exp = {'/'.join(str(getattr(k, 'key', k)) for k in p): s for p, s in
+           jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]}
+    got = {'/'.join(str(getattr(k, 'key', k)) for k in p): tuple(jnp.shape(v)) for p, v in
+           jax.tree_util.tree_flatten_with_path(params)[0]}
+    missing = sorted(set(exp) - set(got))
+    if missing:
+      raise ValueError(f'Parameter {missing[0]!r} is missing ({len(missing)} missing in all) for '
+                       f'model {self.config}.')
+    extra = sorted(set(got) - set(exp))
+    if extra:
+      raise ValueError(f'Unexpected parameter {extra[0]!r} ({len(extra)} unexpected in all) for '
+                       f'model {self.config}.')
+    for k in sorted(exp):
+      if exp[k] != got[k]:
+        raise ValueError(f'Parameter {k!r} has shape {got[k]}, but the model expects {exp[k]} '
+                         f'(config {self.config}).')
+
+  # ----------------------------------------------------------------------------------------------
+  # Computation.
+
+  def _apply(self, params, *args, dropout_rng=None, method=None, **kwargs):
+    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({'params': params}, *args, rngs=rngs, method=method, **kwargs)
+
+  def logits(self, params: Params, batch: Batch, dropout_rng: Optional[jax.Array] = None
+             ) -> jax.Array:
+    """Teacher-forced logits [b, t, vocab] (activation dtype); dropout only with `dropout_rng`."""
+    return self._apply(params, batch['encoder_input_tokens'], _decoder_inputs(batch),
+                       batch['decoder_target_tokens'], enable_dropout=dropout_rng is not None,
+                       dropout_rng=dropout_rng)
+
+  def encode(self, params: Params, encoder_input_tokens: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """-> (encoded [b, L+n, embed], encoder_mask [b, L+n]); reuse across answer choices."""
+    return self._apply(params, encoder_input_tokens, method=Transformer.encode)
+
+  def decode(self, params: Params, encoded: jax.Array, encoder_mask: jax.Array,
+             decoder_target_tokens: jax.Array, decoder_input_tokens: Optional[jax.Array] = None
+             ) -> jax.Array:
+    if decoder_input_tokens is None:
+      decoder_input_tokens = shift_right(decoder_target_tokens)
+    return self._apply(params, encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens,
+                       method=Transformer.decode)
+
+  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Optional[jax.Array] = None
+              ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """loss(params, batch, rng) -> (scalar, aux): the one loss every algorithm differentiates."""
+    logits = self.logits(params, batch, dropout_rng)
+    return losses.cross_entropy_loss(logits, batch['decoder_target_tokens'], _loss_weights(batch),
+                                     self.loss_normalization, self.z_loss)
+
+  def score_batch(self, params: Params, batch: Batch, length_normalize: bool = False) -> jax.Array:
+    """Per-example target log-likelihood [b] (summed, or divided by the number of weighted target
+    tokens, EOS included), for rank classification."""
+    logits = self.logits(params, batch)
+    return losses.sequence_log_likelihood(logits, batch['decoder_target_tokens'],
+                                          _loss_weights(batch), length_normalize)

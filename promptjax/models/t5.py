@@ -1,0 +1,205 @@
+"""T5 v1.1 encoder-decoder in Flax linen with T5X parameter names, plus optional soft prompts.
+
+Parameter tree (T5X / flaxformer t5_1_1 layout; kernels are 2-D [in, out]):
+
+  token_embedder/embedding                                   [vocab, embed]
+  encoder/relpos_bias/rel_embedding                          [heads, buckets]
+  encoder/layers_{i}/pre_attention_layer_norm/scale          [embed]
+  encoder/layers_{i}/attention/{query,key,value}/kernel      [embed, heads*head_dim]
+  encoder/layers_{i}/attention/out/kernel                    [heads*head_dim, embed]
+  encoder/layers_{i}/pre_mlp_layer_norm/scale                [embed]
+  encoder/layers_{i}/mlp/{wi_0,wi_1}/kernel, mlp/wo/kernel   [embed, mlp], [mlp, embed]
+  encoder/encoder_norm/scale                                 [embed]
+  decoder/relpos_bias/rel_embedding                          [heads, buckets]
+  decoder/layers_{i}/pre_self_attention_layer_norm, self_attention,
+                     pre_cross_attention_layer_norm, encoder_decoder_attention,
+                     pre_mlp_layer_norm, mlp
+  decoder/decoder_norm/scale                                 [embed]
+  decoder/logits_dense/kernel                                [embed, vocab]
+  prompt/...                                                 see `promptjax.models.prompts`
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from promptjax.models import layers
+from promptjax.models.config import T5Config
+from promptjax.models.prompts import PromptConfig, make_prompt_module
+
+Array = jax.Array
+
+
+def _mask_bias(key_valid: Array) -> Array:
+  """[b, k] bool -> additive float32 bias [b, 1, 1, k]."""
+  return jnp.where(key_valid, 0.0, layers.NEG_INF).astype(jnp.float32)[:, None, None, :]
+
+
+def _with_prefix_columns(bias: Array, batch: int, prefix_len: int) -> Array:
+  """Prepends `prefix_len` zero-bias (always visible, no position bias) key columns."""
+  if prefix_len == 0:
+    return bias
+  bias = jnp.broadcast_to(bias, (batch,) + bias.shape[1:])
+  zeros = jnp.zeros(bias.shape[:-1] + (prefix_len,), jnp.float32)
+  return jnp.concatenate([zeros, bias], axis=-1)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, prefix: Optional[Dict[str, Tuple[Array, Array]]] = None):
+    c = self.config
+    dt = c.jnp_dtype
+    drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+    h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_attention_layer_norm')(x)
+    h = layers.MultiHeadDotProductAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
+                                            name='attention')(
+                                                h, h, bias, prefix and prefix['attention'],
+                                                deterministic=self.deterministic)
+    x = x + drop(h)
+    h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_mlp_layer_norm')(x)
+    h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, name='mlp')(h, self.deterministic)
+    return x + drop(h)
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
+               prefix: Optional[Dict[str, Tuple[Array, Array]]] = None):
+    c = self.config
+    dt = c.jnp_dtype
+    drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+    attn = lambda name: layers.MultiHeadDotProductAttention(c.num_heads, c.head_dim, dt,
+                                                            c.dropout_rate, name=name)
+    h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_self_attention_layer_norm')(x)
+    h = attn('self_attention')(h, h, self_bias, prefix and prefix['self_attention'],
+                               deterministic=self.deterministic)
+    x = x + drop(h)
+    h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_cross_attention_layer_norm')(x)
+    h = attn('encoder_decoder_attention')(h, encoded, cross_bias,
+                                          prefix and prefix['encoder_decoder_attention'],
+                                          deterministic=self.deterministic)
+    x = x + drop(h)
+    h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_mlp_layer_norm')(x)
+    h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, name='mlp')(h, self.deterministic)
+    return x + drop(h)
+
+
+def _layer_cls(cls, config: T5Config):
+  return nn.remat(cls) if config.remat else cls
+
+
+class Encoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded: Array, mask: Array, prefixes: Optional[List[Dict]] = None,
+               deterministic: bool = True) -> Array:
+    """embedded [b, n, embed] (shallow prompt already prepended), mask [b, n] bool,
+    prefixes: per-layer deep-prompt keys/values or None. Returns [b, n, embed]."""
+    c = self.config
+    b, n = mask.shape
+    bias = layers.RelativePositionBiases(c.relative_attention_num_buckets,
+                                         c.relative_attention_max_distance, c.num_heads,
+                                         bidirectional=True, name='relpos_bias')(n, n)
+    bias = bias + _mask_bias(mask)
+    if prefixes is not None:
+      bias = _with_prefix_columns(bias, b, prefixes[0]['attention'][0].shape[0])
+    x = nn.Dropout(c.dropout_rate)(embedded, deterministic=deterministic)
+    layer_cls = _layer_cls(EncoderLayer, c)
+    for i in range(c.num_encoder_layers):
+      x = layer_cls(c, deterministic, name=f'layers_{i}')(
+          x, bias, None if prefixes is None else prefixes[i])
+    x = layers.RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name='encoder_norm')(x)
+    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded: Array, encoded: Array, encoder_mask: Array,
+               decoder_mask: Optional[Array] = None, prefixes: Optional[List[Dict]] = None,
+               deterministic: bool = True) -> Array:
+    """embedded [b, t, embed] decoder inputs, encoded [b, n, embed], encoder_mask [b, n] bool,
+    decoder_mask [b, t] bool (valid target positions) or None. Returns logits [b, t, vocab]."""
+    c = self.config
+    b, t = embedded.shape[:2]
+    causal = jnp.tril(jnp.ones((t, t), jnp.bool_))[None, None]
+    if decoder_mask is not None:
+      causal = causal & decoder_mask[:, None, None, :]
+    self_bias = layers.RelativePositionBiases(c.relative_attention_num_buckets,
+                                              c.relative_attention_max_distance, c.num_heads,
+                                              bidirectional=False, name='relpos_bias')(t, t)
+    self_bias = self_bias + jnp.where(causal, 0.0, layers.NEG_INF).astype(jnp.float32)
+    cross_bias = _mask_bias(encoder_mask)
+    if prefixes is not None:
+      plen = prefixes[0]['self_attention'][0].shape[0]
+      self_bias = _with_prefix_columns(self_bias, b, plen)
+      cross_bias = _with_prefix_columns(cross_bias, b, plen)
+    x = nn.Dropout(c.dropout_rate)(embedded, deterministic=deterministic)
+    layer_cls = _layer_cls(DecoderLayer, c)
+    for i in range(c.num_decoder_layers):
+      x = layer_cls(c, deterministic, name=f'layers_{i}')(
+          x, encoded, self_bias, cross_bias, None if prefixes is None else prefixes[i])
+    x = layers.RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name='decoder_norm')(x)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    return layers.Dense(c.vocab_size, axes=('embed', 'vocab'), dtype=c.jnp_dtype,
+                        name='logits_dense')(x)
+
+
+class Transformer(nn.Module):
+  """T5 v1.1 encoder-decoder with an optional shallow or deep soft prompt (`prompt/` subtree)."""
+  config: T5Config
+  prompt_config: PromptConfig = PromptConfig()
+
+  def setup(self):
+    c = self.config
+    self.token_embedder = layers.Embed(c.vocab_size, c.emb_dim, c.jnp_dtype)
+    self.encoder = Encoder(c)
+    self.decoder = Decoder(c)
+    self.prompt = make_prompt_module(self.prompt_config, c)
+
+  def _deep(self):
+    return self.prompt() if self.prompt_config.kind == 'deep' else None
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False
+             ) -> Tuple[Array, Array]:
+    """[b, n] int tokens (0 = padding) -> (encoded [b, L+n, embed], encoder_mask [b, L+n] bool),
+    L = shallow prompt length (0 otherwise)."""
+    x = self.token_embedder(encoder_input_tokens)
+    mask = encoder_input_tokens > 0
+    if self.prompt_config.kind == 'shallow':
+      p = self.prompt().astype(x.dtype)
+      b = x.shape[0]
+      x = jnp.concatenate([jnp.broadcast_to(p[None], (b,) + p.shape), x], axis=1)
+      mask = jnp.concatenate([jnp.ones((b, p.shape[0]), jnp.bool_), mask], axis=1)
+    deep = self._deep()
+    encoded = self.encoder(x, mask, None if deep is None else deep['encoder'],
+                           deterministic=not enable_dropout)
+    return encoded, mask
+
+  def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
+             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False) -> Array:
+    """Teacher-forced decoding: -> logits [b, t, vocab] (in the activation dtype)."""
+    deep = self._deep()
+    y = self.token_embedder(decoder_input_tokens)
+    dmask = None if decoder_target_tokens is None else decoder_target_tokens > 0
+    return self.decoder(y, encoded, encoder_mask, dmask,
+                        None if deep is None else deep['decoder'],
+                        deterministic=not enable_dropout)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False
+               ) -> Array:
+    encoded, mask = self.encode(encoder_input_tokens, enable_dropout)
+    return self.decode(encoded, mask, decoder_input_tokens, decoder_target_tokens, enable_dropout)

@@ -1,0 +1,1 @@
+"""Training: losses (this issue); partitioning, optimizers, train state and the trainer come later."""
