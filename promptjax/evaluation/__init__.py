@@ -1,0 +1,1 @@
+"""Evaluation (rank classification, few-shot protocol, ARG, bootstrap) — issue 6."""

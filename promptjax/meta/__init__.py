@@ -1,0 +1,1 @@
+"""Meta-learning (FOMAML, Reptile, prompt-only MAML, SUPMER) — issues 5 and 7."""

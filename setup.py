@@ -1,0 +1,45 @@
+"""promptjax: continued pretraining and meta-learning that make T5 promptable, in JAX/Flax."""
+
+import setuptools
+
+# Mutually compatible versions for Python 3.11 (the full frozen set is requirements/constraints.txt).
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'tensorstore',
+    'seqio==0.0.20',
+    'tensorflow==2.21.0',
+    'tensorflow-text==2.21.1',
+    'gin-config==0.5.0',
+    'sentencepiece==0.2.3',
+    'clu==0.0.12',
+    'numpy',
+    'msgpack',
+    'safetensors',
+    'tqdm',
+]
+
+EXTRAS_REQUIRE = {
+    # Reference implementations for the tests. torch must be the CPU build 2.13.0: an unpinned
+    # `torch` pulls a multi-GB CUDA build.
+    'test': [
+        'pytest',
+        'torch==2.13.0',
+        'transformers==4.57.6',
+    ],
+}
+EXTRAS_REQUIRE['hf'] = ['torch==2.13.0', 'transformers==4.57.6']
+
+setuptools.setup(
+    name='promptjax',
+    version='0.1.0',
+    description='Continued pretraining and meta-learning for promptable T5 models, in JAX/Flax.',
+    packages=setuptools.find_packages(include=['promptjax', 'promptjax.*']),
+    python_requires='>=3.11',
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={'console_scripts': ['promptjax-demo=promptjax.demo:main']},
+)
