@@ -193,6 +193,8 @@ def load_hf_checkpoint(path: str, config: Optional[T5Config] = None) -> Tuple[Pa
 
   `config` overrides/replaces config.json (needed when `path` is a bare weights file).
   """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'HF checkpoint path {path!r} does not exist.')
   if config is None:
     cfg_path = os.path.join(path, 'config.json') if os.path.isdir(path) else None
     if cfg_path is None or not os.path.exists(cfg_path):
