@@ -275,14 +275,16 @@ def _check_prompt_tree(flat, prompt: PromptConfig, config: T5Config, source: str
 
 
 def export_prompt(prompt_params: Mapping[str, Any], path: str) -> str:
-  """Writes a prompt subtree: a shallow prompt as `.npy` [L, d] (the format prompt-tuning codebases
-  load), a deep prompt as `.npz` keyed by parameter path. Returns the path written."""
+  """Writes a prompt subtree: a shallow prompt as `<path>.npy` [L, d] (the format prompt-tuning
+  codebases load), a deep prompt as `<path>.npz` keyed by parameter path (a given .npy/.npz suffix is
+  replaced by the right one). Returns the path written."""
   flat = _flatten(prompt_params)
+  base = path[:-4] if path.endswith(('.npy', '.npz')) else path
   if set(flat) == {('prompt',)}:
-    path = path if path.endswith('.npy') else path + '.npy'
+    path = base + '.npy'
     np.save(path, np.asarray(flat[('prompt',)], np.float32))
   else:
-    path = path if path.endswith('.npz') else path + '.npz'
+    path = base + '.npz'
     np.savez(path, **{'/'.join(k): np.asarray(v, np.float32) for k, v in flat.items()})
   return path
 
