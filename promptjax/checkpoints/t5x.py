@@ -42,6 +42,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from flax import traverse_util
 
 from promptjax.models.config import T5Config
 
@@ -206,25 +207,8 @@ def _is_ts_spec(x: Any) -> bool:
           and ('kvstore' in x or 'path' in x))
 
 
-def _flatten(tree: Mapping, prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    key = prefix + (str(k),)
-    if isinstance(v, Mapping) and not _is_ts_spec(v):
-      out.update(_flatten(v, key))
-    else:
-      out[key] = v
-  return out
-
-
-def _unflatten(flat: Mapping[Tuple[str, ...], Any]) -> Params:
-  out: Params = {}
-  for key, v in flat.items():
-    node = out
-    for k in key[:-1]:
-      node = node.setdefault(k, {})
-    node[key[-1]] = v
-  return out
+def _flatten(tree: Mapping) -> Dict[Tuple[str, ...], Any]:
+  return traverse_util.flatten_dict(tree, is_leaf=lambda _, x: _is_ts_spec(x))
 
 
 def _to_float32(name: str, x: Any) -> np.ndarray:
@@ -389,7 +373,7 @@ def _load_legacy(ckpt_dir: str, allow_missing_chunks: bool) -> Tuple[Params, Opt
     if s is not None and np.ndim(s) == 0 and not isinstance(s, (str, bytes, Mapping)):
       step = int(np.asarray(s))
       break
-  return _unflatten(params), step
+  return traverse_util.unflatten_dict(params), step
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,7 +432,7 @@ def _load_orbax_dir(item_dir: str) -> Tuple[Params, Optional[int]]:
     s = _get(restored, step_loc)
     if s is not None:
       step = int(np.asarray(s))
-  return _unflatten(flat), step
+  return traverse_util.unflatten_dict(flat), step
 
 
 def _load_orbax(path: str, kind: str) -> Tuple[Params, Optional[int]]:

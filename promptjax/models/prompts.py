@@ -21,6 +21,7 @@ import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,7 +195,7 @@ def init_prompt_params(rng: jax.Array, prompt: PromptConfig, config: T5Config,
     flat = {path: np.asarray(jax.random.uniform(k, shape, jnp.float32, -prompt.init_range,
                                                 prompt.init_range))
             for k, (path, shape) in zip(keys, sorted(shapes.items()))}
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)
   emb = np.asarray(transformer_params['token_embedder']['embedding'], np.float32)
   rows = _embedding_rows(rng, prompt, emb)  # [L, d]
   if prompt.kind == 'shallow':
@@ -239,26 +240,6 @@ def prompt_shapes(prompt: PromptConfig, config: T5Config) -> Dict[Tuple[str, ...
   return {}
 
 
-def _flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat):
-  tree: Dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
-
-
 def _check_prompt_tree(flat, prompt: PromptConfig, config: T5Config, source: str):
   expected = prompt_shapes(prompt, config)
   missing = sorted(set(expected) - set(flat))
@@ -278,7 +259,7 @@ def export_prompt(prompt_params: Mapping[str, Any], path: str) -> str:
   """Writes a prompt subtree: a shallow prompt as `<path>.npy` [L, d] (the format prompt-tuning
   codebases load), a deep prompt as `<path>.npz` keyed by parameter path (a given .npy/.npz suffix is
   replaced by the right one). Returns the path written."""
-  flat = _flatten(prompt_params)
+  flat = traverse_util.flatten_dict(prompt_params)
   base = path[:-4] if path.endswith(('.npy', '.npz')) else path
   if set(flat) == {('prompt',)}:
     path = base + '.npy'
@@ -299,4 +280,4 @@ def load_prompt_file(path: str, prompt: PromptConfig, config: T5Config) -> Dict[
   else:
     flat = {('prompt',): np.asarray(np.load(path), np.float32)}
   _check_prompt_tree(flat, prompt, config, path)
-  return _unflatten(flat)
+  return traverse_util.unflatten_dict(flat)
