@@ -53,7 +53,10 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = _param(self, 'kernel', self.kernel_init, (x.shape[-1], self.features), self.axes)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    # A 2-D [tokens, in] @ [in, out] matmul: XLA:CPU runs it ~15% faster in the full train step than
+    # the equivalent [b, n, in] dot (benchmarks/train_step.py); same math.
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
+    return y.reshape(x.shape[:-1] + (self.features,))
 
 
 class Embed(nn.Module):
