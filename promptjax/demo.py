@@ -137,7 +137,7 @@ def main(argv=None):
         jax.tree_util.tree_leaves(transformer),
         jax.tree_util.tree_leaves({k: v for k, v in params.items() if k != 'prompt'})))
     results[kind] = (first, float(loss), acc(params))
-    print(f'    prompt tuning {args.steps} steps: loss {first:.3f} -> {float(loss):.3f}; '
+    print(f'[4] prompt tuning {args.steps} steps: loss {first:.3f} -> {float(loss):.3f}; '
           f'accuracy after tuning {acc(params):.2f}; transformer unchanged: {unchanged}')
     path = export_prompt(params['prompt'], os.path.join(args.output_dir, f'{kind}_prompt'))
     print(f'    prompt exported to {path}')
