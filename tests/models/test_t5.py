@@ -192,3 +192,17 @@ def test_hf_import_errors_name_the_key(tmp_path):
     hf_ckpt.load_hf_checkpoint(str(tmp_path / 'empty'))
   with pytest.raises(ValueError, match='T5 v1.0'):
     hf_ckpt.config_from_hf({**hf_model.config.to_dict(), 'feed_forward_proj': 'relu'})
+
+
+def test_encode_once_decode_per_choice_equals_full_forward():
+  """Rank classification can encode an input once and decode each answer choice against it."""
+  cfg = get_config('tiny', vocab_size=64)
+  for kind in ('shallow', 'deep'):
+    model = PromptableT5(cfg, PromptConfig(kind=kind, length=3))
+    params = model.init_params(jax.random.PRNGKey(0))
+    batch = ref.make_batch(64)
+    encoded, mask = model.encode(params, batch['encoder_input_tokens'])
+    assert encoded.shape[1] == batch['encoder_input_tokens'].shape[1] + (3 if kind == 'shallow' else 0)
+    logits = model.decode(params, encoded, mask, batch['decoder_target_tokens'])
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model.logits(params, batch)),
+                               rtol=1e-6, atol=1e-6)
