@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -105,10 +106,8 @@ class PromptableT5:
     expected = self.param_shapes()
     if not include_prompt:
       expected.pop('prompt', None)
-    exp = {'/'.join(str(getattr(k, 'key', k)) for k in p): s for p, s in
-           jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]}
-    got = {'/'.join(str(getattr(k, 'key', k)) for k in p): tuple(jnp.shape(v)) for p, v in
-           jax.tree_util.tree_flatten_with_path(params)[0]}
+    exp = traverse_util.flatten_dict(expected, sep='/', is_leaf=lambda _, x: isinstance(x, tuple))
+    got = {k: tuple(jnp.shape(v)) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
     missing = sorted(set(exp) - set(got))
     if missing:
       raise ValueError(f'Parameter {missing[0]!r} is missing ({len(missing)} missing in all) for '
