@@ -38,6 +38,8 @@ setuptools.setup(
     version='0.1.0',
     description='Continued pretraining and meta-learning for promptable T5 models, in JAX/Flax.',
     packages=setuptools.find_packages(include=['promptjax', 'promptjax.*']),
+    package_data={'promptjax.tasks': ['*.json', 'data/*', 'data/**/*']},
+    include_package_data=True,
     python_requires='>=3.11',
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
