@@ -4,7 +4,7 @@ Importing this package registers every task and mixture (the T5X ``MIXTURE_OR_TA
 convention); nothing is read until a dataset is requested. See `config` for where data comes from.
 """
 
-from promptjax.tasks.config import (DataError, get_data_dir, get_vocabulary, get_vocabulary_path,
+from promptjax.tasks.config import (DataError, configure_data, get_data_dir, get_vocabulary, get_vocabulary_path,
                                     output_features, set_data_dir, set_vocabulary_path)
 from promptjax.tasks import p3
 

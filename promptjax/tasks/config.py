@@ -5,7 +5,8 @@ Every registry resolves its directory *when data is read*, not when a task is re
 
 Resolution order for a data family (``p3``, ``crossfit``, ``text``, ``mini``):
 
-1. `set_data_dir(family, path)` (also reachable from gin as ``promptjax.tasks.set_data_dir``);
+1. `set_data_dir(family, path)`, or gin bindings of `configure_data` (``configure_data.p3_dir = ...``),
+   which the CLI applies at start-up;
 2. the environment variable in `ENV_VARS` (e.g. ``PROMPTJAX_P3_DIR=/data/P3/data``);
 3. the default: the bundled mini benchmark for ``mini``; nothing for the real families, which then fail
    with a message naming the variable to set.
@@ -63,7 +64,6 @@ def _check_family(family: str, known) -> None:
     raise DataError(f'Unknown data family {family!r}; known: {", ".join(known)}.')
 
 
-@gin.configurable(module='promptjax.tasks')
 def set_data_dir(family: str, path: Optional[str]) -> None:
   """Points a data family at a directory (None forgets the setting)."""
   _check_family(family, FAMILIES)
@@ -80,8 +80,8 @@ def get_data_dir(family: str) -> str:
   if not path:
     raise DataError(
         f'No {family} data directory is configured. Point it at {WHAT[family]}: set the environment '
-        f'variable {ENV_VARS[family]}=/path, or call promptjax.tasks.set_data_dir({family!r}, "/path") '
-        f'(gin: promptjax.tasks.set_data_dir.family = {family!r} / .path = "/path").')
+        f'variable {ENV_VARS[family]}=/path, call promptjax.tasks.set_data_dir({family!r}, "/path"), '
+        f'or bind the gin parameter promptjax.tasks.configure_data.{family}_dir = "/path".')
   return path
 
 
@@ -93,7 +93,6 @@ def require_dir(path: str, family: str, task: str) -> None:
         f'{WHAT[family]} ({ENV_VARS[family]}=/path or promptjax.tasks.set_data_dir({family!r}, ...)).')
 
 
-@gin.configurable(module='promptjax.tasks')
 def set_vocabulary_path(name: str, path: Optional[str]) -> None:
   """Points vocabulary ``t5`` or ``mini`` at a SentencePiece model file (None forgets the setting)."""
   _check_family(name, tuple(VOCAB_ENV_VARS))
@@ -148,6 +147,22 @@ class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
 
   def __hash__(self):
     return hash((self._name, self._extra_ids))
+
+
+@gin.configurable(module='promptjax.tasks')
+def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = None,
+                   text_dir: Optional[str] = None, mini_dir: Optional[str] = None,
+                   t5_vocab: Optional[str] = None, mini_vocab: Optional[str] = None) -> None:
+  """Sets every data directory / vocabulary given (gin: ``promptjax.tasks.configure_data.p3_dir = ...``).
+
+  Arguments left as None keep their current setting (environment variable or default).
+  """
+  for family, path in (('p3', p3_dir), ('crossfit', crossfit_dir), ('text', text_dir), ('mini', mini_dir)):
+    if path is not None:
+      set_data_dir(family, path)
+  for name, path in (('t5', t5_vocab), ('mini', mini_vocab)):
+    if path is not None:
+      set_vocabulary_path(name, path)
 
 
 _VOCABS: Dict[str, ConfiguredVocabulary] = {}
