@@ -9,3 +9,4 @@ from promptjax.tasks.config import (DataError, configure_data, get_data_dir, get
 from promptjax.tasks import p3
 
 p3._register_real_p3()
+from promptjax.tasks import crossfit, self_supervised

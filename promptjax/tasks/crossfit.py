@@ -1,0 +1,1023 @@
+"""CrossFit few-shot tasks as seqio Tasks and Mixtures (Qin et al. 2023 §5.1, Appendix A.1 Table 9).
+
+Qin et al. (2023, `papers/002_*`) meta-train soft prompts on CrossFit (Ye et al. 2021): 160 few-shot
+tasks, each sampled five times (seeds 100, 13, 21, 42, 87) into a train, a dev and a test file; "16
+samples per class ... for classification tasks, and 32 samples per set for non-classification tasks"
+(§5.1). This module registers those tasks and the ten source/target partitions of §5.1 Table 1.
+
+Data layout (read exactly as CrossFit's ``dataloader/fewshot_gym_singletask.py`` does)::
+
+  <data_dir>/<task>/<task>_<k>_<seed>_<split>.tsv      split in train / dev / test
+  line: input \\t answer [\\t answer ...]             d = line.strip().split('\\t') -> d[0], d[1:]
+
+``k`` comes from CrossFit's builder class, not from the task type (`CROSSFIT_TASKS[name].k`: 16 per label
+for ``FewshotGymClassificationDataset`` tasks, 32 in total for text-to-text ones; 19 tasks have a builder
+that disagrees with their classification / non-classification type). The directory is looked up when a
+dataset is requested (`promptjax.tasks.config.get_data_dir('crossfit')`: ``PROMPTJAX_CROSSFIT_DIR`` or
+``promptjax.tasks.set_data_dir('crossfit', path)``); importing this module reads no file.
+
+Names (seqio allows only ``[\\w\\d.:_#]``):
+
+* task ``crossfit_<task>_<seed>``, ``-`` replaced by ``_``: ``glue-sst2`` seed 13 -> ``crossfit_glue_sst2_13``
+  (`seqio_task_name`; `get_task_info` maps back; the 160 names stay distinct). Splits train/dev/test.
+* Qin et al. partition mixtures ``crossfit_qin2023_<setting>_{source,target}_<seed>`` where ``<setting>``
+  is the Table 1 name lowercased, ``->`` -> ``_to_``, ``-`` dropped: ``cls_to_cls``, ``both_to_noncls``,
+  ``nonqa_to_qa``, ``np_to_p``, ``r_to_r`` ... (`QIN2023_SETTINGS`, `qin2023_mixture_name`).
+* CrossFit's own split files ``crossfit_split_<file>_<list>_<seed>``, e.g. ``crossfit_split_random_train_13``,
+  ``crossfit_split_train_classification_test_classification_test_13`` (`CROSSFIT_SPLITS`).
+* Source / train mixtures also come as ``..._examples_<seed>`` (rates proportional to example counts), and
+  Qin source mixtures over all five seeds as ``crossfit_qin2023_<setting>_source[_examples]_all``.
+
+Mixing rates. MPT "sample[s] one source task" per meta-training iteration (§4.3.1), i.e. tasks are drawn
+uniformly, whatever their size: the plain source mixtures therefore give every task rate 1. CrossFit's own
+multi-task upstream training and Qin's multi-task-learning baseline concatenate all examples instead; the
+``_examples`` variants reproduce that (`seqio.mixing_rate_num_examples`, counted from the train files).
+Use split ``train`` as the support set and ``dev`` as the query / validation set. Target mixtures list the
+target tasks with rate 1 (targets are tuned and evaluated one task at a time; the mixture is a handle).
+Mixtures keep only ``inputs``/``targets`` (+ ``_pretokenized``); pass ``passthrough_features=['answers']``
+to `seqio.Mixture.get_dataset` to keep the references.
+
+Features: ``inputs`` / ``targets`` (the first reference) tokenized, EOS appended after trimming
+(`output_features`), ``inputs_pretokenized`` / ``targets_pretokenized``, and ``answers`` (all references,
+a 1-D string tensor) for CrossFit's max-over-references metrics. `get_task_info(name).metric` is the
+CrossFit metric (ACC, Classification-F1, EM, QA-F1, Rouge-L, Pearson-Correlation, Matthew-Correlation);
+the Tasks carry no ``metric_fns`` (the evaluation module supplies them).
+
+Other CrossFit-format data (e.g. the bundled mini benchmark) registers through `register_crossfit_tasks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import types
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import seqio
+import tensorflow as tf
+
+from promptjax.tasks import config
+from promptjax.tasks.config import DataError
+
+SEEDS = (100, 13, 21, 42, 87)
+SPLITS = ('train', 'dev', 'test')
+METRICS = ('ACC', 'Classification-F1', 'EM', 'QA-F1', 'Rouge-L', 'Pearson-Correlation',
+           'Matthew-Correlation')
+TYPES = ('classification', 'non-classification')
+DEFAULT_PREFIX = 'crossfit'
+RATES = ('equal', 'examples')
+
+_SEQIO_NAME = re.compile(r'^[\w\d.:_#]+$')
+_LAYOUT = '<task>/<task>_<k>_<seed>_<split>.tsv'
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossFitTaskInfo:
+  """Facts about one CrossFit-format task.
+
+  Attributes:
+    name: the CrossFit name (directory and file prefix), e.g. ``glue-sst2``.
+    metric: one of `METRICS`, as in CrossFit's ``dataloader/metrics.py``.
+    type: ``classification`` or ``non-classification`` (partition semantics, §5.1).
+    k: the ``<k>`` in the file names (16 per label or 32 in total, after CrossFit's builder class).
+  """
+  name: str
+  metric: str
+  type: str
+  k: int
+
+  def file_name(self, seed: int, split: str) -> str:
+    return f'{self.name}_{self.k}_{seed}_{split}.tsv'
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossFitTask:
+  """A registered seqio task: one (CrossFit task, seed) pair. `get_task_info` returns these."""
+  seqio_name: str
+  info: CrossFitTaskInfo
+  seed: int
+  vocab_name: str
+  name_prefix: str
+
+  @property
+  def crossfit_name(self) -> str:
+    return self.info.name
+
+  @property
+  def metric(self) -> str:
+    return self.info.metric
+
+  @property
+  def type(self) -> str:
+    return self.info.type
+
+  @property
+  def k(self) -> int:
+    return self.info.k
+
+
+def seqio_task_name(task: str, seed: int, name_prefix: str = DEFAULT_PREFIX) -> str:
+  """``<prefix>_<task with '-' -> '_'>_<seed>``, e.g. ``crossfit_glue_sst2_13``."""
+  name = f'{name_prefix}_{task.replace("-", "_")}_{seed}'
+  if not _SEQIO_NAME.match(name):
+    raise ValueError(f'CrossFit task {task!r} gives the seqio name {name!r}, which is not [\\w\\d.:_#]+.')
+  return name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading the files.
+
+
+def _fix_hint(family: Optional[str], data_dir_fn: Optional[Callable[[], str]]) -> str:
+  if family in config.ENV_VARS:
+    return (f'Point it at {config.WHAT[family]}: set {config.ENV_VARS[family]}=/path or call '
+            f'promptjax.tasks.set_data_dir({family!r}, "/path").')
+  fn = getattr(data_dir_fn, '__qualname__', repr(data_dir_fn))
+  return (f'The directory comes from the data_dir_fn {fn} given to register_crossfit_tasks; make it return '
+          f'a folder laid out as {_LAYOUT}.')
+
+
+def _listing(path: str, limit: int = 8) -> str:
+  try:
+    names = sorted(tf.io.gfile.listdir(path))
+  except tf.errors.OpError:
+    return '(unreadable)'
+  shown = ', '.join(n.rstrip('/') for n in names[:limit])
+  return f'[{shown}{", ..." if len(names) > limit else ""}]' if names else '(empty)'
+
+
+def parse_crossfit_lines(text: str, where: str) -> List[Tuple[str, List[str]]]:
+  """Parses CrossFit TSV text into ``(input, [reference, ...])`` pairs.
+
+  Exactly CrossFit's reader: lines as Python's text mode splits them (universal newlines), then
+  ``d = line.strip().split('\\t')`` -> ``(d[0], d[1:])``. A line that leaves no reference raises a
+  `DataError` naming ``where`` and the 1-based line number: an empty line, a line without a tab, or an
+  empty input or answer (``strip()`` removes the tab beside it, so ``'\\tyes'`` is input ``'yes'`` with no
+  answer; after stripping, the input can never be empty). An empty file raises too.
+  """
+  examples = []
+  for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+    stripped = line.strip()
+    fields = stripped.split('\t')
+    if len(fields) < 2:
+      if not stripped:
+        problem = 'an empty line'
+      elif '\t' in line:
+        problem = "an empty input or answer (CrossFit's line.strip() drops the tab beside it)"
+      else:
+        problem = 'no tab between input and answer'
+      raise DataError(
+          f'{where} line {number}: {problem}; CrossFit lines are "input<TAB>answer[<TAB>answer...]", '
+          f'got {line.rstrip(chr(10))[:120]!r}.')
+    examples.append((fields[0], fields[1:]))
+  if not examples:
+    raise DataError(f'{where}: the file has no examples.')
+  return examples
+
+
+class CrossFitDataSource(seqio.DataSource):
+  """Raw examples of one CrossFit task and seed: ``{'inputs', 'targets', 'answers'}`` strings.
+
+  The directory is resolved (``data_dir_fn()``) and the split file read when `get_dataset` or
+  `num_input_examples` is called. Every problem is one `DataError` that names the seqio task, the
+  CrossFit task, the path and the fix. ``shuffle=False`` keeps file order; ``shuffle=True`` shuffles the
+  whole split (``seed`` makes it reproducible).
+  """
+
+  def __init__(self, info: CrossFitTaskInfo, seed: int, data_dir_fn: Callable[[], str], *,
+               seqio_name: str, family: Optional[str] = None, splits: Sequence[str] = SPLITS):
+    super().__init__(splits=splits, num_input_examples=None, caching_permitted=True)
+    self.info = info
+    self.seed = seed
+    self.seqio_name = seqio_name
+    self._data_dir_fn = data_dir_fn
+    self._family = family
+    self._counts: Dict[Tuple[str, int, int], int] = {}
+
+  def __repr__(self):
+    return f'CrossFitDataSource({self.info.name!r}, k={self.info.k}, seed={self.seed})'
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def _who(self) -> str:
+    return f'Task {self.seqio_name!r} (CrossFit {self.info.name!r}, seed {self.seed})'
+
+  def path(self, split: str) -> str:
+    """The split file, after checking that the data and task directories and the file exist."""
+    if split not in self.splits:
+      raise DataError(f'{self._who()}: unknown split {split!r}; the splits are {", ".join(self.splits)}.')
+    hint = _fix_hint(self._family, self._data_dir_fn)
+    try:
+      data_dir = self._data_dir_fn()
+    except DataError as e:
+      raise DataError(f'{self._who()}: {e}') from None
+    if not tf.io.gfile.isdir(data_dir):
+      raise DataError(f'{self._who()}: the CrossFit data directory {data_dir} does not exist. {hint}')
+    task_dir = os.path.join(data_dir, self.info.name)
+    if not tf.io.gfile.isdir(task_dir):
+      raise DataError(
+          f'{self._who()}: {task_dir} does not exist; {data_dir} holds {_listing(data_dir)}. Expected '
+          f'{_LAYOUT}, as INK-USC/CrossFit tasks/*.py write it (run the builder for {self.info.name!r}). '
+          f'{hint}')
+    path = os.path.join(task_dir, self.info.file_name(self.seed, split))
+    if not tf.io.gfile.exists(path):
+      raise DataError(
+          f'{self._who()}: the {split} file {path} is missing (k={self.info.k}, seed={self.seed}); '
+          f'{task_dir} holds {_listing(task_dir)}. Re-run the CrossFit builder for {self.info.name!r} '
+          f'or fix the data directory. {hint}')
+    return path
+
+  def read(self, split: str) -> List[Tuple[str, List[str]]]:
+    """``[(input, [reference, ...]), ...]`` in file order."""
+    path = self.path(split)
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      raw = f.read()
+    try:
+      text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+      raise DataError(f'{self._who()}: {path} is not UTF-8 ({e}).') from None
+    examples = parse_crossfit_lines(text, f'{self._who()}: {path}')
+    self._counts[self._stat_key(path)] = len(examples)
+    return examples
+
+  @staticmethod
+  def _stat_key(path: str) -> Tuple[str, int, int]:
+    stat = tf.io.gfile.stat(path)
+    return path, stat.length, stat.mtime_nsec
+
+  def num_input_examples(self, split: str) -> int:
+    key = self._stat_key(self.path(split))
+    if key not in self._counts:
+      self.read(split)
+    return self._counts[key]
+
+  def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # Unused, as in seqio's own sources.
+    examples = self.read(split)
+    ds = tf.data.Dataset.from_tensor_slices({
+        'inputs': tf.constant([x for x, _ in examples], tf.string),
+        'targets': tf.constant([refs[0] for _, refs in examples], tf.string),
+        # References contain no tab (they come from splitting on tabs), so joining and re-splitting is
+        # exact and yields a dense 1-D string tensor per example.
+        'answers': tf.constant(['\t'.join(refs) for _, refs in examples], tf.string),
+    })
+    ds = ds.map(_split_answers, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard_info and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    if shuffle:
+      ds = ds.shuffle(len(examples), seed=seed)
+    return ds
+
+
+def _split_answers(ex):
+  return {**ex, 'answers': tf.strings.split(ex['answers'], sep='\t')}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Registration.
+
+_TASKS: Dict[str, CrossFitTask] = {}
+
+
+def _as_info(name: str, spec: Union[CrossFitTaskInfo, Mapping[str, Any]]) -> CrossFitTaskInfo:
+  if isinstance(spec, CrossFitTaskInfo):
+    if spec.name != name:
+      raise ValueError(f'CrossFit task {name!r}: its CrossFitTaskInfo is named {spec.name!r}.')
+    info = spec
+  else:
+    unknown = set(spec) - {'metric', 'type', 'k'}
+    missing = {'metric', 'type', 'k'} - set(spec)
+    if unknown or missing:
+      raise ValueError(f'CrossFit task {name!r}: needs exactly the keys metric, type, k '
+                       f'(missing {sorted(missing)}, unknown {sorted(unknown)}).')
+    info = CrossFitTaskInfo(name=name, metric=spec['metric'], type=spec['type'], k=spec['k'])
+  if info.metric not in METRICS:
+    raise ValueError(f'CrossFit task {name!r}: metric {info.metric!r} is not one of {METRICS}.')
+  if info.type not in TYPES:
+    raise ValueError(f'CrossFit task {name!r}: type {info.type!r} is not one of {TYPES}.')
+  if not isinstance(info.k, int) or isinstance(info.k, bool) or info.k < 1:
+    raise ValueError(f'CrossFit task {name!r}: k must be a positive int, got {info.k!r}.')
+  if not name or '/' in name or '\t' in name:
+    raise ValueError(f'CrossFit task name {name!r} cannot be a directory name.')
+  return info
+
+
+def register_crossfit_tasks(
+    tasks: Mapping[str, Union[CrossFitTaskInfo, Mapping[str, Any]]],
+    *,
+    data_dir_fn: Optional[Callable[[], str]] = None,
+    vocab_name: str = 't5',
+    name_prefix: str = DEFAULT_PREFIX,
+    seeds: Sequence[int] = SEEDS,
+    family: Optional[str] = None,
+    overwrite: bool = False,
+) -> List[str]:
+  """Registers one seqio Task per (task, seed) for CrossFit-format data; returns the seqio names.
+
+  Args:
+    tasks: CrossFit task name -> `CrossFitTaskInfo` or ``{'metric': ..., 'type': ..., 'k': ...}``
+      (metric in `METRICS`, type in `TYPES`, k the ``<k>`` of the file names).
+    data_dir_fn: called with no arguments each time data is read; returns the folder holding
+      ``<task>/<task>_<k>_<seed>_<split>.tsv``. Default: ``get_data_dir(family or 'crossfit')``.
+    vocab_name: the `promptjax.tasks.config` vocabulary (``t5`` or ``mini``) for ``inputs``/``targets``.
+    name_prefix: seqio names are ``<name_prefix>_<task with '-' -> '_'>_<seed>`` (`seqio_task_name`).
+    seeds: the ``<seed>`` values to register (CrossFit's five by default).
+    family: the `config` data family whose environment variable / ``set_data_dir`` call error messages
+      recommend (default ``crossfit`` when ``data_dir_fn`` is None, else a generic hint).
+    overwrite: replace tasks already registered under the same seqio names (otherwise seqio raises).
+
+  Example (the bundled mini benchmark)::
+
+    register_crossfit_tasks(
+        {'mini-sentiment': {'metric': 'ACC', 'type': 'classification', 'k': 16}},
+        data_dir_fn=lambda: os.path.join(get_data_dir('mini'), 'crossfit'),
+        vocab_name='mini', name_prefix='mini_crossfit', family='mini')
+    # -> ['mini_crossfit_mini_sentiment_100', ..., 'mini_crossfit_mini_sentiment_87']
+  """
+  if data_dir_fn is None:
+    family = family or 'crossfit'
+    data_dir_fn = lambda: config.get_data_dir(family)  # pylint: disable=unnecessary-lambda-assignment
+  infos = [_as_info(name, spec) for name, spec in tasks.items()]
+  specs = []
+  for info in infos:
+    for seed in seeds:
+      specs.append((seqio_task_name(info.name, seed, name_prefix), info, seed))
+  seen: Dict[str, str] = {}
+  for name, info, _ in specs:
+    if name in seen and seen[name] != info.name:
+      raise ValueError(f'CrossFit tasks {seen[name]!r} and {info.name!r} both map to seqio name {name!r}.')
+    seen[name] = info.name
+  if not overwrite:
+    taken = [name for name, _, _ in specs if name in seqio.TaskRegistry.names()]
+    if taken:
+      raise ValueError(f'seqio tasks already registered: {taken[:5]}{" ..." if len(taken) > 5 else ""} '
+                       f'(pass overwrite=True or another name_prefix).')
+  features = config.output_features(vocab_name)
+  preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+  names = []
+  for name, info, seed in specs:
+    if overwrite:
+      seqio.TaskRegistry.remove(name)
+    source = CrossFitDataSource(info, seed, data_dir_fn, seqio_name=name, family=family)
+    seqio.TaskRegistry.add(name, source=source, output_features=features, preprocessors=preprocessors,
+                           metric_fns=[])
+    _TASKS[name] = CrossFitTask(seqio_name=name, info=info, seed=seed, vocab_name=vocab_name,
+                                name_prefix=name_prefix)
+    names.append(name)
+  return names
+
+
+def unregister_crossfit_tasks(names: Sequence[str]) -> None:
+  """Removes registered CrossFit-format tasks (seqio names) from seqio's registry and `get_task_info`."""
+  for name in names:
+    if name in _TASKS:
+      seqio.TaskRegistry.remove(name)
+      del _TASKS[name]
+
+
+def get_task_info(seqio_name: str) -> CrossFitTask:
+  """The CrossFit task, seed, metric, type and k behind a registered seqio task name."""
+  if seqio_name not in _TASKS:
+    raise ValueError(f'{seqio_name!r} is not a registered CrossFit task '
+                     f'(names look like {seqio_task_name("glue-sst2", 13)!r}).')
+  return _TASKS[seqio_name]
+
+
+def registered_tasks(name_prefix: Optional[str] = None) -> Dict[str, CrossFitTask]:
+  """All registered CrossFit-format tasks (optionally those of one ``name_prefix``), by seqio name."""
+  return {n: t for n, t in _TASKS.items() if name_prefix is None or t.name_prefix == name_prefix}
+
+
+def _rate(rate: Union[str, float]):
+  if rate == 'equal':
+    return 1.0
+  if rate == 'examples':
+    return seqio.mixing_rate_num_examples
+  if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+    return float(rate)
+  raise ValueError(f'Mixture rate must be one of {RATES} or a positive number, got {rate!r}.')
+
+
+def register_crossfit_mixture(
+    name: str,
+    tasks: Sequence[str],
+    seeds: Union[int, Sequence[int]],
+    *,
+    rate: Union[str, float] = 'equal',
+    name_prefix: str = DEFAULT_PREFIX,
+    overwrite: bool = False,
+) -> seqio.Mixture:
+  """Registers a seqio Mixture of registered CrossFit tasks (given by CrossFit name) for some seeds.
+
+  ``rate='equal'`` draws every (task, seed) equally often (MPT's one-task-per-step sampling, Qin et al.
+  §4.3.1); ``'examples'`` weights by the number of examples in the task's train file (concatenation, as
+  CrossFit's multi-task upstream training); a number gives every task that rate.
+  """
+  seeds = (seeds,) if isinstance(seeds, int) else tuple(seeds)
+  members = [seqio_task_name(t, s, name_prefix) for t in tasks for s in seeds]
+  missing = [m for m in members if m not in _TASKS]
+  if missing:
+    raise ValueError(f'Mixture {name!r}: tasks not registered: {missing[:5]}'
+                     f'{" ..." if len(missing) > 5 else ""}.')
+  if overwrite:
+    seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(name, members, default_rate=_rate(rate))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Partitions.
+
+
+@dataclasses.dataclass(frozen=True)
+class Qin2023Setting:
+  """One of the ten source -> target settings of Qin et al. (2023) §5.1 Table 1 (lists: Table 9)."""
+  name: str  # as in the paper, e.g. 'Cls->Non-Cls'
+  slug: str  # in mixture names, e.g. 'cls_to_noncls'
+  source_list: str  # Table 9 heading, e.g. 'Classification Source'
+  target_list: str
+  source: Tuple[str, ...]
+  target: Tuple[str, ...]
+
+
+def qin2023_slug(setting: str) -> str:
+  """``'Non-Cls->Cls'`` -> ``'noncls_to_cls'``: lowercase, ``->`` -> ``_to_``, ``-`` dropped."""
+  return setting.lower().replace('->', '_to_').replace('-', '')
+
+
+def qin2023_setting(setting: str) -> Qin2023Setting:
+  """A setting by paper name (``'Cls->Cls'``) or slug (``'cls_to_cls'``)."""
+  for s in QIN2023_SETTINGS.values():
+    if setting in (s.name, s.slug):
+      return s
+  raise ValueError(f'Unknown Qin et al. (2023) setting {setting!r}; known: '
+                   f'{", ".join(s.name for s in QIN2023_SETTINGS.values())} (or their slugs).')
+
+
+def qin2023_mixture_name(setting: str, role: str, seed: Union[int, str], rate: str = 'equal',
+                         name_prefix: str = DEFAULT_PREFIX) -> str:
+  """E.g. ``crossfit_qin2023_cls_to_cls_source_13``; role ``source`` or ``target``.
+
+  ``seed='all'`` names the source mixture over all five seeds (``..._source_all``): Qin et al. sample each
+  task five times to "cover more diverse samples in upstream learning" (§5.1).
+  """
+  if role not in ('source', 'target'):
+    raise ValueError(f'role must be "source" or "target", got {role!r}.')
+  if seed == 'all' and role != 'source':
+    raise ValueError('Only source mixtures come for all seeds (targets are tuned one seed at a time).')
+  if rate not in RATES or (rate == 'examples' and role != 'source'):
+    raise ValueError(f'rate {rate!r}: source mixtures come as {RATES}, target mixtures as "equal".')
+  suffix = '_examples' if rate == 'examples' else ''
+  return f'{name_prefix}_qin2023_{qin2023_setting(setting).slug}_{role}{suffix}_{seed}'
+
+
+def qin2023_task_names(setting: str, role: str, seed: int, name_prefix: str = DEFAULT_PREFIX) -> List[str]:
+  """The seqio task names of a setting's source or target tasks for one seed, in Table 9 order."""
+  s = qin2023_setting(setting)
+  if role not in ('source', 'target'):
+    raise ValueError(f'role must be "source" or "target", got {role!r}.')
+  return [seqio_task_name(t, seed, name_prefix) for t in (s.source if role == 'source' else s.target)]
+
+
+def crossfit_split_mixture_name(split_file: str, part: str, seed: int, rate: str = 'equal',
+                                name_prefix: str = DEFAULT_PREFIX) -> str:
+  """E.g. ``crossfit_split_random_train_13`` for ``random.json``'s ``train`` list, seed 13."""
+  if part not in CROSSFIT_SPLITS.get(split_file, {}):
+    raise ValueError(f'CrossFit split file {split_file!r} has no list {part!r}; known: '
+                     f'{ {k: tuple(v) for k, v in CROSSFIT_SPLITS.items()} }.')
+  if rate not in RATES:
+    raise ValueError(f'rate must be one of {RATES}, got {rate!r}.')
+  suffix = '_examples' if rate == 'examples' else ''
+  return f'{name_prefix}_split_{split_file}_{part}{suffix}_{seed}'
+
+
+def _register_defaults() -> None:
+  register_crossfit_tasks(CROSSFIT_TASKS)
+  for setting in QIN2023_SETTINGS.values():
+    for seed in SEEDS:
+      for role, tasks, rates in (('source', setting.source, RATES), ('target', setting.target, ('equal',))):
+        for rate in rates:
+          register_crossfit_mixture(qin2023_mixture_name(setting.name, role, seed, rate), tasks, seed,
+                                    rate=rate)
+    for rate in RATES:
+      register_crossfit_mixture(qin2023_mixture_name(setting.name, 'source', 'all', rate), setting.source,
+                                SEEDS, rate=rate)
+  for split_file, lists in CROSSFIT_SPLITS.items():
+    for part, tasks in lists.items():
+      for seed in SEEDS:
+        for rate in (RATES if part == 'train' else ('equal',)):
+          register_crossfit_mixture(crossfit_split_mixture_name(split_file, part, seed, rate), tasks, seed,
+                                    rate=rate)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Facts, generated from shared/data/crossfit_tasks.json and crossfit_partitions.json (INK-USC/CrossFit at
+# commit 56285ca; Qin et al. 2023 Appendix A.1 Table 9). tests/tasks/test_crossfit.py checks them against
+# those files.
+
+# CrossFit task table: name, metric, type, k (crossfit_tasks.json "tasks"; see the module docstring).
+_TASK_TABLE = '''
+acronym_identification                               EM                  non-classification 32
+ade_corpus_v2-classification                         Classification-F1   classification     16
+ade_corpus_v2-dosage                                 EM                  non-classification 32
+ade_corpus_v2-effect                                 EM                  non-classification 32
+adversarialqa                                        QA-F1               non-classification 32
+aeslc                                                Rouge-L             non-classification 32
+ag_news                                              Classification-F1   classification     16
+ai2_arc                                              ACC                 non-classification 32
+amazon_polarity                                      Classification-F1   classification     16
+anli                                                 Classification-F1   classification     16
+app_reviews                                          Pearson-Correlation non-classification 16
+aqua_rat                                             ACC                 non-classification 32
+art                                                  ACC                 non-classification 16
+aslg_pc12                                            EM                  non-classification 32
+biomrc                                               QA-F1               non-classification 32
+blimp-anaphor_gender_agreement                       ACC                 non-classification 16
+blimp-anaphor_number_agreement                       ACC                 non-classification 16
+blimp-determiner_noun_agreement_with_adj_irregular_1 ACC                 non-classification 16
+blimp-ellipsis_n_bar_1                               ACC                 non-classification 16
+blimp-ellipsis_n_bar_2                               ACC                 non-classification 16
+blimp-existential_there_quantifiers_1                ACC                 non-classification 16
+blimp-irregular_past_participle_adjectives           ACC                 non-classification 16
+blimp-sentential_negation_npi_licensor_present       ACC                 non-classification 16
+blimp-sentential_negation_npi_scope                  ACC                 non-classification 16
+blimp-wh_questions_object_gap                        ACC                 non-classification 16
+boolq                                                ACC                 non-classification 16
+break-QDMR                                           EM                  non-classification 32
+break-QDMR-high-level                                EM                  non-classification 32
+circa                                                Classification-F1   classification     16
+climate_fever                                        Classification-F1   classification     16
+codah                                                Classification-F1   non-classification 32
+common_gen                                           Rouge-L             non-classification 32
+commonsense_qa                                       ACC                 non-classification 32
+cos_e                                                Rouge-L             non-classification 32
+cosmos_qa                                            ACC                 non-classification 32
+crawl_domain                                         EM                  non-classification 32
+crows_pairs                                          ACC                 non-classification 16
+dbpedia_14                                           Classification-F1   classification     16
+definite_pronoun_resolution                          ACC                 non-classification 32
+discovery                                            Classification-F1   classification     16
+dream                                                ACC                 non-classification 32
+duorc                                                QA-F1               non-classification 32
+e2e_nlg_cleaned                                      Rouge-L             non-classification 32
+eli5-askh                                            Rouge-L             non-classification 32
+eli5-asks                                            Rouge-L             non-classification 32
+eli5-eli5                                            Rouge-L             non-classification 32
+emo                                                  Classification-F1   classification     16
+emotion                                              Classification-F1   classification     16
+empathetic_dialogues                                 Rouge-L             non-classification 32
+ethos-directed_vs_generalized                        Classification-F1   classification     16
+ethos-disability                                     Classification-F1   classification     16
+ethos-gender                                         Classification-F1   classification     16
+ethos-national_origin                                Classification-F1   classification     16
+ethos-race                                           Classification-F1   classification     16
+ethos-religion                                       Classification-F1   classification     16
+ethos-sexual_orientation                             Classification-F1   classification     16
+financial_phrasebank                                 Classification-F1   classification     16
+freebase_qa                                          EM                  non-classification 32
+gigaword                                             Rouge-L             non-classification 32
+glue-cola                                            Matthew-Correlation classification     16
+glue-mnli                                            ACC                 classification     16
+glue-mrpc                                            ACC                 classification     16
+glue-qnli                                            ACC                 classification     16
+glue-qqp                                             ACC                 classification     16
+glue-rte                                             ACC                 classification     16
+glue-sst2                                            ACC                 classification     16
+glue-wnli                                            ACC                 classification     16
+google_wellformed_query                              ACC                 classification     16
+hate_speech18                                        Classification-F1   classification     16
+hate_speech_offensive                                Classification-F1   classification     16
+hatexplain                                           Classification-F1   classification     16
+health_fact                                          Classification-F1   classification     16
+hellaswag                                            ACC                 non-classification 32
+hotpot_qa                                            QA-F1               non-classification 32
+imdb                                                 Classification-F1   classification     16
+jeopardy                                             EM                  non-classification 32
+kilt_ay2                                             EM                  non-classification 32
+kilt_fever                                           ACC                 classification     32
+kilt_hotpotqa                                        EM                  non-classification 32
+kilt_nq                                              EM                  non-classification 32
+kilt_trex                                            EM                  non-classification 32
+kilt_wow                                             Rouge-L             non-classification 32
+kilt_zsre                                            EM                  non-classification 32
+lama-conceptnet                                      EM                  non-classification 32
+lama-google_re                                       EM                  non-classification 32
+lama-squad                                           EM                  non-classification 32
+lama-trex                                            EM                  non-classification 32
+liar                                                 Classification-F1   classification     16
+limit                                                EM                  non-classification 32
+math_qa                                              ACC                 non-classification 32
+mc_taco                                              ACC                 non-classification 16
+medical_questions_pairs                              ACC                 classification     16
+mocha                                                Pearson-Correlation non-classification 16
+multi_news                                           Rouge-L             non-classification 32
+numer_sense                                          EM                  non-classification 32
+onestop_english                                      Classification-F1   classification     16
+openbookqa                                           ACC                 non-classification 32
+paws                                                 Classification-F1   classification     16
+piqa                                                 ACC                 non-classification 16
+poem_sentiment                                       Classification-F1   classification     16
+proto_qa                                             EM                  non-classification 32
+qa_srl                                               EM                  non-classification 32
+qasc                                                 ACC                 non-classification 32
+quail                                                ACC                 non-classification 32
+quarel                                               ACC                 non-classification 32
+quartz-no_knowledge                                  ACC                 non-classification 32
+quartz-with_knowledge                                ACC                 non-classification 32
+quoref                                               QA-F1               non-classification 32
+race-high                                            ACC                 non-classification 32
+race-middle                                          ACC                 non-classification 32
+reddit_tifu-title                                    Rouge-L             non-classification 32
+reddit_tifu-tldr                                     Rouge-L             non-classification 32
+ropes                                                QA-F1               non-classification 32
+rotten_tomatoes                                      Classification-F1   classification     16
+samsum                                               Rouge-L             non-classification 32
+scicite                                              Classification-F1   classification     16
+sciq                                                 ACC                 non-classification 32
+scitail                                              Classification-F1   classification     16
+search_qa                                            EM                  non-classification 32
+sick                                                 Classification-F1   classification     16
+sms_spam                                             Classification-F1   classification     16
+social_i_qa                                          ACC                 non-classification 32
+spider                                               EM                  non-classification 32
+squad-no_context                                     EM                  non-classification 32
+squad-with_context                                   QA-F1               non-classification 32
+superglue-cb                                         ACC                 classification     16
+superglue-copa                                       ACC                 non-classification 32
+superglue-multirc                                    EM                  non-classification 32
+superglue-record                                     QA-F1               non-classification 32
+superglue-rte                                        ACC                 classification     16
+superglue-wic                                        ACC                 classification     16
+superglue-wsc                                        ACC                 classification     16
+swag                                                 ACC                 non-classification 32
+tab_fact                                             Classification-F1   classification     16
+trec                                                 Classification-F1   classification     16
+trec-finegrained                                     Classification-F1   classification     16
+tweet_eval-emoji                                     Classification-F1   classification     16
+tweet_eval-emotion                                   Classification-F1   classification     16
+tweet_eval-hate                                      Classification-F1   classification     16
+tweet_eval-irony                                     Classification-F1   classification     16
+tweet_eval-offensive                                 Classification-F1   classification     16
+tweet_eval-sentiment                                 Classification-F1   classification     16
+tweet_eval-stance_abortion                           Classification-F1   classification     16
+tweet_eval-stance_atheism                            Classification-F1   classification     16
+tweet_eval-stance_climate                            Classification-F1   classification     16
+tweet_eval-stance_feminist                           Classification-F1   classification     16
+tweet_eval-stance_hillary                            Classification-F1   classification     16
+tweet_qa                                             QA-F1               non-classification 32
+web_questions                                        EM                  non-classification 32
+wiki_auto                                            Classification-F1   classification     16
+wiki_bio                                             Rouge-L             non-classification 32
+wiki_qa                                              Classification-F1   classification     16
+wiki_split                                           Rouge-L             non-classification 32
+wikisql                                              EM                  non-classification 32
+wino_grande                                          ACC                 non-classification 32
+wiqa                                                 ACC                 non-classification 32
+xsum                                                 Rouge-L             non-classification 32
+yahoo_answers_topics                                 Classification-F1   classification     16
+yelp_polarity                                        Classification-F1   classification     16
+yelp_review_full                                     Pearson-Correlation non-classification 16
+'''
+
+# Qin et al. (2023), Appendix A.1 Table 9: the 12 task lists, in the paper's order.
+_QIN2023_LISTS = {
+    'Random Source': '''
+        glue-mrpc math_qa quarel e2e_nlg_cleaned tweet_eval-stance_atheism lama-squad tab_fact aqua_rat
+        tweet_eval-emoji glue-wnli codah tweet_eval-offensive wiki_qa blimp-ellipsis_n_bar_1 openbookqa
+        sms_spam acronym_identification blimp-determiner_noun_agreement_with_adj_irregular_1
+        ethos-national_origin spider hellaswag superglue-wsc numer_sense ade_corpus_v2-dosage
+        blimp-ellipsis_n_bar_2 kilt_ay2 squad-no_context google_wellformed_query xsum wiqa
+        tweet_eval-stance_abortion reddit_tifu-tldr ade_corpus_v2-effect qa_srl ethos-religion
+        commonsense_qa biomrc superglue-multirc ethos-race eli5-askh glue-qqp paws
+        ethos-directed_vs_generalized glue-sst2 tweet_eval-hate glue-rte blimp-anaphor_number_agreement
+        lama-conceptnet hate_speech_offensive superglue-wic boolq kilt_hotpotqa quartz-no_knowledge
+        aslg_pc12 sick tweet_eval-stance_climate tweet_eval-sentiment crows_pairs glue-mnli
+        medical_questions_pairs break-QDMR-high-level qasc imdb ethos-gender trec-finegrained adversarialqa
+        onestop_english web_questions duorc swag proto_qa scitail tweet_eval-stance_feminist limit
+        common_gen scicite blimp-irregular_past_participle_adjectives social_i_qa anli kilt_zsre cosmos_qa
+        superglue-record squad-with_context emotion blimp-existential_there_quantifiers_1 race-middle
+        kilt_wow sciq wino_grande rotten_tomatoes superglue-cb poem_sentiment ropes reddit_tifu-title piqa
+        climate_fever lama-google_re search_qa mc_taco blimp-wh_questions_object_gap hotpot_qa emo kilt_nq
+        kilt_trex quartz-with_knowledge dbpedia_14 yahoo_answers_topics superglue-copa
+        blimp-anaphor_gender_agreement hate_speech18 gigaword multi_news aeslc quail
+    ''',
+    'Random Target': '''
+        quoref wiki_split ethos-disability yelp_polarity superglue-rte glue-cola ethos-sexual_orientation
+        blimp-sentential_negation_npi_scope ai2_arc amazon_polarity race-high
+        blimp-sentential_negation_npi_licensor_present tweet_eval-irony crawl_domain freebase_qa glue-qnli
+        hatexplain ag_news circa samsum
+    ''',
+    'Classification Source': '''
+        superglue-rte tweet_eval-sentiment discovery glue-rte superglue-wsc scicite glue-mrpc
+        tweet_eval-stance_hillary tweet_eval-offensive emotion hatexplain glue-cola sick paws
+        ethos-sexual_orientation glue-qqp tweet_eval-emotion sms_spam health_fact glue-mnli imdb
+        ethos-disability glue-wnli scitail trec-finegrained yahoo_answers_topics liar glue-sst2
+        tweet_eval-stance_abortion circa tweet_eval-stance_climate glue-qnli tweet_eval-emoji
+        ethos-directed_vs_generalized ade_corpus_v2-classification ag_news hate_speech_offensive
+        superglue-wic google_wellformed_query tweet_eval-irony ethos-gender onestop_english trec
+        rotten_tomatoes kilt_fever
+    ''',
+    'Non-Classification Source': '''
+        ade_corpus_v2-dosage art biomrc blimp-anaphor_number_agreement blimp-ellipsis_n_bar_2
+        blimp-sentential_negation_npi_licensor_present blimp-sentential_negation_npi_scope
+        break-QDMR-high-level commonsense_qa crows_pairs dream duorc eli5-asks eli5-eli5 freebase_qa
+        gigaword hellaswag hotpot_qa kilt_ay2 kilt_hotpotqa kilt_trex kilt_zsre lama-conceptnet
+        lama-google_re lama-squad math_qa numer_sense openbookqa piqa proto_qa qa_srl quarel
+        quartz-no_knowledge race-high reddit_tifu-title reddit_tifu-tldr ropes sciq social_i_qa spider
+        superglue-multirc wiki_bio wikisql xsum yelp_review_full
+    ''',
+    'Both (Classification + Non-Classification) Source': '''
+        ade_corpus_v2-dosage biomrc blimp-ellipsis_n_bar_2 blimp-sentential_negation_npi_scope
+        commonsense_qa crows_pairs duorc hellaswag kilt_zsre lama-google_re lama-squad math_qa numer_sense
+        openbookqa piqa proto_qa quartz-no_knowledge race-high reddit_tifu-tldr ropes sciq wiki_bio
+        discovery emotion ethos-disability ethos-sexual_orientation glue-cola glue-mnli glue-mrpc glue-qqp
+        glue-rte glue-wnli hatexplain health_fact imdb paws scicite sick sms_spam superglue-rte
+        superglue-wsc tweet_eval-emotion tweet_eval-offensive tweet_eval-sentiment tweet_eval-stance_hillary
+    ''',
+    'Classification Target': '''
+        superglue-cb dbpedia_14 wiki_qa emo yelp_polarity ethos-religion amazon_polarity tab_fact anli
+        ethos-race
+    ''',
+    'Non-Classification Target': '''
+        multi_news superglue-copa quail blimp-anaphor_gender_agreement common_gen acronym_identification
+        quoref wiki_split ai2_arc break-QDMR crawl_domain samsum
+    ''',
+    'QA Source': '''
+        biomrc boolq freebase_qa hotpot_qa kilt_hotpotqa kilt_nq kilt_trex kilt_zsre lama-conceptnet
+        lama-google_re lama-squad lama-trex mc_taco numer_sense quoref ropes search_qa squad-no_context
+        superglue-multirc superglue-record tweet_qa web_questions
+    ''',
+    'Non-QA Source': '''
+        hate_speech_offensive google_wellformed_query circa glue-sst2 scitail emo ag_news art paws kilt_ay2
+        glue-qnli ade_corpus_v2-classification hatexplain emotion glue-qqp kilt_fever dbpedia_14 glue-mnli
+        discovery gigaword amazon_polarity tab_fact tweet_eval-emoji tweet_eval-offensive
+        tweet_eval-sentiment imdb liar anli wikisql xsum yahoo_answers_topics yelp_polarity yelp_review_full
+    ''',
+    'QA Target': '''
+        ai2_arc codah cosmos_qa dream hellaswag qasc quail quarel quartz-no_knowledge quartz-with_knowledge
+        sciq superglue-copa swag wino_grande wiqa
+    ''',
+    'Non-Paraphrase Classification Source': '''
+        ade_corpus_v2-classification ag_news amazon_polarity anli circa climate_fever dbpedia_14 discovery
+        emo emotion ethos-directed_vs_generalized ethos-disability ethos-gender ethos-national_origin
+        ethos-race ethos-religion ethos-sexual_orientation financial_phrasebank glue-cola glue-mnli
+        glue-qnli glue-rte glue-sst2 glue-wnli google_wellformed_query hate_speech18 hate_speech_offensive
+        hatexplain health_fact imdb kilt_fever liar onestop_english poem_sentiment rotten_tomatoes scicite
+        scitail sick sms_spam superglue-cb superglue-rte superglue-wic superglue-wsc tab_fact trec
+        trec-finegrained tweet_eval-emoji tweet_eval-emotion tweet_eval-hate tweet_eval-irony
+        tweet_eval-offensive tweet_eval-sentiment tweet_eval-stance_abortion tweet_eval-stance_atheism
+        tweet_eval-stance_climate tweet_eval-stance_feminist tweet_eval-stance_hillary wiki_qa
+        yahoo_answers_topics yelp_polarity
+    ''',
+    'Paraphrase Target': '''
+        glue-mrpc glue-qqp medical_questions_pairs paws
+    ''',
+}
+
+# Qin et al. (2023), §5.1 Table 1: the ten settings as (name, source list, target list).
+_QIN2023_SETTINGS = (
+    ('R->R', 'Random Source', 'Random Target'),
+    ('Cls->Cls', 'Classification Source', 'Classification Target'),
+    ('Both->Cls', 'Both (Classification + Non-Classification) Source', 'Classification Target'),
+    ('Non-Cls->Cls', 'Non-Classification Source', 'Classification Target'),
+    ('Cls->Non-Cls', 'Classification Source', 'Non-Classification Target'),
+    ('Both->Non-Cls', 'Both (Classification + Non-Classification) Source', 'Non-Classification Target'),
+    ('Non-Cls->Non-Cls', 'Non-Classification Source', 'Non-Classification Target'),
+    ('QA->QA', 'QA Source', 'QA Target'),
+    ('Non-QA->QA', 'Non-QA Source', 'QA Target'),
+    ('NP->P', 'Non-Paraphrase Classification Source', 'Paraphrase Target'),
+)
+
+# CrossFit's dataloader/custom_tasks_splits/*.json on master, verbatim order (empty lists left out).
+_CROSSFIT_SPLIT_LISTS = {
+    'random': {
+        'train': '''
+            glue-mrpc math_qa quarel e2e_nlg_cleaned tweet_eval-stance_atheism lama-squad tab_fact aqua_rat
+            tweet_eval-emoji glue-wnli codah tweet_eval-offensive wiki_qa blimp-ellipsis_n_bar_1 openbookqa
+            sms_spam acronym_identification blimp-determiner_noun_agreement_with_adj_irregular_1
+            ethos-national_origin spider definite_pronoun_resolution hellaswag superglue-wsc numer_sense
+            ade_corpus_v2-dosage blimp-ellipsis_n_bar_2 kilt_ay2 squad-no_context google_wellformed_query
+            xsum wiqa tweet_eval-stance_abortion reddit_tifu-tldr ade_corpus_v2-effect qa_srl ethos-religion
+            commonsense_qa jeopardy biomrc superglue-multirc ethos-race eli5-askh glue-qqp paws
+            ethos-directed_vs_generalized glue-sst2 mocha tweet_eval-hate glue-rte
+            blimp-anaphor_number_agreement lama-conceptnet hate_speech_offensive superglue-wic boolq
+            kilt_hotpotqa quartz-no_knowledge aslg_pc12 sick tweet_eval-stance_climate tweet_eval-sentiment
+            crows_pairs glue-mnli medical_questions_pairs break-QDMR-high-level qasc imdb ethos-gender
+            trec-finegrained adversarialqa onestop_english web_questions duorc yelp_review_full swag
+            proto_qa scitail tweet_eval-stance_feminist limit common_gen scicite
+            blimp-irregular_past_participle_adjectives social_i_qa anli kilt_zsre cosmos_qa superglue-record
+            squad-with_context emotion blimp-existential_there_quantifiers_1 race-middle kilt_wow sciq
+            wino_grande rotten_tomatoes superglue-cb poem_sentiment ropes reddit_tifu-title piqa
+            climate_fever lama-google_re search_qa wiki_auto mc_taco blimp-wh_questions_object_gap hotpot_qa
+            emo kilt_nq kilt_trex quartz-with_knowledge dbpedia_14 yahoo_answers_topics app_reviews
+            superglue-copa blimp-anaphor_gender_agreement hate_speech18 gigaword multi_news aeslc quail
+        ''',
+        'dev': '''
+            cos_e kilt_fever eli5-asks trec eli5-eli5 art empathetic_dialogues tweet_qa wikisql lama-trex
+            tweet_eval-stance_hillary discovery tweet_eval-emotion liar wiki_bio dream
+            ade_corpus_v2-classification health_fact samsum financial_phrasebank
+        ''',
+        'test': '''
+            quoref wiki_split ethos-disability yelp_polarity superglue-rte glue-cola
+            ethos-sexual_orientation blimp-sentential_negation_npi_scope ai2_arc amazon_polarity race-high
+            blimp-sentential_negation_npi_licensor_present tweet_eval-irony break-QDMR crawl_domain
+            freebase_qa glue-qnli hatexplain ag_news circa
+        ''',
+        'all': '''
+            acronym_identification ade_corpus_v2-classification ade_corpus_v2-dosage ade_corpus_v2-effect
+            adversarialqa aeslc ag_news ai2_arc amazon_polarity anli app_reviews aqua_rat art aslg_pc12
+            biomrc blimp-anaphor_gender_agreement blimp-anaphor_number_agreement
+            blimp-determiner_noun_agreement_with_adj_irregular_1 blimp-ellipsis_n_bar_1
+            blimp-ellipsis_n_bar_2 blimp-existential_there_quantifiers_1
+            blimp-irregular_past_participle_adjectives blimp-sentential_negation_npi_licensor_present
+            blimp-sentential_negation_npi_scope blimp-wh_questions_object_gap boolq break-QDMR
+            break-QDMR-high-level circa climate_fever codah common_gen commonsense_qa cos_e cosmos_qa
+            crawl_domain crows_pairs dbpedia_14 definite_pronoun_resolution discovery dream duorc
+            e2e_nlg_cleaned eli5-askh eli5-asks eli5-eli5 emo emotion empathetic_dialogues
+            ethos-directed_vs_generalized ethos-disability ethos-gender ethos-national_origin ethos-race
+            ethos-religion ethos-sexual_orientation financial_phrasebank freebase_qa gigaword glue-cola
+            glue-mnli glue-mrpc glue-qnli glue-qqp glue-rte glue-sst2 glue-wnli google_wellformed_query
+            hate_speech18 hate_speech_offensive hatexplain health_fact hellaswag hotpot_qa imdb jeopardy
+            kilt_ay2 kilt_fever kilt_hotpotqa kilt_nq kilt_trex kilt_wow kilt_zsre lama-conceptnet
+            lama-google_re lama-squad lama-trex liar limit math_qa mc_taco medical_questions_pairs mocha
+            multi_news numer_sense onestop_english openbookqa paws piqa poem_sentiment proto_qa qa_srl qasc
+            quail quarel quartz-no_knowledge quartz-with_knowledge quoref race-high race-middle
+            reddit_tifu-title reddit_tifu-tldr ropes rotten_tomatoes samsum scicite sciq scitail search_qa
+            sick sms_spam social_i_qa spider squad-no_context squad-with_context superglue-cb superglue-copa
+            superglue-multirc superglue-record superglue-rte superglue-wic superglue-wsc swag tab_fact trec
+            trec-finegrained tweet_eval-emoji tweet_eval-emotion tweet_eval-hate tweet_eval-irony
+            tweet_eval-offensive tweet_eval-sentiment tweet_eval-stance_abortion tweet_eval-stance_atheism
+            tweet_eval-stance_climate tweet_eval-stance_feminist tweet_eval-stance_hillary tweet_qa
+            web_questions wiki_auto wiki_bio wiki_qa wiki_split wikisql wino_grande wiqa xsum
+            yahoo_answers_topics yelp_polarity yelp_review_full
+        ''',
+    },
+    'train_classification_test_classification': {
+        'train': '''
+            superglue-rte tweet_eval-sentiment discovery glue-rte superglue-wsc scicite glue-mrpc
+            tweet_eval-stance_hillary tweet_eval-offensive emotion hatexplain glue-cola sick paws
+            ethos-sexual_orientation glue-qqp tweet_eval-emotion sms_spam health_fact glue-mnli imdb
+            ethos-disability glue-wnli scitail trec-finegrained yahoo_answers_topics liar glue-sst2
+            tweet_eval-stance_abortion circa tweet_eval-stance_climate glue-qnli tweet_eval-emoji
+            ethos-directed_vs_generalized ade_corpus_v2-classification wiki_auto hate_speech_offensive
+            superglue-wic google_wellformed_query tweet_eval-irony ethos-gender onestop_english trec
+            rotten_tomatoes kilt_fever
+        ''',
+        'dev': '''
+            tweet_eval-stance_feminist ethos-national_origin tweet_eval-hate ag_news amazon_polarity
+            hate_speech18 poem_sentiment climate_fever medical_questions_pairs tweet_eval-stance_atheism
+        ''',
+        'test': '''
+            superglue-cb dbpedia_14 wiki_qa emo yelp_polarity ethos-religion financial_phrasebank tab_fact
+            anli ethos-race
+        ''',
+        'all': '''
+            ade_corpus_v2-classification ag_news amazon_polarity anli circa climate_fever dbpedia_14
+            discovery emo emotion ethos-directed_vs_generalized ethos-disability ethos-gender
+            ethos-national_origin ethos-race ethos-religion ethos-sexual_orientation financial_phrasebank
+            glue-cola glue-mnli glue-mrpc glue-qnli glue-qqp glue-rte glue-sst2 glue-wnli
+            google_wellformed_query hate_speech18 hate_speech_offensive hatexplain health_fact imdb
+            kilt_fever liar medical_questions_pairs onestop_english paws poem_sentiment rotten_tomatoes
+            scicite scitail sick sms_spam superglue-cb superglue-rte superglue-wic superglue-wsc tab_fact
+            trec trec-finegrained tweet_eval-emoji tweet_eval-emotion tweet_eval-hate tweet_eval-irony
+            tweet_eval-offensive tweet_eval-sentiment tweet_eval-stance_abortion tweet_eval-stance_atheism
+            tweet_eval-stance_climate tweet_eval-stance_feminist tweet_eval-stance_hillary wiki_auto wiki_qa
+            yahoo_answers_topics yelp_polarity
+        ''',
+    },
+    'train_halfhalf_test_classification': {
+        'train': '''
+            ade_corpus_v2-dosage biomrc blimp-ellipsis_n_bar_2 blimp-sentential_negation_npi_scope
+            commonsense_qa crows_pairs duorc hellaswag kilt_zsre lama-google_re lama-squad math_qa
+            numer_sense openbookqa piqa proto_qa quartz-no_knowledge race-high reddit_tifu-tldr ropes sciq
+            wiki_bio discovery emotion ethos-disability ethos-sexual_orientation glue-cola glue-mnli
+            glue-mrpc glue-qqp glue-rte glue-wnli hatexplain health_fact imdb paws scicite sick sms_spam
+            superglue-rte superglue-wsc tweet_eval-emotion tweet_eval-offensive tweet_eval-sentiment
+            tweet_eval-stance_hillary
+        ''',
+        'dev': '''
+            tweet_eval-stance_feminist ethos-national_origin tweet_eval-hate ag_news amazon_polarity
+            hate_speech18 poem_sentiment climate_fever medical_questions_pairs tweet_eval-stance_atheism
+        ''',
+        'test': '''
+            superglue-cb dbpedia_14 wiki_qa emo yelp_polarity ethos-religion financial_phrasebank tab_fact
+            anli ethos-race
+        ''',
+    },
+    'train_non_mrc_qa_test_mrc': {
+        'train': '''
+            ai2_arc aqua_rat boolq codah commonsense_qa cosmos_qa dream eli5-askh eli5-asks eli5-eli5
+            freebase_qa hellaswag jeopardy kilt_hotpotqa kilt_nq kilt_trex kilt_zsre lama-conceptnet
+            lama-google_re lama-squad lama-trex math_qa mc_taco numer_sense openbookqa qasc quail quarel
+            quartz-no_knowledge quartz-with_knowledge race-high race-middle sciq search_qa social_i_qa
+            squad-no_context superglue-copa superglue-multirc swag web_questions wino_grande wiqa
+        ''',
+        'dev': '''
+            adversarialqa biomrc duorc hotpot_qa quoref ropes squad-with_context superglue-record tweet_qa
+        ''',
+    },
+    'train_non_multiple_choice_qa_test_multiple_choice': {
+        'train': '''
+            adversarialqa biomrc boolq duorc eli5-askh eli5-asks eli5-eli5 freebase_qa hotpot_qa jeopardy
+            kilt_hotpotqa kilt_nq kilt_trex kilt_zsre lama-conceptnet lama-google_re lama-squad lama-trex
+            mc_taco numer_sense quoref ropes search_qa squad-no_context squad-with_context superglue-multirc
+            superglue-record tweet_qa web_questions
+        ''',
+        'dev': '''
+            ai2_arc aqua_rat codah commonsense_qa cosmos_qa dream hellaswag math_qa openbookqa qasc quail
+            quarel quartz-no_knowledge quartz-with_knowledge race-high race-middle sciq social_i_qa
+            superglue-copa swag wino_grande wiqa
+        ''',
+    },
+    'train_non_nli_test_nli': {
+        'train': '''
+            ade_corpus_v2-classification ag_news amazon_polarity circa climate_fever dbpedia_14 discovery
+            emo emotion ethos-directed_vs_generalized ethos-disability ethos-gender ethos-national_origin
+            ethos-race ethos-religion ethos-sexual_orientation financial_phrasebank glue-cola glue-mrpc
+            glue-qqp glue-sst2 google_wellformed_query hate_speech18 hate_speech_offensive hatexplain
+            health_fact imdb kilt_fever liar medical_questions_pairs onestop_english paws poem_sentiment
+            rotten_tomatoes scicite sick sms_spam superglue-wic superglue-wsc tab_fact trec trec-finegrained
+            tweet_eval-emoji tweet_eval-emotion tweet_eval-hate tweet_eval-irony tweet_eval-offensive
+            tweet_eval-sentiment tweet_eval-stance_abortion tweet_eval-stance_atheism
+            tweet_eval-stance_climate tweet_eval-stance_feminist tweet_eval-stance_hillary wiki_auto wiki_qa
+            yahoo_answers_topics yelp_polarity
+        ''',
+        'dev': '''
+            anli glue-mnli glue-qnli glue-rte glue-wnli scitail sick superglue-cb
+        ''',
+    },
+    'train_nonclassification_test_classification': {
+        'train': '''
+            ade_corpus_v2-dosage art biomrc blimp-anaphor_number_agreement blimp-ellipsis_n_bar_2
+            blimp-sentential_negation_npi_licensor_present blimp-sentential_negation_npi_scope
+            break-QDMR-high-level commonsense_qa crows_pairs dream duorc eli5-asks eli5-eli5 freebase_qa
+            gigaword hellaswag hotpot_qa kilt_ay2 kilt_hotpotqa kilt_trex kilt_zsre lama-conceptnet
+            lama-google_re lama-squad math_qa numer_sense openbookqa piqa proto_qa qa_srl quarel
+            quartz-no_knowledge race-high reddit_tifu-title reddit_tifu-tldr ropes sciq social_i_qa spider
+            superglue-multirc wiki_bio wikisql xsum yelp_review_full
+        ''',
+        'dev': '''
+            tweet_eval-stance_feminist ethos-national_origin tweet_eval-hate ag_news amazon_polarity
+            hate_speech18 poem_sentiment climate_fever medical_questions_pairs tweet_eval-stance_atheism
+        ''',
+        'test': '''
+            superglue-cb dbpedia_14 wiki_qa emo yelp_polarity ethos-religion financial_phrasebank tab_fact
+            anli ethos-race
+        ''',
+    },
+    'train_nonparaphrase_classification_test_paraphrase': {
+        'train': '''
+            ade_corpus_v2-classification ag_news amazon_polarity anli circa climate_fever dbpedia_14
+            discovery emo emotion ethos-directed_vs_generalized ethos-disability ethos-gender
+            ethos-national_origin ethos-race ethos-religion ethos-sexual_orientation financial_phrasebank
+            glue-cola glue-mnli glue-qnli glue-rte glue-sst2 glue-wnli google_wellformed_query hate_speech18
+            hate_speech_offensive hatexplain health_fact imdb kilt_fever liar onestop_english poem_sentiment
+            rotten_tomatoes scicite scitail sick sms_spam superglue-cb superglue-rte superglue-wic
+            superglue-wsc tab_fact trec trec-finegrained tweet_eval-emoji tweet_eval-emotion tweet_eval-hate
+            tweet_eval-irony tweet_eval-offensive tweet_eval-sentiment tweet_eval-stance_abortion
+            tweet_eval-stance_atheism tweet_eval-stance_climate tweet_eval-stance_feminist
+            tweet_eval-stance_hillary wiki_auto wiki_qa yahoo_answers_topics yelp_polarity
+        ''',
+        'dev': '''
+            glue-mrpc glue-qqp medical_questions_pairs paws
+        ''',
+    },
+}
+
+
+def _parse_task_table(table: str) -> Dict[str, CrossFitTaskInfo]:
+  infos = {}
+  for line in table.strip().splitlines():
+    name, metric, type_, k = line.split()
+    infos[name] = _as_info(name, {'metric': metric, 'type': type_, 'k': int(k)})
+  return infos
+
+
+def _words(text: str) -> Tuple[str, ...]:
+  return tuple(text.split())
+
+
+# CrossFit name -> facts, for the 160 tasks (alphabetical, as CrossFit lists them).
+CROSSFIT_TASKS: Mapping[str, CrossFitTaskInfo] = types.MappingProxyType(_parse_task_table(_TASK_TABLE))
+# Table 9 heading -> task names.
+QIN2023_LISTS: Mapping[str, Tuple[str, ...]] = types.MappingProxyType(
+    {k: _words(v) for k, v in _QIN2023_LISTS.items()})
+# Paper setting name ('R->R', 'Cls->Cls', ..., 'NP->P') -> Qin2023Setting.
+QIN2023_SETTINGS: Mapping[str, Qin2023Setting] = types.MappingProxyType({
+    name: Qin2023Setting(name=name, slug=qin2023_slug(name), source_list=src, target_list=tgt,
+                         source=QIN2023_LISTS[src], target=QIN2023_LISTS[tgt])
+    for name, src, tgt in _QIN2023_SETTINGS})
+# CrossFit split file (without .json) -> list ('train', 'dev', 'test', 'all') -> task names.
+CROSSFIT_SPLITS: Mapping[str, Mapping[str, Tuple[str, ...]]] = types.MappingProxyType({
+    f: types.MappingProxyType({part: _words(v) for part, v in lists.items()})
+    for f, lists in _CROSSFIT_SPLIT_LISTS.items()})
+
+_register_defaults()
