@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     'gin-config==0.5.0',
     'sentencepiece==0.2.3',
     'clu==0.0.12',
+    'tensorboard==2.21.0',  # clu's SummaryWriter
     'numpy',
     'msgpack',
     'safetensors',
