@@ -128,7 +128,7 @@ def make_train_step(model: PromptableT5, optimizer: optax.GradientTransformation
       rng = jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step)
     loss, grads, aux = loss_and_grads(model, state.params, batch, rng, trainable, num_microbatches)
     keys = trainable_keys(state.params, trainable)
-    grad_norm = optax.global_norm({k: grads[k] for k in keys})
+    grad_norm = optax.tree.norm({k: grads[k] for k in keys})
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': grad_norm, 'num_tokens': aux['num_tokens'],

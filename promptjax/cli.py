@@ -1,0 +1,192 @@
+"""``promptjax train|eval|...``: gin-configured entry points that speak T5X's flags.
+
+  promptjax train --gin_file=gin_configs/runs/train.gin --gin_file=gin_configs/models/t5_1_1_tiny.gin \\
+      --gin_file=gin_configs/mtl_prompt.gin --gin.MODEL_DIR="'/tmp/run'" \\
+      --gin.MIXTURE_OR_TASK_NAME="'mini_train'" --gin.TRAIN_STEPS=100
+  python -m promptjax.train ...         # the same as `promptjax train ...`
+
+Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
+(shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the repository's
+``gin_configs/`` and its parent are always searched), ``--dry_run`` (shapes, shardings and memory only),
+and for multi-host runs ``--coordinator_address``, ``--process_count``, ``--process_index``.
+
+Gin is only used here: the library underneath takes plain arguments. Every failure a user can cause
+(missing gin file, unknown binding, unknown task, mesh larger than the devices, mismatched checkpoint,
+NaN loss) prints one ``error:`` line naming the fix and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(REPO_DIR, 'gin_configs')
+EXIT_USAGE = 2
+
+_registered = False
+
+
+def register_gin_configurables() -> None:
+  """Makes the library's classes and functions configurable from gin, under their module names."""
+  global _registered
+  if _registered:
+    return
+  from promptjax import models
+  from promptjax.training import optimizers, partitioning, trainer
+  gin.external_configurable(models.PromptableT5, module='promptjax.models')
+  gin.external_configurable(models.PromptConfig, module='promptjax.models')
+  gin.external_configurable(models.get_config, module='promptjax.models')
+  gin.external_configurable(trainer.DatasetConfig, module='promptjax.training')
+  gin.external_configurable(trainer.train, module='promptjax.training')
+  del optimizers, partitioning  # they declare their own configurables
+  _registered = True
+
+
+def split_gin_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """Pulls ``--gin.NAME=VALUE`` out of argv as gin bindings ``NAME = VALUE`` (T5X's rewrite)."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      name, sep, value = arg[len('--gin.'):].partition('=')
+      if not sep:
+        raise SystemExit(f'error: {arg} needs a value: --gin.{name}=VALUE')
+      bindings.append(f'{name} = {value}')
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
+  """Parses gin files and bindings; raises `CliError` with one readable line on any problem."""
+  for path in list(search_paths) + [GIN_DIR, REPO_DIR, os.getcwd()]:
+    if path and os.path.isdir(path) and path not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+      gin.add_config_file_search_path(path)
+  resolved = []
+  for f in gin_files:
+    path = _find_gin_file(f, search_paths)
+    if not path:
+      raise CliError(f'gin file {f!r} not found (searched the working directory, {GIN_DIR} and '
+                     f'--gin_search_paths). Check the path or add its folder to --gin_search_paths.')
+    resolved.append(path)
+  quiet = _QuietGinSearch()
+  logging.getLogger().addFilter(quiet)
+  try:
+    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+  except (ValueError, KeyError, SyntaxError, IOError) as e:
+    msg = str(e).strip().splitlines()
+    raise CliError('bad gin configuration: ' + ' '.join(m.strip() for m in msg[:3])) from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+class _QuietGinSearch(logging.Filter):
+  """gin logs an error for every search-path prefix an ``include`` is not found under; hide those."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith('Path not found')
+
+
+def _find_gin_file(f: str, search_paths: Sequence[str]) -> Optional[str]:
+  for base in ['', os.getcwd(), GIN_DIR, REPO_DIR] + list(search_paths):
+    path = os.path.join(base, f) if base else f
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+class CliError(Exception):
+  pass
+
+
+def _init_distributed(args) -> None:
+  if args.process_count and args.process_count > 1:
+    import jax
+    if jax.config.jax_platforms in (None, '', 'cpu') or os.environ.get('JAX_PLATFORMS') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.process_count, process_id=args.process_index)
+
+
+def _macro(name: str):
+  try:
+    return gin.query_parameter(f'%{name}')
+  except ValueError:
+    return None
+
+
+def _write_config(model_dir: str) -> None:
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+    f.write(gin.config_str())
+
+
+def run_train(args, bindings: List[str]) -> int:
+  register_gin_configurables()
+  parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
+            [p for s in args.gin_search_paths for p in s.split(',') if p])
+  from promptjax.training import trainer
+  if args.dry_run:
+    report = gin.get_configurable(trainer.train)(dry_run=True)
+    print(report)
+    return 0
+  _init_distributed(args)
+  model_dir = _macro('MODEL_DIR')
+  if isinstance(model_dir, str):
+    import jax
+    if jax.process_index() == 0:
+      _write_config(model_dir)
+  result = gin.get_configurable(trainer.train)()
+  first, last = (min(result.losses), max(result.losses)) if result.losses else (None, None)
+  if first is not None:
+    print(f'step {first}: loss {result.losses[first]:.4f} ... step {last}: loss {result.losses[last]:.4f}'
+          + (' (preempted: checkpoint saved)' if result.preempted else ''))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    argv, bindings = split_gin_args(argv)
+  except SystemExit as e:
+    print(e, file=sys.stderr)
+    return EXIT_USAGE
+  parser = argparse.ArgumentParser(prog='promptjax', description=__doc__.split('\n')[0])
+  parser.add_argument('command', choices=('train',))
+  parser.add_argument('--gin_file', action='append', default=[])
+  parser.add_argument('--gin_bindings', action='append', default=[])
+  parser.add_argument('--gin_search_paths', action='append', default=[])
+  parser.add_argument('--dry_run', action='store_true')
+  parser.add_argument('--coordinator_address', default=None)
+  parser.add_argument('--process_count', type=int, default=None)
+  parser.add_argument('--process_index', type=int, default=None)
+  args = parser.parse_args(argv)
+
+  from promptjax.tasks import DataError
+  from promptjax.training.partitioning import PartitioningError
+  from promptjax.training.trainer import TrainingError
+  try:
+    if args.command == 'train':
+      return run_train(args, bindings)
+  except (CliError, DataError, PartitioningError, TrainingError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_USAGE
+  except ValueError as e:
+    if 'gin' in type(e).__module__ or 'REQUIRED' in str(e) or 'gin' in str(e).lower():
+      print(f'error: bad gin configuration: {str(e).splitlines()[0]}', file=sys.stderr)
+      return EXIT_USAGE
+    raise
+  return 0
+
+
+def train_main() -> int:
+  return main(['train'] + sys.argv[1:])
+
+
+if __name__ == '__main__':
+  sys.exit(main())
