@@ -64,15 +64,26 @@ def _error_line(stderr):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_cli_run_on_bundled_data_loss_falls_and_writes_t5x_layout(tmp_path):
-  out = run_cli(cli_args(tmp_path, 40))
+STEPS = 30
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """One uninterrupted CLI run of the MTL-T✓P✓ method on the bundled data (shared by several tests)."""
+  model_dir = tmp_path_factory.mktemp('straight')
+  out = run_cli(cli_args(model_dir, STEPS))
   assert out.returncode == 0, out.stderr[-3000:]
+  return model_dir, out
+
+
+def test_cli_run_on_bundled_data_loss_falls_and_writes_t5x_layout(straight_run):
+  model_dir, out = straight_run
   first, last = out.stdout.strip().splitlines()[-1].split(' ... ')
   assert float(last.split('loss ')[1]) < float(first.split('loss ')[1]) - 0.5
-  names = sorted(os.listdir(tmp_path))
-  assert {'checkpoint_39', 'checkpoint_40', 'config.gin', 'model-info.txt', 'train'} <= set(names)
-  assert 'MIXTURE_OR_TASK_NAME' in open(tmp_path / 'config.gin').read()
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'train'))
+  names = set(os.listdir(model_dir))
+  assert {f'checkpoint_{STEPS - 3}', f'checkpoint_{STEPS}', 'config.gin', 'model-info.txt', 'train'} <= names
+  assert 'MIXTURE_OR_TASK_NAME' in open(model_dir / 'config.gin').read()
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(model_dir / 'train'))
 
 
 def _batches(n=3, batch=8, seed=0):
@@ -123,20 +134,18 @@ def test_mesh_4x2_matches_one_device():
     np.testing.assert_allclose(x, y, atol=1e-5)
 
 
-def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-  straight = tmp_path / 'straight'
-  out = run_cli(cli_args(straight, 9))
-  assert out.returncode == 0, out.stderr[-3000:]
+def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, straight_run):
+  straight, _ = straight_run
   killed = tmp_path / 'killed'
-  proc = popen_cli(cli_args(killed, 9))
+  proc = popen_cli(cli_args(killed, STEPS))
   reached = _wait_for(killed / 'checkpoint_3' / 'commit_success.txt', proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert reached, 'the run never wrote checkpoint_3'
-  out = run_cli(cli_args(killed, 9))
+  out = run_cli(cli_args(killed, STEPS))
   assert out.returncode == 0, out.stderr[-3000:]
-  a, b = restore_params(straight, 9), restore_params(killed, 9)
-  assert int(a['step']) == int(b['step']) == 9
+  a, b = restore_params(straight, STEPS), restore_params(killed, STEPS)
+  assert int(a['step']) == int(b['step']) == STEPS
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -183,21 +192,24 @@ def test_mesh_larger_than_device_count(tmp_path):
   assert 'needs 32 devices' in _error_line(out.stderr)
 
 
-def test_checkpoint_of_another_model_size_and_nan_loss_leave_checkpoints_intact(tmp_path):
-  out = run_cli(cli_args(tmp_path, 3))
-  assert out.returncode == 0, out.stderr[-3000:]
-  good = restore_params(tmp_path, 3)
-  out = run_cli(cli_args(tmp_path, 6) + ['--gin.promptjax.models.get_config.emb_dim=16'])
+def test_checkpoint_of_another_model_size_and_nan_loss_leave_checkpoints_intact(tmp_path, straight_run):
+  import shutil
+  model_dir = tmp_path / 'run'
+  shutil.copytree(straight_run[0], model_dir)
+  before = sorted(n for n in os.listdir(model_dir) if n.startswith('checkpoint_'))
+  good = restore_params(model_dir, STEPS)
+  out = run_cli(cli_args(model_dir, STEPS + 6) + ['--gin.promptjax.models.get_config.emb_dim=16'])
   assert out.returncode == 2
   line = _error_line(out.stderr)
-  assert 'checkpoint_3 was written by a different model' in line and 'emb_dim: checkpoint 8 vs now 16' in line
-  # A huge learning rate makes the parameters overflow: the loss is NaN/inf at step 5, before the
-  # step-6 checkpoint; checkpoint_3 is untouched.
-  out = run_cli(cli_args(tmp_path, 9) + ['--gin.LEARNING_RATE=1e38'])
+  assert f'checkpoint_{STEPS} was written by a different model' in line
+  assert 'emb_dim: checkpoint 8 vs now 16' in line
+  # A huge learning rate makes the parameters overflow at the first resumed step: the next loss is not
+  # finite, the run stops before any new checkpoint, and the last one is untouched.
+  out = run_cli(cli_args(model_dir, STEPS + 6) + ['--gin.LEARNING_RATE=1e38'])
   assert out.returncode == 2
-  assert 'The loss became' in _error_line(out.stderr) and 'checkpoint_3' in out.stderr
-  assert sorted(n for n in os.listdir(tmp_path) if n.startswith('checkpoint_')) == ['checkpoint_3']
-  for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(restore_params(tmp_path, 3))):
+  assert 'The loss became' in _error_line(out.stderr) and f'checkpoint_{STEPS}' in out.stderr
+  assert sorted(n for n in os.listdir(model_dir) if n.startswith('checkpoint_')) == before
+  for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(restore_params(model_dir, STEPS))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
