@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
     # `torch` pulls a multi-GB CUDA build.
     'test': [
         'pytest',
+        'pytest-xdist',
         'torch==2.13.0',
         'transformers==4.57.6',
     ],

@@ -26,3 +26,12 @@ def test_readme_model_example_runs(tmp_path, monkeypatch):
   ns['hf'] = hf
   exec(compile(blocks[2], 'README.md[2]', 'exec'), ns)
   assert os.path.exists('prompt.npz') and os.path.exists('hf_dir/model.safetensors')
+
+
+def test_readme_data_example_runs():
+  block = next(b for b in _python_blocks() if 'model_batches' in b)
+  ns = {}
+  exec(compile(block, 'README.md[data]', 'exec'), ns)
+  assert sorted(ns['batch']) == ['decoder_input_tokens', 'decoder_loss_weights', 'decoder_target_tokens',
+                                 'encoder_input_tokens']
+  assert ns['batch']['encoder_input_tokens'].shape == (4, 64)

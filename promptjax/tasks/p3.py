@@ -405,7 +405,7 @@ def write_p3_split(subset_dir: str, split: str, records: Sequence[Mapping], num_
   for i, r in enumerate(records):
     ex = tf.train.Example(features=tf.train.Features(
         feature={k: _to_feature(r[k], specs[k]['dtype']) for k in keys}))
-    writers[i % num_shards].write(ex.SerializeToString())
+    writers[i % num_shards].write(ex.SerializeToString(deterministic=True))
   for w in writers:
     w.close()
   info = {'features': specs, 'num_shards': num_shards, 'seqio_version': seqio.__version__}

@@ -326,7 +326,8 @@ def _initial_state(model, optimizer, mesh, param_shardings, state_shardings, ini
   if initial_checkpoint_path:
     from promptjax.checkpoints import load_checkpoint
     try:
-      transformer_params, _ = load_checkpoint(initial_checkpoint_path, model.config)
+      transformer_params, _ = load_checkpoint(initial_checkpoint_path,
+                                              relative_attention_max_distance=model.config.relative_attention_max_distance)
     except (FileNotFoundError, ValueError) as e:
       raise TrainingError(f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path}: {e}') from e
     try:

@@ -231,3 +231,28 @@ def test_dry_run_of_every_paper_config_prints_memory(capsys, monkeypatch):
     # T5.1.1 parameter counts (Raffel et al.): ~783M (Large), ~2.85B (XL) for the transformer.
     total = int(next(l for l in report.splitlines() if l.strip().startswith('total')).split()[1].replace(',', ''))
     assert (7.5e8 < total < 8.0e8) if size == 'large' else (2.8e9 < total < 2.9e9), (name, total)
+
+
+def test_initial_checkpoint_loads_the_transformer_and_initializes_a_fresh_prompt(tmp_path):
+  from promptjax.checkpoints import hf
+  config = get_config('tiny', vocab_size=VOCAB)
+  source = PromptableT5(config).init_params(jax.random.PRNGKey(7))
+  hf.export_hf(source, config, str(tmp_path / 'hf'))
+  model = PromptableT5(config, PromptConfig(kind='shallow', length=4))
+  cfg = trainer.DatasetConfig('none', {'inputs': 16, 'targets': 4}, batch_size=8)
+  result = trainer.train(model_dir=str(tmp_path / 'run'), model=model, train_dataset_cfg=cfg, total_steps=0,
+                         trainable='prompt', initial_checkpoint_path=str(tmp_path / 'hf'),
+                         batches=iter(_batches()), progress=False)
+  params = jax.device_get(result.state.params)
+  for group in ('token_embedder', 'encoder', 'decoder'):
+    for a, b in zip(jax.tree.leaves(params[group]), jax.tree.leaves(source[group])):
+      np.testing.assert_array_equal(a, b)
+  # vocab_sample: each prompt row is a row of the *loaded* embedding.
+  emb = np.asarray(source['token_embedder']['embedding'])
+  for row in np.asarray(params['prompt']['prompt']):
+    assert np.any(np.all(emb == row, axis=1))
+  # A checkpoint of another size is refused with the fix named.
+  other = PromptableT5(get_config('tiny', vocab_size=VOCAB, emb_dim=16, head_dim=8))
+  with pytest.raises(trainer.TrainingError, match='does not fit the model.*model gin file'):
+    trainer.train(model_dir=str(tmp_path / 'run2'), model=other, train_dataset_cfg=cfg, total_steps=0,
+                  initial_checkpoint_path=str(tmp_path / 'hf'), batches=iter(_batches()), progress=False)
