@@ -45,5 +45,5 @@ setuptools.setup(
     python_requires='>=3.11',
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={'console_scripts': ['promptjax-demo=promptjax.demo:main']},
+    entry_points={'console_scripts': ['promptjax=promptjax.cli:main', 'promptjax-demo=promptjax.demo:main']},
 )

@@ -120,6 +120,27 @@ def _macro(name: str):
     return None
 
 
+MACROS = ('MODEL_DIR', 'MIXTURE_OR_TASK_NAME', 'MIXTURE_OR_TASK_MODULE', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
+          'BATCH_SIZE', 'INITIAL_CHECKPOINT_PATH')
+
+
+def _check_required_macros(dry_run: bool = False) -> None:
+  """gin does not enforce ``NAME = %gin.REQUIRED`` through macro references; do it here."""
+  missing = []
+  for name in MACROS:
+    if dry_run and name in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH'):
+      continue
+    try:
+      value = gin.query_parameter(f'%{name}')
+    except ValueError:
+      continue
+    if repr(value) == '%gin.REQUIRED':
+      missing.append(name)
+  if missing:
+    raise CliError('required gin macro(s) not set: ' + ', '.join(missing) + '. Pass e.g. '
+                   + ' '.join(f'--gin.{m}=...' for m in missing) + ' (strings in quotes: --gin.MODEL_DIR="\'/tmp/run\'").')
+
+
 def _write_config(model_dir: str) -> None:
   os.makedirs(model_dir, exist_ok=True)
   with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
@@ -130,6 +151,7 @@ def run_train(args, bindings: List[str]) -> int:
   register_gin_configurables()
   parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
             [p for s in args.gin_search_paths for p in s.split(',') if p])
+  _check_required_macros(dry_run=args.dry_run)
   from promptjax.training import trainer
   if args.dry_run:
     report = gin.get_configurable(trainer.train)(dry_run=True)

@@ -173,6 +173,18 @@ def test_missing_gin_file(tmp_path):
   assert "gin file 'runs/nope.gin' not found" in _error_line(out.stderr)
 
 
+def test_required_macros_are_named(tmp_path):
+  from promptjax import cli
+  import gin
+  gin.clear_config()
+  try:
+    rc = cli.main(['train', '--gin_file=runs/finetune.gin', '--gin_file=models/t5_1_1_tiny.gin',
+                   "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.TRAIN_STEPS=2'])
+  finally:
+    gin.clear_config()
+  assert rc == 2
+
+
 def test_unknown_gin_binding(tmp_path):
   out = run_cli(cli_args(tmp_path, 3) + ['--gin.promptjax.training.train.learning_rat=0.1'])
   assert out.returncode == 2
