@@ -346,6 +346,7 @@ def test_error_when_a_split_has_no_documents(tmp_path):
     seqio.get_mixture_or_task(NSP).get_dataset(LENGTHS, split='validation')
 
 
+@needs_spiece
 def test_error_names_file_and_line_of_malformed_jsonl(tmp_path):
   good = json.dumps({'text': 'One sentence here. Another one there. A third one now.'})
   (tmp_path / 'a.jsonl').write_text('\n'.join([good, good, '{"text": "unterminated', good]) + '\n')
