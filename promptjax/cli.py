@@ -8,7 +8,8 @@
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
 (shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the repository's
 ``gin_configs/`` and its parent are always searched), ``--dry_run`` (shapes, shardings and memory only),
-and for multi-host runs ``--coordinator_address``, ``--process_count``, ``--process_index``.
+and for multi-host runs ``--coordinator_address``, ``--process_count``, ``--process_index``, or
+``--multiprocess`` to let JAX detect them (Cloud TPU pods, SLURM).
 
 Gin is only used here: the library underneath takes plain arguments. Every failure a user can cause
 (missing gin file, unknown binding, unknown task, mesh larger than the devices, mismatched checkpoint,
@@ -105,6 +106,10 @@ class CliError(Exception):
 
 
 def _init_distributed(args) -> None:
+  if args.multiprocess and not args.process_count:
+    import jax
+    jax.distributed.initialize()  # auto-detected on Cloud TPU pods, SLURM, Open MPI, ...
+    return
   if args.process_count and args.process_count > 1:
     import jax
     if jax.config.jax_platforms in (None, '', 'cpu') or os.environ.get('JAX_PLATFORMS') == 'cpu':
@@ -187,6 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--coordinator_address', default=None)
   parser.add_argument('--process_count', type=int, default=None)
   parser.add_argument('--process_index', type=int, default=None)
+  parser.add_argument('--multiprocess', action='store_true',
+                      help='call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)')
   args = parser.parse_args(argv)
 
   from promptjax.tasks import DataError

@@ -268,3 +268,12 @@ def test_initial_checkpoint_loads_the_transformer_and_initializes_a_fresh_prompt
   with pytest.raises(trainer.TrainingError, match='does not fit the model.*model gin file'):
     trainer.train(model_dir=str(tmp_path / 'run2'), model=other, train_dataset_cfg=cfg, total_steps=0,
                   initial_checkpoint_path=str(tmp_path / 'hf'), batches=iter(_batches()), progress=False)
+
+
+def test_multiprocess_flag_auto_initializes(monkeypatch):
+  from promptjax import cli
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: calls.append((a, k)))
+  args = type('Args', (), {'multiprocess': True, 'process_count': None})()
+  cli._init_distributed(args)
+  assert calls == [((), {})]
