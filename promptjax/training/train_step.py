@@ -27,11 +27,7 @@ from promptjax.models.model import PromptableT5
 Params = Any
 Batch = Mapping[str, jax.Array]
 
-TRAINABLE_GROUPS = {
-    'all': ('token_embedder', 'encoder', 'decoder', 'prompt'),
-    'transformer': ('token_embedder', 'encoder', 'decoder'),
-    'prompt': ('prompt',),
-}
+from promptjax.training import optimizers as opt_lib
 
 
 @flax.struct.dataclass
@@ -47,9 +43,11 @@ class TrainState:
 
 
 def trainable_keys(params: Params, trainable: str) -> Tuple[str, ...]:
-  if trainable not in TRAINABLE_GROUPS:
-    raise ValueError(f'Unknown trainable group {trainable!r}; choose one of {sorted(TRAINABLE_GROUPS)}.')
-  keys = tuple(k for k in TRAINABLE_GROUPS[trainable] if k in params)
+  """Top-level parameter groups that `trainable` (a group of `optimizers.GROUPS` or an alias) trains."""
+  group = opt_lib.canonical_group(trainable)
+  wanted = {'all': opt_lib.TRANSFORMER_KEYS + (opt_lib.PROMPT_KEY,), 'transformer': opt_lib.TRANSFORMER_KEYS,
+            'prompt': (opt_lib.PROMPT_KEY,)}[group]
+  keys = tuple(k for k in wanted if k in params)
   if not keys:
     raise ValueError(f'Nothing to train: trainable={trainable!r} but the parameters have only '
                      f'{sorted(params)} (a prompt-only run needs a prompt: PromptConfig.kind = "shallow" or "deep").')
