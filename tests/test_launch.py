@@ -354,7 +354,7 @@ def test_slurm_print_shows_the_script_and_the_sbatch_command(fake_bin, tmp_path)
   r = launch(SLURM, *_slurm_args('--script', script_path, '--', '--gin.NUM_MICROBATCHES=2'), path=path)
   assert r.returncode == 0, r.stderr
   before, written, script, after = split_print(r.stdout)
-  assert written == script_path and before == [['mkdir', '-p', str(tmp_path), os.path.join(REPO, 'launch', 'runs')]]
+  assert written == script_path and before == [['mkdir', '-p'] + sorted([str(tmp_path), os.path.join(REPO, 'launch', 'runs')])]
   assert after == [['sbatch', script_path]]
   assert not os.path.exists(script_path) and not log.exists()
   bash_syntax_ok(script)
