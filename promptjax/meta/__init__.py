@@ -1,1 +1,10 @@
-"""Meta-learning (FOMAML, Reptile, prompt-only MAML, SUPMER) — issues 5 and 7."""
+"""Meta-learning for promptability (Wu et al. 2022 FOMAML / adapted Reptile; Qin et al. 2023 prompt-only
+MAML / FoMAML / Reptile / MTL) on one prompt-only inner loop; SUPMER (issue 7) goes here too.
+
+  inner.py        the inner loop (`lax.scan` of prompt-only optax steps), shared by every algorithm
+  algorithms.py   `MetaConfig`, `meta_gradient` (vmapped clones, chunked), `make_meta_train_step`
+  sampler.py      meta-batches from seqio tasks / mixtures (deterministic, resumable)
+"""
+
+from promptjax.meta.algorithms import ALGORITHMS, MetaConfig, MetaError, make_meta_train_step, meta_gradient
+from promptjax.meta.inner import inner_loop, join_prompt, split_prompt
