@@ -45,6 +45,9 @@ def register_gin_configurables() -> None:
   gin.external_configurable(models.get_config, module='promptjax.models')
   gin.external_configurable(trainer.DatasetConfig, module='promptjax.training')
   gin.external_configurable(trainer.train, module='promptjax.training')
+  from promptjax.meta import algorithms as meta_algorithms, sampler as meta_sampler
+  gin.external_configurable(meta_algorithms.MetaConfig, module='promptjax.meta')
+  gin.external_configurable(meta_sampler.MetaDataConfig, module='promptjax.meta')
   del optimizers, partitioning  # they declare their own configurables
   _registered = True
 
@@ -199,10 +202,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from promptjax.tasks import DataError
   from promptjax.training.partitioning import PartitioningError
   from promptjax.training.trainer import TrainingError
+  from promptjax.meta.algorithms import MetaError
   try:
     if args.command == 'train':
       return run_train(args, bindings)
-  except (CliError, DataError, PartitioningError, TrainingError) as e:
+  except (CliError, DataError, PartitioningError, TrainingError, MetaError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_USAGE
   except ValueError as e:

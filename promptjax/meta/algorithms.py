@@ -152,8 +152,8 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
     rng: dropout key (None: no dropout).
 
   Returns:
-    (mean query loss — for ``mtl`` the mean training loss, for prompt Reptile the mean last support
-    loss —, gradient tree like `params` with zeros on frozen groups, metrics).
+    (mean query loss at the adapted prompt — for ``mtl`` the mean training loss over support and
+    query —, gradient tree like `params` with zeros on frozen groups, metrics).
   """
   keys = _trainable_keys(params, trainable)
   train_transformer = tuple(k for k in keys if k != PROMPT)

@@ -157,7 +157,8 @@ class TrainResult:
   model_dir: str
 
 
-def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConfig, total_steps: int,
+def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[DatasetConfig] = None,
+          total_steps: int,
           optimizer: Optional[optax.GradientTransformation] = None,
           learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
           trainable: str = 'all', num_microbatches: int = 1,
@@ -167,7 +168,8 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
           async_checkpointing: bool = True, log_period: int = 10,
           eval_dataset_cfg: Optional[DatasetConfig] = None, eval_period: int = 0, eval_batches: int = 8,
           seed: int = 0, dropout_seed: Optional[int] = 0, progress: bool = True,
-          batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False):
+          batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False,
+          meta: Optional[Any] = None, meta_data_cfg: Optional[Any] = None):
   """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from MODEL_DIR if it holds a
   checkpoint. Returns the final state, the losses seen by this invocation, and whether it was preempted.
 
@@ -175,6 +177,12 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
   scaling, global-norm clipping 1.0); it is masked to `trainable` here. `batches` replaces the seqio
   pipeline (tests); with it, resume cannot skip consumed data. `dry_run` returns a report of shapes,
   shardings and per-device memory (`DryRunReport`) without allocating, reading data or writing files.
+
+  Meta-learning (Wu et al. FOMAML / adapted Reptile, Qin et al. prompt-only MAML / FoMAML / Reptile /
+  MTL): pass `meta` (a `promptjax.meta.MetaConfig`) and `meta_data_cfg` (a
+  `promptjax.meta.sampler.MetaDataConfig`); each step is then one meta-batch (the meta-gradient fed to
+  `optimizer`), with the same sharding (clones over 'data'), checkpoints and exact resume.
+  `train_dataset_cfg` may be None then.
   """
   import orbax.checkpoint as ocp
   from clu import metric_writers
@@ -182,6 +190,19 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
   from promptjax.training import optimizers as opt_lib
   from promptjax.training import partitioning
 
+  if meta is not None:
+    if meta_data_cfg is None:
+      raise TrainingError('A meta-learning run needs meta_data_cfg (a promptjax.meta.sampler.MetaDataConfig).')
+    _check_meta(meta, meta_data_cfg, model)
+    num_microbatches = 1
+    if train_dataset_cfg is None:
+      chunk = meta.chunk_size or meta_data_cfg.meta_batch_size
+      train_dataset_cfg = DatasetConfig(meta_data_cfg.mixture_or_task_name, meta_data_cfg.task_feature_lengths,
+                                        batch_size=chunk * max(meta_data_cfg.support_batch_size,
+                                                               meta_data_cfg.query_batch_size),
+                                        seed=meta_data_cfg.seed, module=meta_data_cfg.module)
+  elif train_dataset_cfg is None:
+    raise TrainingError('train_dataset_cfg is required (or meta and meta_data_cfg for meta-learning).')
   if num_microbatches < 1 or train_dataset_cfg.batch_size % num_microbatches:
     raise TrainingError(f'BATCH_SIZE={train_dataset_cfg.batch_size} is not divisible by '
                         f'num_microbatches={num_microbatches}.')
@@ -192,6 +213,11 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
   else:
     mesh = partitioning.create_mesh(mesh_shape)
   rules = logical_axis_rules or partitioning.standard_logical_axis_rules()
+  if meta is not None and meta_data_cfg.meta_batch_size % dict(mesh.shape)['data']:
+    raise TrainingError(
+        f'META_BATCH_SIZE={meta_data_cfg.meta_batch_size} clones do not divide over the mesh\'s data axis '
+        f'({dict(mesh.shape)["data"]}): clones are sharded over \'data\'. Use a meta-batch that is a multiple of '
+        f'it, or MESH_SHAPE=(d, -1) with d dividing the meta-batch (e.g. (1, -1) for one clone per step).')
   abstract_params = model.abstract_params()
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                  _unbox(abstract_params))
@@ -207,8 +233,11 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
   abstract_state = ts.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                                  opt_state=abstract_opt)
   if dry_run:
-    return DryRunReport.build(model, trainable, groups, mesh, abstract_params, param_shardings, abstract_opt,
-                              opt_shardings, train_dataset_cfg, num_microbatches)
+    report = DryRunReport.build(model, trainable, groups, mesh, abstract_params, param_shardings, abstract_opt,
+                                opt_shardings, train_dataset_cfg, num_microbatches)
+    if meta is not None:
+      report.text += '\n\n' + _meta_summary(meta, meta_data_cfg)
+    return report
   model_dir = os.path.abspath(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   if jax.process_index() == 0:
@@ -219,44 +248,54 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
       enable_async_checkpointing=async_checkpointing, create=True)
   manager = ocp.CheckpointManager(model_dir, options=options)
   signature = model_signature(model, trainable)
+  if meta is not None:
+    signature['meta'] = meta.algorithm
 
   # Restore, or initialize.
   latest = manager.latest_step()
   if latest is not None:
-    meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    if meta.get('signature') != json.loads(json.dumps(signature)):
+    saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    if saved.get('signature') != json.loads(json.dumps(signature)):
       raise TrainingError(
           f'{model_dir}/checkpoint_{latest} was written by a different model or method '
-          f'({_describe_mismatch(meta.get("signature", {}), json.loads(json.dumps(signature)))}). Use a new '
+          f'({_describe_mismatch(saved.get("signature", {}), json.loads(json.dumps(signature)))}). Use a new '
           f'MODEL_DIR, or the gin files the checkpoint was trained with.')
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, state_shardings)
     restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     state = restored['state']
-    start = int(meta['step'])
-    data_position = int(meta.get('data_batches', start))
+    start = int(saved['step'])
+    data_position = int(saved.get('data_batches', start))
     log.info('Resumed from %s/checkpoint_%d', model_dir, latest)
   else:
     state = _initial_state(model, optimizer, mesh, param_shardings, state_shardings, initial_checkpoint_path,
                            seed)
     start, data_position = 0, 0
 
-  step_fn = ts.make_train_step(model, optimizer, trainable=trainable, num_microbatches=num_microbatches,
-                               dropout_seed=dropout_seed, learning_rate_fn=learning_rate_fn)
+  if meta is not None:
+    from promptjax.meta import algorithms as meta_lib
+    step_fn = meta_lib.make_meta_train_step(model, optimizer, meta, trainable=trainable, dropout_seed=dropout_seed,
+                                            learning_rate_fn=learning_rate_fn)
+  else:
+    step_fn = ts.make_train_step(model, optimizer, trainable=trainable, num_microbatches=num_microbatches,
+                                 dropout_seed=dropout_seed, learning_rate_fn=learning_rate_fn)
   batch_sharding = partitioning.batch_sharding(mesh)
   jit_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
-  if batches is None:
+  if batches is None and meta is not None:
+    from promptjax.meta import sampler as meta_sampler
+    batches = meta_sampler.meta_batches(meta_data_cfg, start_step=data_position)
+  elif batches is None:
     batches = dataset_batches(train_dataset_cfg, start_batch=data_position)
 
   def save(step: int) -> None:
     if manager.latest_step() == step:
       return
-    meta = {'step': step, 'data_batches': step, 'signature': signature,
+    info = {'step': step, 'data_batches': step, 'signature': signature,
             'dataset': train_dataset_cfg.mixture_or_task_name, 'batch_size': train_dataset_cfg.batch_size}
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
+                                               meta=ocp.args.JsonSave(info)), force=True)
 
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0, asynchronous=False)
@@ -312,6 +351,31 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: DatasetConf
     manager.wait_until_finished()
     writer.flush()
   return TrainResult(state=state, step=step, losses=losses, preempted=preempted, model_dir=model_dir)
+
+
+def _check_meta(meta, data_cfg, model) -> None:
+  if model.prompt.kind == 'none':
+    raise TrainingError(f'{meta.algorithm} adapts a prompt in its inner loop, but the model has none: use a '
+                        'method gin file with a prompt (PromptConfig.kind = "shallow" or "deep").')
+  if data_cfg.inner_steps != meta.inner_steps:
+    raise TrainingError(f'The meta-batch sampler draws {data_cfg.inner_steps} support batches per clone but the '
+                        f'algorithm runs inner_steps={meta.inner_steps}; bind both to the INNER_STEPS macro.')
+  chunk = meta.chunk_size or data_cfg.meta_batch_size
+  if data_cfg.meta_batch_size % chunk:
+    raise TrainingError(f'META_BATCH_SIZE={data_cfg.meta_batch_size} is not a multiple of the clone chunk size '
+                        f'{chunk} (MetaConfig.chunk_size).')
+
+
+def _meta_summary(meta, data_cfg) -> str:
+  chunk = 1 if meta.carry_inner_state else (meta.chunk_size or data_cfg.meta_batch_size)
+  return '\n'.join([
+      f'meta-learning: {meta.algorithm}, inner steps {meta.inner_steps}, inner lr {meta.inner_learning_rate}, '
+      f'inner clip {meta.inner_global_norm_clip}',
+      f'  meta-batch {data_cfg.meta_batch_size} clones x (support {data_cfg.support_batch_size} x '
+      f'{data_cfg.inner_steps} steps [{data_cfg.support_mode}] + query {data_cfg.query_batch_size}), '
+      f'task per {data_cfg.task_per}, sampling {data_cfg.task_sampling}',
+      f'  clones per chunk {chunk} ({data_cfg.meta_batch_size // chunk} chunks); the activation estimate '
+      f'above is for one chunk\'s {chunk} x {max(data_cfg.support_batch_size, data_cfg.query_batch_size)} rows'])
 
 
 def _unbox(tree):

@@ -230,7 +230,7 @@ def test_dry_run_of_every_paper_config_prints_memory(capsys, monkeypatch):
   from promptjax import cli
   monkeypatch.chdir(REPO)
   papers = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper')) if f.startswith('wu2022'))
-  assert len(papers) == 8
+  assert len(papers) == 16  # {large, xl} x {t0, ppt, mtl_prompt, mtl_prompt_deep, fomaml(_deep), reptile(_deep)}
   for name in papers:
     gin.clear_config()
     try:

@@ -1,0 +1,185 @@
+"""Meta-learning through the trainer: trainable groups, mesh equivalence, exact resume, the CLI on the
+bundled data with every method gin file, paper configs' dry runs, and bad inputs."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from promptjax.meta import MetaConfig
+from promptjax.models import PromptableT5, PromptConfig, get_config
+from promptjax.training import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VOCAB = 128
+M, T, B, N, L = 4, 2, 2, 12, 4
+
+
+def small_model(kind='shallow'):
+  return PromptableT5(get_config('tiny', vocab_size=VOCAB, num_encoder_layers=1, num_decoder_layers=1),
+                      PromptConfig(kind=kind, length=3))
+
+
+def meta_batches(n, seed=0):
+  rng = np.random.RandomState(seed)
+  out = []
+  for _ in range(n):
+    b = {}
+    for part, lead in (('support', (M, T, B)), ('query', (M, B))):
+      enc = rng.randint(3, VOCAB, size=lead + (N,)).astype(np.int32)
+      tgt = rng.randint(3, VOCAB, size=lead + (L,)).astype(np.int32)
+      tgt[..., -1] = 1
+      b[f'{part}/encoder_input_tokens'] = enc
+      b[f'{part}/decoder_target_tokens'] = tgt
+    out.append(b)
+  return out
+
+
+class _DataCfg:
+  """What the trainer reads of a MetaDataConfig when batches are given."""
+  mixture_or_task_name = 'none'
+  task_feature_lengths = {'inputs': N, 'targets': L}
+  meta_batch_size = M
+  inner_steps = T
+  support_batch_size = B
+  query_batch_size = B
+  seed = 0
+  module = None
+  support_mode = 'different'
+  task_per = 'batch'
+  task_sampling = 'rate'
+
+
+def run(model_dir, meta, steps, trainable='all', mesh=(1, 1), batches=None, kind='shallow'):
+  return trainer.train(model_dir=model_dir, model=small_model(kind), total_steps=steps, trainable=trainable,
+                       meta=meta, meta_data_cfg=_DataCfg(), batches=iter(batches or meta_batches(steps)),
+                       mesh_shape=mesh, progress=False, async_checkpointing=False, checkpoint_period=2)
+
+
+WU_FOMAML = MetaConfig('fomaml', inner_steps=T, inner_optimizer=optax.adafactor(1e-3, multiply_by_parameter_scale=False,
+                                                                                   decay_rate=0.8),
+                       inner_learning_rate=1e-3)
+QIN_MAML = MetaConfig('maml', inner_steps=T, inner_optimizer=optax.sgd(3e-2), inner_learning_rate=3e-2,
+                      inner_global_norm_clip=None)
+
+
+@pytest.mark.parametrize('meta,trainable', [(WU_FOMAML, 'all'), (QIN_MAML, 'prompt')])
+def test_meta_training_changes_only_the_trainable_group(tmp_path, meta, trainable):
+  model = small_model()
+  before = model.init_params(jax.random.PRNGKey(0))
+  result = run(str(tmp_path), meta, 2, trainable)
+  after = jax.device_get(result.state.params)
+  assert sorted(result.losses) == [1, 2] and all(np.isfinite(v) for v in result.losses.values())
+  trained = {'all': {'token_embedder', 'encoder', 'decoder', 'prompt'}, 'prompt': {'prompt'}}[trainable]
+  for group in before:
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after[group]), jax.tree.leaves(before[group]))]
+    assert (not any(same)) if group in trained else all(same), group
+  assert os.path.isdir(tmp_path / 'checkpoint_2')
+
+
+def test_meta_step_on_a_4x2_mesh_matches_one_device():
+  reptile = MetaConfig('reptile', inner_steps=T, inner_optimizer=optax.sgd(1e-2), inner_learning_rate=1e-2,
+                       chunk_size=2)
+  batches = meta_batches(3, seed=1)
+  out = {}
+  for name, mesh in (('one', (1, 1)), ('mesh', (4, 2))):
+    with tempfile.TemporaryDirectory() as d:
+      out[name] = run(d, reptile, 3, mesh=mesh, batches=batches, kind='deep')
+  a, b = out['one'].losses, out['mesh'].losses
+  np.testing.assert_allclose([a[i] for i in sorted(a)], [b[i] for i in sorted(a)], atol=1e-5, rtol=0)
+  for x, y in zip(jax.tree.leaves(jax.device_get(out['one'].state.params)),
+                  jax.tree.leaves(jax.device_get(out['mesh'].state.params))):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_meta_run_resumes_bit_identically(tmp_path):
+  batches = meta_batches(4, seed=2)
+  straight = run(str(tmp_path / 'straight'), WU_FOMAML, 4, batches=batches)
+  run(str(tmp_path / 'resumed'), WU_FOMAML, 2, batches=batches[:2])
+  resumed = run(str(tmp_path / 'resumed'), WU_FOMAML, 4, batches=batches[2:])
+  assert sorted(resumed.losses) == [3, 4]
+  for x, y in zip(jax.tree.leaves(jax.device_get(straight.state.params)),
+                  jax.tree.leaves(jax.device_get(resumed.state.params))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_meta_run_refuses_a_model_without_prompt_and_mismatched_settings(tmp_path):
+  model = PromptableT5(get_config('tiny', vocab_size=VOCAB), PromptConfig(kind='none'))
+  with pytest.raises(trainer.TrainingError, match='adapts a prompt'):
+    trainer.train(model_dir=str(tmp_path), model=model, total_steps=1, meta=WU_FOMAML, meta_data_cfg=_DataCfg(),
+                  batches=iter([]), progress=False)
+  bad = MetaConfig('fomaml', inner_steps=T + 1)
+  with pytest.raises(trainer.TrainingError, match='INNER_STEPS'):
+    run(str(tmp_path), bad, 1)
+  with pytest.raises(trainer.TrainingError, match='multiple of the clone chunk size'):
+    run(str(tmp_path), MetaConfig('fomaml', inner_steps=T, chunk_size=3), 1)
+  with pytest.raises(trainer.TrainingError, match="do not divide over the mesh's data axis"):
+    run(str(tmp_path), WU_FOMAML, 1, mesh=(8, 1))
+  assert not any(n.startswith('checkpoint_') for n in os.listdir(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI + gin on the bundled mini benchmark.
+
+MINI_VOCAB = 1664
+
+
+def cli(model_dir, method, steps, *extra):
+  args = ['--gin_file=runs/train.gin', '--gin_file=models/t5_1_1_tiny.gin', f'--gin_file={method}',
+          f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+          f'--gin.promptjax.models.get_config.vocab_size={MINI_VOCAB}',
+          '--gin.promptjax.models.PromptConfig.length=4', '--gin.META_BATCH_SIZE=2', '--gin.INNER_STEPS=2',
+          '--gin.INNER_BATCH_SIZE=2', '--gin.CLONE_CHUNK_SIZE=None', '--gin.MESH_SHAPE=(2, 1)', *extra]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', 'promptjax.train', *args], capture_output=True, text=True,
+                        cwd=REPO, env=env, timeout=600)
+
+
+def test_cli_wu_reptile_on_the_bundled_p3_templates(tmp_path):
+  out = cli(tmp_path, 'reptile.gin', 3, "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.QUERY_BATCH_SIZE=2')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'step 1: loss' in out.stdout
+  assert {'checkpoint_3', 'config.gin', 'model-info.txt'} <= set(os.listdir(tmp_path))
+  assert "algorithm = 'reptile'" in open(tmp_path / 'config.gin').read()
+
+
+def test_cli_qin_maml_on_the_bundled_crossfit_tasks(tmp_path):
+  out = cli(tmp_path, 'maml_prompt.gin', 2, "--gin.MIXTURE_OR_TASK_NAME='crossfit_cls_to_cls_source_13'",
+            '--gin.META_BATCH_SIZE=1', '--gin.MESH_SHAPE=(1, -1)')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert {'checkpoint_2', 'model-info.txt'} <= set(os.listdir(tmp_path))
+
+
+def test_cli_bad_meta_setting_is_one_error_line(tmp_path):
+  out = cli(tmp_path, 'fomaml.gin', 2, "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.CLONE_CHUNK_SIZE=3')
+  assert out.returncode == 2
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and 'chunk size' in errors[0], out.stderr[-2000:]
+
+
+def test_dry_run_of_every_meta_paper_config(capsys, monkeypatch):
+  import gin
+  from promptjax import cli as cli_lib
+  monkeypatch.chdir(REPO)
+  names = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper'))
+                 if any(m in f for m in ('fomaml', 'reptile', 'maml', 'mtl_prompt_only')))
+  assert len(names) == 12
+  for name in names:
+    gin.clear_config()
+    try:
+      assert cli_lib.main(['train', f'--gin_file=paper/{name}', "--gin.MODEL_DIR='/tmp/unused'", '--dry_run']) == 0
+    finally:
+      gin.clear_config()
+    report = capsys.readouterr().out
+    assert 'per-device memory' in report and 'meta-learning: ' in report, name
+    if name.startswith('wu2022'):
+      assert 'meta-batch 128 clones x (support 16 x 7 steps' in report, name
+      assert 'trainable: all' in report
+    else:
+      assert 'meta-batch 1 clones' in report and 'trainable: prompt' in report, name
