@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from promptjax.meta import inner as inner_lib
@@ -129,12 +130,9 @@ def _chunks(tree: Any, n_chunks: int) -> Any:
   return jax.tree.map(split, tree)
 
 
-def _trainable_keys(params: Params, trainable: str) -> Tuple[str, ...]:
-  from promptjax.training import train_step as ts
-  keys = ts.trainable_keys(params, trainable)
-  if PROMPT not in params:
-    split_prompt(params)  # raises the readable error
-  return keys
+def _axis(x: Any) -> Optional[int]:
+  """vmap in_axes for an optional batched argument: 0, or None when the argument is None."""
+  return None if x is None else 0
 
 
 def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: MetaConfig, *,
@@ -155,10 +153,13 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
     (mean query loss at the adapted prompt — for ``mtl`` the mean training loss over support and
     query —, gradient tree like `params` with zeros on frozen groups, metrics).
   """
-  keys = _trainable_keys(params, trainable)
-  train_transformer = tuple(k for k in keys if k != PROMPT)
-  train_prompt = PROMPT in keys
+  from promptjax.training.losses import default_loss_weights
+  from promptjax.training.train_step import trainable_keys
   transformer, prompt = split_prompt(params)
+  keys = trainable_keys(params, trainable)
+  train_prompt = PROMPT in keys
+  tr_train = {k: transformer[k] for k in keys if k != PROMPT}  # the trainable transformer groups
+  tr_frozen = {k: v for k, v in transformer.items() if k not in tr_train}
   m = _num_clones(query)
   chunk = cfg.chunk_size or m
   if cfg.carry_inner_state:
@@ -175,16 +176,17 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
     return model.loss_fn(p, batch, r)[0]
 
   def num_tokens(batch):
-    w = batch['decoder_loss_weights'] if 'decoder_loss_weights' in batch else (batch['decoder_target_tokens'] > 0)
-    return jnp.sum(w.astype(jnp.float32))
+    w = batch.get('decoder_loss_weights')
+    return jnp.sum(default_loss_weights(batch['decoder_target_tokens']) if w is None
+                   else w.astype(jnp.float32))
 
   def run_inner(tr, p, sup, r, state):
     return inner_lib.inner_loop(loss_fn, tr, p, sup, opt, state, first_order=cfg.algorithm != 'maml',
                                 global_norm_clip=cfg.inner_global_norm_clip, rng=r, remat=cfg.remat)
 
   def vinner(tr, p, sup_c, r_c, states_c):
-    return jax.vmap(run_inner, in_axes=(None, None, 0, None if r_c is None else 0,
-                                        None if states_c is None else 0))(tr, p, sup_c, r_c, states_c)
+    return jax.vmap(run_inner, in_axes=(None, None, 0, _axis(r_c),
+                                        _axis(states_c)))(tr, p, sup_c, r_c, states_c)
 
   def qrng(r_c):
     return None if r_c is None else jax.vmap(lambda r: jax.random.fold_in(r, steps))(r_c)
@@ -192,8 +194,6 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
   # Each chunk function: (states_c or None, support_c, query_c, rngs_c) ->
   #   (final states_c or None, {'transformer': summed grads, 'prompt': summed grads, 'loss': summed, ...}).
   def chunk_fomaml_maml(states_c, sup_c, q_c, r_c):
-    tr_train = {k: transformer[k] for k in train_transformer}
-    tr_frozen = {k: v for k, v in transformer.items() if k not in train_transformer}
     q_r = qrng(r_c)
 
     if cfg.algorithm == 'fomaml':
@@ -202,7 +202,7 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
       def total(tr_t, adapted_p):
         tr = {**tr_frozen, **tr_t}
         losses = jax.vmap(lambda p, q, r: loss_fn(join_prompt(tr, p), q, r),
-                          in_axes=(0, 0, None if q_r is None else 0))(adapted_p, q_c, q_r)
+                          in_axes=(0, 0, _axis(q_r)))(adapted_p, q_c, q_r)
         return jnp.sum(losses)
 
       loss, (g_t, g_p) = jax.value_and_grad(total, argnums=(0, 1))(tr_train, adapted)
@@ -212,7 +212,7 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
         tr = {**tr_frozen, **tr_t}
         adapted, states, s_losses = vinner(tr, p0, sup_c, r_c, states_c)
         losses = jax.vmap(lambda p, q, r: loss_fn(join_prompt(tr, p), q, r),
-                          in_axes=(0, 0, None if q_r is None else 0))(adapted, q_c, q_r)
+                          in_axes=(0, 0, _axis(q_r)))(adapted, q_c, q_r)
         return jnp.sum(losses), (states, s_losses)
 
       (loss, (states, s_losses)), (g_t, g_p) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
@@ -226,10 +226,8 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
       adapted, state, s_losses = run_inner(transformer, prompt, sup, r, state)
       if not cfg.reptile_query_step:
         q_loss = loss_fn(join_prompt(transformer, adapted), q, qr)
-        delta_t = {k: jax.tree.map(jnp.zeros_like, transformer[k]) for k in train_transformer}
+        delta_t = jax.tree.map(jnp.zeros_like, tr_train)
         return state, delta_t, jax.tree.map(jnp.subtract, adapted, prompt), q_loss, s_losses
-      tr_train = {k: transformer[k] for k in train_transformer}
-      tr_frozen = {k: v for k, v in transformer.items() if k not in train_transformer}
 
       def q_loss_fn(tr_t, p):
         return loss_fn(join_prompt({**tr_frozen, **tr_t}, p), q, qr)
@@ -241,15 +239,15 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
         new_prompt = optax.apply_updates(adapted, u_p)
       else:
         new_prompt = adapted
-      if train_transformer:
+      if tr_train:
         u_t, _ = opt.update(g_t, opt.init(tr_train), tr_train)  # a fresh state for the transformer
       else:
         u_t = {}
       return state, u_t, jax.tree.map(jnp.subtract, new_prompt, prompt), q_loss, s_losses
 
     states, d_t, d_p, q_losses, s_losses = jax.vmap(
-        clone, in_axes=(0, 0, None if r_c is None else 0, None if q_r is None else 0,
-                        None if states_c is None else 0))(sup_c, q_c, r_c, q_r, states_c)
+        clone, in_axes=(0, 0, _axis(r_c), _axis(q_r),
+                        _axis(states_c)))(sup_c, q_c, r_c, q_r, states_c)
     # Meta-gradient contribution: (φ − φ_b) / α, summed here and divided by M below.
     g_t = jax.tree.map(lambda d: -jnp.sum(d, 0) / cfg.inner_learning_rate, d_t)
     g_p = jax.tree.map(lambda d: -jnp.sum(d, 0) / cfg.inner_learning_rate, d_p)
@@ -257,8 +255,6 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
                     'support_losses': jnp.sum(s_losses, 0)}
 
   def chunk_mtl(states_c, sup_c, q_c, r_c):
-    tr_train = {k: transformer[k] for k in train_transformer}
-    tr_frozen = {k: v for k, v in transformer.items() if k not in train_transformer}
     q_r = qrng(r_c)
 
     def total(tr_t, p):
@@ -270,8 +266,8 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
             sup, jnp.arange(steps))
         return (jnp.sum(s_losses) + loss_fn(params_, q, qr)) / (steps + 1), s_losses
 
-      losses, s_losses = jax.vmap(clone, in_axes=(0, 0, None if r_c is None else 0,
-                                                  None if q_r is None else 0))(sup_c, q_c, r_c, q_r)
+      losses, s_losses = jax.vmap(clone, in_axes=(0, 0, _axis(r_c),
+                                                  _axis(q_r)))(sup_c, q_c, r_c, q_r)
       return jnp.sum(losses), jnp.sum(s_losses, 0)
 
     (loss, s_losses), (g_t, g_p) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(tr_train, prompt)
@@ -298,29 +294,25 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
       _, out = chunk_fn(None, sup_c, q_c, r_c)
       return (jax.tree.map(jnp.add, acc, out), None), None
 
-  first = jax.tree.map(lambda x: x[0], xs)
-  out_shape = jax.eval_shape(lambda x: chunk_fn(
-      None if init_state is None else jax.tree.map(lambda s: s[None], init_state), *x)[1], first)
-  acc0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+  init_states_c = None if init_state is None else jax.tree.map(lambda s: s[None], init_state)
   if n_chunks == 1:
-    _, out = chunk_fn(None if init_state is None else jax.tree.map(lambda s: s[None], init_state), *first)
-    acc = out
+    _, acc = chunk_fn(init_states_c, *jax.tree.map(lambda x: x[0], xs))
   else:
+    out_shape = jax.eval_shape(lambda x: chunk_fn(init_states_c, *x)[1], jax.tree.map(lambda x: x[0], xs))
+    acc0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
     (acc, _), _ = jax.lax.scan(body, (acc0, init_state), xs)
 
   mean = lambda t: jax.tree.map(lambda g: g / m, t)
   g_t, g_p = mean(acc['transformer']), mean(acc['prompt'])
-  grads = {}
-  for k, v in transformer.items():
-    grads[k] = g_t[k] if k in g_t else jax.tree.map(jnp.zeros_like, v)
+  grads = {k: g_t[k] if k in g_t else jax.tree.map(jnp.zeros_like, v) for k, v in transformer.items()}
   grads[PROMPT] = g_p if train_prompt else jax.tree.map(jnp.zeros_like, prompt)
   s_losses = acc['support_losses'] / m
-  tokens = num_tokens(jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-1:]), support)) + num_tokens(
-      jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-1:]), query))
+  rows = lambda t: jax.tree.map(lambda x: x.reshape((-1, x.shape[-1])), t)  # [examples, length]
+  tokens = num_tokens(rows(support)) + num_tokens(rows(query))
+  examples = sum(int(np.prod(t['decoder_target_tokens'].shape[:-1])) for t in (support, query))
   metrics = {'query_loss': acc['loss'] / m, 'support_loss_first': s_losses[0],
              'support_loss_last': s_losses[-1], 'num_tokens': tokens,
-             'num_examples': jnp.asarray(jax.tree.leaves(query)[0].shape[0] * jax.tree.leaves(query)[0].shape[1]
-                                         + m * steps * jax.tree.leaves(support)[0].shape[2], jnp.float32)}
+             'num_examples': jnp.asarray(examples, jnp.float32)}
   return acc['loss'] / m, grads, metrics
 
 
@@ -336,23 +328,15 @@ def split_meta_batch(flat: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str,
 def make_meta_train_step(model, optimizer: optax.GradientTransformation, cfg: MetaConfig, *,
                          trainable: str = 'all', dropout_seed: Optional[int] = 0,
                          learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None):
-  """``step(state, flat_meta_batch) -> (state, metrics)``: the trainer's step contract, with the
-  meta-gradient fed to the outer optimizer (Wu et al.: Adafactor lr 1e-3, clip 1.0, all parameters;
-  Qin et al.: Adafactor lr 0.5 on the prompt)."""
+  """``step(state, flat_meta_batch) -> (state, metrics)``: the trainer's train step
+  (`promptjax.training.train_step.make_train_step`) with the meta-gradient in place of the MTL gradient,
+  fed to the outer optimizer (Wu et al.: Adafactor lr 1e-3, clip 1.0, all parameters; Qin et al.:
+  Adafactor lr 0.5 on the prompt)."""
   from promptjax.training import train_step as ts
 
-  def step(state, batch):
-    rng = None
-    if dropout_seed is not None and model.config.dropout_rate > 0:
-      rng = jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step)
+  def grads_fn(params, batch, rng):
     support, query = split_meta_batch(batch)
-    loss, grads, metrics = meta_gradient(model, state.params, support, query, cfg, trainable=trainable, rng=rng)
-    keys = ts.trainable_keys(state.params, trainable)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm({k: grads[k] for k in keys}))
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if learning_rate_fn is not None:
-      metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
-    return ts.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return meta_gradient(model, params, support, query, cfg, trainable=trainable, rng=rng)
 
-  return step
+  return ts.make_train_step(model, optimizer, trainable=trainable, dropout_seed=dropout_seed,
+                            learning_rate_fn=learning_rate_fn, grads_fn=grads_fn)

@@ -44,12 +44,10 @@ def join_prompt(transformer: Params, prompt: Params) -> Params:
 
 
 def clip_by_global_norm(tree: Params, max_norm: Optional[float]) -> Params:
-  """``tree / max(1, ‖tree‖₂ / max_norm)`` (optax.clip_by_global_norm's rule), or `tree` if None."""
+  """`optax.clip_by_global_norm` applied once to `tree` (stateless), or `tree` if `max_norm` is None."""
   if max_norm is None:
     return tree
-  norm = optax.tree.norm(tree)
-  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-  return jax.tree.map(lambda g: (g * scale).astype(g.dtype), tree)
+  return optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())[0]
 
 
 LossFn = Callable[[Params, Batch, Optional[jax.Array]], jax.Array]
@@ -77,17 +75,15 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
   Returns:
     (adapted prompt, final inner optimizer state, support losses [T] before each step).
   """
+  if first_order:  # the whole trajectory is a constant of the outer gradient
+    transformer, prompt = jax.lax.stop_gradient((transformer, prompt))
   state = inner_opt.init(prompt) if inner_state is None else inner_state
-  if first_order:
-    transformer = jax.lax.stop_gradient(transformer)
 
   def step(carry, xs):
     p, s = carry
     i, batch = xs
     step_rng = None if rng is None else jax.random.fold_in(rng, i)
     loss, g = jax.value_and_grad(lambda q: loss_fn(join_prompt(transformer, q), batch, step_rng))(p)
-    if first_order:
-      g = jax.lax.stop_gradient(g)
     g = clip_by_global_norm(g, global_norm_clip)
     updates, s = inner_opt.update(g, s, p)
     return (optax.apply_updates(p, updates), s), loss
@@ -96,6 +92,4 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
     step = jax.checkpoint(step)
   num_steps = jax.tree.leaves(support)[0].shape[0]
   (prompt, state), losses = jax.lax.scan(step, (prompt, state), (jnp.arange(num_steps), support))
-  if first_order:
-    prompt = jax.lax.stop_gradient(prompt)
   return prompt, state, losses

@@ -112,25 +112,37 @@ def loss_and_grads(model: PromptableT5, params: Params, batch: Batch, rng: Optio
   return total / denom, full, aux
 
 
+GradsFn = Callable[[Params, Batch, Optional[jax.Array]], Tuple[jax.Array, Params, Dict[str, jax.Array]]]
+
+
 def make_train_step(model: PromptableT5, optimizer: optax.GradientTransformation, *, trainable: str = 'all',
                     num_microbatches: int = 1, dropout_seed: Optional[int] = 0,
-                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None):
+                    learning_rate_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+                    grads_fn: Optional[GradsFn] = None):
   """Returns ``step(state, batch) -> (state, metrics)`` (pure; jit it with the trainer's shardings).
 
   Dropout uses ``fold_in(PRNGKey(dropout_seed), step)``, so a resumed run draws the same masks; pass
   ``dropout_seed=None`` to train without dropout.
+
+  `grads_fn(params, batch, rng) -> (loss, grads, metrics)` replaces the MTL gradient (`loss_and_grads`),
+  e.g. with a meta-gradient (`promptjax.meta.algorithms.make_meta_train_step`); its metrics (with
+  ``num_tokens`` for the tokens/s summary) are reported next to ``loss`` and ``grad_norm``.
   """
+  if grads_fn is None:
+    def grads_fn(params, batch, rng):
+      loss, grads, aux = loss_and_grads(model, params, batch, rng, trainable, num_microbatches)
+      return loss, grads, {'num_tokens': aux['num_tokens'], 'num_examples': aux['num_examples']}
+
   def step(state: TrainState, batch: Batch):
     rng = None
     if dropout_seed is not None and model.config.dropout_rate > 0:
       rng = jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step)
-    loss, grads, aux = loss_and_grads(model, state.params, batch, rng, trainable, num_microbatches)
+    loss, grads, extra = grads_fn(state.params, batch, rng)
     keys = trainable_keys(state.params, trainable)
     grad_norm = optax.tree.norm({k: grads[k] for k in keys})
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'num_tokens': aux['num_tokens'],
-               'num_examples': aux['num_examples']}
+    metrics = {'loss': loss, 'grad_norm': grad_norm, **extra}
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

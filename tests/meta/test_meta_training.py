@@ -12,8 +12,10 @@ import optax
 import pytest
 
 from promptjax.meta import MetaConfig
+from promptjax.meta.sampler import MetaDataConfig
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import trainer
+from tests.training.common import dry_run_reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOCAB = 128
@@ -40,24 +42,13 @@ def meta_batches(n, seed=0):
   return out
 
 
-class _DataCfg:
-  """What the trainer reads of a MetaDataConfig when batches are given."""
-  mixture_or_task_name = 'none'
-  task_feature_lengths = {'inputs': N, 'targets': L}
-  meta_batch_size = M
-  inner_steps = T
-  support_batch_size = B
-  query_batch_size = B
-  seed = 0
-  module = None
-  support_mode = 'different'
-  task_per = 'batch'
-  task_sampling = 'rate'
+DATA = MetaDataConfig('none', {'inputs': N, 'targets': L}, meta_batch_size=M, inner_steps=T, support_batch_size=B,
+                      query_batch_size=B, module=None)  # batches are given, nothing is read
 
 
 def run(model_dir, meta, steps, trainable='all', mesh=(1, 1), batches=None, kind='shallow'):
   return trainer.train(model_dir=model_dir, model=small_model(kind), total_steps=steps, trainable=trainable,
-                       meta=meta, meta_data_cfg=_DataCfg(), batches=iter(batches or meta_batches(steps)),
+                       meta=meta, meta_data_cfg=DATA, batches=iter(batches or meta_batches(steps)),
                        mesh_shape=mesh, progress=False, async_checkpointing=False, checkpoint_period=2)
 
 
@@ -111,7 +102,7 @@ def test_meta_run_resumes_bit_identically(tmp_path):
 def test_meta_run_refuses_a_model_without_prompt_and_mismatched_settings(tmp_path):
   model = PromptableT5(get_config('tiny', vocab_size=VOCAB), PromptConfig(kind='none'))
   with pytest.raises(trainer.TrainingError, match='adapts a prompt'):
-    trainer.train(model_dir=str(tmp_path), model=model, total_steps=1, meta=WU_FOMAML, meta_data_cfg=_DataCfg(),
+    trainer.train(model_dir=str(tmp_path), model=model, total_steps=1, meta=WU_FOMAML, meta_data_cfg=DATA,
                   batches=iter([]), progress=False)
   bad = MetaConfig('fomaml', inner_steps=T + 1)
   with pytest.raises(trainer.TrainingError, match='INNER_STEPS'):
@@ -163,20 +154,11 @@ def test_cli_bad_meta_setting_is_one_error_line(tmp_path):
   assert len(errors) == 1 and 'chunk size' in errors[0], out.stderr[-2000:]
 
 
-def test_dry_run_of_every_meta_paper_config(capsys, monkeypatch):
-  import gin
-  from promptjax import cli as cli_lib
-  monkeypatch.chdir(REPO)
+def test_dry_run_of_every_meta_paper_config():
   names = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper'))
                  if any(m in f for m in ('fomaml', 'reptile', 'maml', 'mtl_prompt_only')))
   assert len(names) == 12
-  for name in names:
-    gin.clear_config()
-    try:
-      assert cli_lib.main(['train', f'--gin_file=paper/{name}', "--gin.MODEL_DIR='/tmp/unused'", '--dry_run']) == 0
-    finally:
-      gin.clear_config()
-    report = capsys.readouterr().out
+  for name, report in dry_run_reports(names):
     assert 'per-device memory' in report and 'meta-learning: ' in report, name
     if name.startswith('wu2022'):
       assert 'meta-batch 128 clones x (support 16 x 7 steps' in report, name

@@ -19,3 +19,29 @@ def setup():
     tgt[:, -1] = 1
     batches.append({'encoder_input_tokens': enc, 'decoder_target_tokens': tgt})
   return model, cfg, batches
+
+
+def dry_run_reports(paper_files):
+  """Yields (name, printed report) of ``promptjax train --gin_file=paper/<name> --dry_run`` for each file,
+  run in-process from the repository root with a clean gin config."""
+  import contextlib
+  import io
+  import os
+  import gin
+  from promptjax import cli
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  cwd = os.getcwd()
+  os.chdir(repo)
+  try:
+    for name in paper_files:
+      gin.clear_config()
+      out = io.StringIO()
+      try:
+        with contextlib.redirect_stdout(out):
+          code = cli.main(['train', f'--gin_file=paper/{name}', "--gin.MODEL_DIR='/tmp/unused'", '--dry_run'])
+      finally:
+        gin.clear_config()
+      assert code == 0, name
+      yield name, out.getvalue()
+  finally:
+    os.chdir(cwd)

@@ -13,6 +13,7 @@ import pytest
 
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import optimizers, trainer
+from tests.training.common import dry_run_reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOCAB = 1664  # the mini vocabulary (1500 pieces + 100 extra ids), padded to a multiple of 128
@@ -225,19 +226,10 @@ def test_checkpoint_of_another_model_size_and_nan_loss_leave_checkpoints_intact(
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_dry_run_of_every_paper_config_prints_memory(capsys, monkeypatch):
-  import gin
-  from promptjax import cli
-  monkeypatch.chdir(REPO)
+def test_dry_run_of_every_paper_config_prints_memory():
   papers = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper')) if f.startswith('wu2022'))
   assert len(papers) == 16  # {large, xl} x {t0, ppt, mtl_prompt, mtl_prompt_deep, fomaml(_deep), reptile(_deep)}
-  for name in papers:
-    gin.clear_config()
-    try:
-      assert cli.main(['train', f'--gin_file=paper/{name}', "--gin.MODEL_DIR='/tmp/unused'", '--dry_run']) == 0
-    finally:
-      gin.clear_config()
-    report = capsys.readouterr().out
+  for name, report in dry_run_reports(papers):
     assert 'per-device memory' in report and "mesh: {'data'" in report, name
     size = 'xl' if '_xl_' in name else 'large'
     # T5.1.1 parameter counts (Raffel et al.): ~783M (Large), ~2.85B (XL) for the transformer.
