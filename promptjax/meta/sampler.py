@@ -60,8 +60,12 @@ TASK_PER = ('batch', 'clone')
 TASK_SAMPLING = ('rate', 'uniform')
 
 
-class SamplerError(ValueError):
-  """A meta-data configuration that cannot run; the message names the fix."""
+from promptjax.meta.algorithms import MetaError
+
+
+class SamplerError(MetaError):
+  """A meta-data configuration that cannot run; the message names the fix (the CLI prints it as one
+  ``error:`` line, like every `MetaError`)."""
 
 
 @dataclasses.dataclass

@@ -154,6 +154,15 @@ def test_cli_bad_meta_setting_is_one_error_line(tmp_path):
   assert len(errors) == 1 and 'chunk size' in errors[0], out.stderr[-2000:]
 
 
+def test_cli_bad_sampler_setting_is_one_error_line(tmp_path):
+  out = cli(tmp_path, 'fomaml.gin', 1, "--gin.MIXTURE_OR_TASK_NAME='mini_train'",
+            "--gin.promptjax.meta.MetaDataConfig.support_mode='nope'")
+  assert out.returncode == 2
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and "support_mode='nope'" in errors[0], out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+
+
 def test_dry_run_of_every_meta_paper_config():
   names = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper'))
                  if any(m in f for m in ('fomaml', 'reptile', 'maml', 'mtl_prompt_only')))
