@@ -21,6 +21,11 @@ INSTALL_REQUIRES = [
     'msgpack',
     'safetensors',
     'tqdm',
+    # evaluation: CrossFit metrics (Classification-F1, Matthews; Pearson; Rouge-L) and report plots
+    'scikit-learn',
+    'scipy',
+    'rouge-score',
+    'matplotlib',
 ]
 
 EXTRAS_REQUIRE = {

@@ -56,9 +56,12 @@ LossFn = Callable[[Params, Batch, Optional[jax.Array]], jax.Array]
 def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Batch,
                inner_opt: optax.GradientTransformation, inner_state: Any = None, *,
                first_order: bool = True, global_norm_clip: Optional[float] = None,
-               rng: Optional[jax.Array] = None, remat: bool = False
+               rng: Optional[jax.Array] = None, remat: bool = False, num_steps: Optional[int] = None
                ) -> Tuple[Params, Any, jax.Array]:
   """Runs prompt-only inner steps on `support` ([T, batch, ...] per feature: one batch per step).
+
+  With `num_steps`, `support` is one batch (no step axis) reused for every one of the `num_steps`
+  steps, without copying it (few-shot prompt tuning: the same 16 examples for 100 epochs).
 
   Args:
     loss_fn: ``loss_fn(params, batch, rng) -> scalar`` (the model's normalized loss).
@@ -71,6 +74,7 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
     global_norm_clip: clip each inner gradient to this global norm first (Wu et al.: 1.0).
     rng: dropout key (folded with the step index), or None for no dropout.
     remat: rematerialize each step's forward pass in the backward pass (second order only).
+    num_steps: reuse the single batch `support` for this many steps.
 
   Returns:
     (adapted prompt, final inner optimizer state, support losses [T] before each step).
@@ -81,7 +85,7 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
 
   def step(carry, xs):
     p, s = carry
-    i, batch = xs
+    i, batch = xs if num_steps is None else (xs, support)
     step_rng = None if rng is None else jax.random.fold_in(rng, i)
     loss, g = jax.value_and_grad(lambda q: loss_fn(join_prompt(transformer, q), batch, step_rng))(p)
     g = clip_by_global_norm(g, global_norm_clip)
@@ -90,6 +94,9 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
 
   if remat and not first_order:
     step = jax.checkpoint(step)
-  num_steps = jax.tree.leaves(support)[0].shape[0]
-  (prompt, state), losses = jax.lax.scan(step, (prompt, state), (jnp.arange(num_steps), support))
+  if num_steps is None:
+    xs = (jnp.arange(jax.tree.leaves(support)[0].shape[0]), support)
+  else:
+    xs = jnp.arange(num_steps)
+  (prompt, state), losses = jax.lax.scan(step, (prompt, state), xs)
   return prompt, state, losses

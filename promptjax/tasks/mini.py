@@ -68,6 +68,7 @@ def _register() -> Dict[str, List[str]]:
         crossfit.register_crossfit_mixture(f'crossfit_{part}_{role}_{seed}', spec[role], seed)
 
   self_supervised.register_text_tasks('mini_text', _subdir(m['text']['dir']), 'mini', family='mini')
+  self_supervised.register_prefix_lm_task('mini_text_prefix_lm', _subdir(m['text']['dir']), 'mini', family='mini')
   return {'p3_train': train, 'p3_heldout': heldout}
 
 

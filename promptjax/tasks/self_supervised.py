@@ -739,5 +739,80 @@ def register_text_tasks(name_prefix: str = 'text',
   return tasks
 
 
+class PrefixLMSource(seqio.DataSource):
+  """LM adaptation data (Lester et al. 2021, the "LM-adapted" T5 that Wu et al. and T0 start from).
+
+  T5's ``prefix_lm`` objective on natural text: a window of consecutive segments of a document is split
+  at a uniformly random word boundary; the first part is the input and the continuation the target.
+  Windows are taken greedily from each document's segments (``window_words`` words at most, one
+  example per window); split points come from ``numpy.random.default_rng([seed, crc32(split)])``.
+  """
+
+  def __init__(self, *, task_name: str, data_dir_fn: Callable[[], str], family: str = 'text',
+               window_words: int = 96, validation_fraction: float = DEFAULT_VALIDATION_FRACTION):
+    super().__init__(splits=SPLITS, num_input_examples=None, caching_permitted=True)
+    self.task_name, self.data_dir_fn, self.family = task_name, data_dir_fn, family
+    self.window_words, self.validation_fraction = int(window_words), validation_fraction
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def corpus(self) -> DocumentCorpus:
+    try:
+      root = self.data_dir_fn()
+    except DataError as e:
+      raise DataError(f'Task {self.task_name!r}: {e}') from None
+    return DocumentCorpus(root, task=self.task_name, family=self.family,
+                          validation_fraction=self.validation_fraction, max_segment_words=None)
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return self.corpus().files(split)
+
+  def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1):
+    import tensorflow as tf
+    corpus = self.corpus()
+    files = list(corpus.files(split))
+    if shard_info is not None and shard_info.num_shards > 1:
+      files = files[shard_info.index::shard_info.num_shards]
+    key = [(DEFAULT_SEED if seed is None else int(seed)) & 0xFFFFFFFF, zlib.crc32(split.encode())]
+    window = self.window_words
+
+    def generate():
+      rng = np.random.default_rng(key)
+      order = [files[k] for k in rng.permutation(len(files))] if shuffle else files
+      for doc in corpus.documents(split, order):
+        words: List[str] = []
+        for seg in list(doc.segments) + [None]:
+          seg_words = [] if seg is None else seg.split()
+          if words and (seg is None or len(words) + len(seg_words) > window):
+            if len(words) >= 2:
+              k = int(rng.integers(1, len(words)))
+              yield {'inputs': ' '.join(words[:k]), 'targets': ' '.join(words[k:])}
+            words = []
+          words.extend(seg_words[:window])
+
+    signature = {'inputs': tf.TensorSpec((), tf.string), 'targets': tf.TensorSpec((), tf.string)}
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+def register_prefix_lm_task(name: str = 'text_prefix_lm', data_dir_fn: Callable[[], str] = None,
+                            vocab_name: str = 't5', *, family: str = 'text', window_words: int = 96,
+                            shuffle_buffer_size: int = 10_000) -> seqio.Task:
+  """Registers the prefix-LM (LM adaptation) task over a corpus directory (see `PrefixLMSource`)."""
+  source = PrefixLMSource(task_name=name, data_dir_fn=data_dir_fn or _default_data_dir, family=family,
+                          window_words=window_words)
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source,
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=config.output_features(vocab_name), metric_fns=[],
+      shuffle_buffer_size=shuffle_buffer_size)
+
+
 TEXT_TASKS = register_text_tasks()
 """``text_nsp_yes_maybe_no`` and ``text_mc_next_segment`` over `get_data_dir('text')`, vocabulary t5."""
+PREFIX_LM_TASK = register_prefix_lm_task()
+"""``text_prefix_lm`` over `get_data_dir('text')`, vocabulary t5."""
