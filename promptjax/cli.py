@@ -1,9 +1,14 @@
-"""``promptjax train|eval|...``: gin-configured entry points that speak T5X's flags.
+"""``promptjax train|eval|fewshot|compare``: gin-configured entry points that speak T5X's flags.
 
   promptjax train --gin_file=gin_configs/runs/train.gin --gin_file=gin_configs/models/t5_1_1_tiny.gin \\
       --gin_file=gin_configs/mtl_prompt.gin --gin.MODEL_DIR="'/tmp/run'" \\
       --gin.MIXTURE_OR_TASK_NAME="'mini_train'" --gin.TRAIN_STEPS=100
   python -m promptjax.train ...         # the same as `promptjax train ...`
+  promptjax eval --gin_file=runs/eval.gin --gin_file=models/t5_1_1_tiny.gin --gin_file=mtl_prompt.gin \
+      --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval/0shot'" \
+      --gin.MIXTURE_OR_TASK_NAME="'mini_heldout_rank_classification'"
+  promptjax fewshot --gin_file=runs/fewshot.gin ...   # the same macros; 16-shot prompt tuning first
+  promptjax compare RUN_A RUN_B ... [--output_dir DIR] [--reference NAME] [--within_dataset]
 
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
 (shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the repository's
@@ -48,6 +53,9 @@ def register_gin_configurables() -> None:
   from promptjax.meta import algorithms as meta_algorithms, sampler as meta_sampler
   gin.external_configurable(meta_algorithms.MetaConfig, module='promptjax.meta')
   gin.external_configurable(meta_sampler.MetaDataConfig, module='promptjax.meta')
+  from promptjax import evaluation
+  gin.external_configurable(evaluation.evaluate, module='promptjax.evaluation')
+  gin.external_configurable(evaluation.FewShotConfig, module='promptjax.evaluation')
   del optimizers, partitioning  # they declare their own configurables
   _registered = True
 
@@ -129,7 +137,7 @@ def _macro(name: str):
 
 
 MACROS = ('MODEL_DIR', 'MIXTURE_OR_TASK_NAME', 'MIXTURE_OR_TASK_MODULE', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
-          'BATCH_SIZE', 'INITIAL_CHECKPOINT_PATH')
+          'BATCH_SIZE', 'INITIAL_CHECKPOINT_PATH', 'CHECKPOINT_PATH', 'EVAL_OUTPUT_DIR')
 
 
 def _check_required_macros(dry_run: bool = False) -> None:
@@ -179,6 +187,42 @@ def run_train(args, bindings: List[str]) -> int:
   return 0
 
 
+def run_eval(args, bindings: List[str]) -> int:
+  register_gin_configurables()
+  parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
+            [p for s in args.gin_search_paths for p in s.split(',') if p])
+  _check_required_macros()
+  from promptjax import evaluation
+  output_dir = _macro('EVAL_OUTPUT_DIR')
+  if isinstance(output_dir, str):
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, 'config.gin'), 'w') as f:
+      f.write(gin.config_str())
+  fewshot = gin.query_parameter('promptjax.evaluation.evaluate.fewshot') if args.command == 'fewshot' else None
+  if args.command == 'fewshot' and fewshot is None:
+    raise CliError('`promptjax fewshot` needs a few-shot configuration: add --gin_file=runs/fewshot.gin.')
+  kwargs = {} if args.command == 'fewshot' else {'fewshot': None}
+  summary = gin.get_configurable(evaluation.evaluate)(**kwargs)
+  for task, acc in summary['tasks'].items():
+    print(f'{task}: accuracy {acc * 100:.1f}')
+  print(f'ARG {summary["arg"] * 100:.1f} over {len(summary["tasks"])} templates '
+        f'({summary["arg_within_dataset"] * 100:.1f} averaged within datasets first); results in {output_dir}')
+  return 0
+
+
+def run_compare(args) -> int:
+  from promptjax.evaluation import report
+  if not args.runs:
+    raise CliError('compare needs run directories: promptjax compare RUN_A RUN_B ... (or NAME=PATH).')
+  runs = [report.load_run(r) for r in args.runs]
+  out = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(runs[0].path)), 'comparison')
+  comparison = report.write_report(runs, out, reference=args.reference, within_dataset=args.within_dataset,
+                                   num_resamples=args.num_resamples, seed=args.bootstrap_seed)
+  print(comparison['table'])
+  print('wrote ' + ', '.join([os.path.join(out, 'table.md')] + comparison['plots']))
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -187,7 +231,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(e, file=sys.stderr)
     return EXIT_USAGE
   parser = argparse.ArgumentParser(prog='promptjax', description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=('train',))
+  parser.add_argument('command', choices=('train', 'eval', 'fewshot', 'compare'))
+  parser.add_argument('runs', nargs='*', help='compare: run directories (or NAME=PATH)')
+  parser.add_argument('--output_dir', default=None, help='compare: where table.md and the plots go')
+  parser.add_argument('--reference', default=None, help='compare: the run p-values compare against')
+  parser.add_argument('--within_dataset', action='store_true',
+                      help='compare: ARG averaged within each dataset first (the official script)')
+  parser.add_argument('--num_resamples', type=int, default=1000)
+  parser.add_argument('--bootstrap_seed', type=int, default=100)
   parser.add_argument('--gin_file', action='append', default=[])
   parser.add_argument('--gin_bindings', action='append', default=[])
   parser.add_argument('--gin_search_paths', action='append', default=[])
@@ -203,10 +254,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from promptjax.training.partitioning import PartitioningError
   from promptjax.training.trainer import TrainingError
   from promptjax.meta.algorithms import MetaError
+  from promptjax.evaluation.rank_classification import EvaluationError
+  if args.runs and args.command != 'compare':
+    print(f'error: unexpected arguments {args.runs} (only `compare` takes run directories)', file=sys.stderr)
+    return EXIT_USAGE
   try:
     if args.command == 'train':
       return run_train(args, bindings)
-  except (CliError, DataError, PartitioningError, TrainingError, MetaError) as e:
+    if args.command in ('eval', 'fewshot'):
+      return run_eval(args, bindings)
+    if args.command == 'compare':
+      return run_compare(args)
+  except (CliError, DataError, PartitioningError, TrainingError, MetaError, EvaluationError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_USAGE
   except ValueError as e:

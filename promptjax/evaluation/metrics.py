@@ -17,8 +17,9 @@ Significance, Wu et al. §4: "bootstrap with 1,000 iterations, in each iteration
 evaluation examples and comparing the two models in question". `paired_bootstrap` resamples the
 instances of every template with replacement (independently per template, the same draw for both
 models — a paired test over the saved per-instance predictions), recomputes both ARGs, and reports
-p = fraction of resamples with ARG_A − ARG_B < 0 (the official script's "arg p"), i.e. the p-value of
-"A > B". The official script does not have per-instance predictions: it rebuilds each model's
+p = fraction of resamples with ARG_A − ARG_B ≤ 0, the p-value of "A > B". The official script's "arg p"
+counts only ARG_A − ARG_B < 0 (``count_ties=False``), which gives p = 0 to two identical runs; counting
+ties is the conservative default. The official script does not have per-instance predictions: it rebuilds each model's
 correctness vector from its accuracy as [1]*n_correct + [0]*rest and zips the two sorted vectors;
 ``pairing='sorted'`` reproduces that (it overstates the pairing), the default ``'instances'`` pairs the
 real predictions.
@@ -87,7 +88,7 @@ def per_task_mean(values_by_seed: Sequence[Mapping[str, float]]) -> Dict[str, fl
 def paired_bootstrap(correct_a: Mapping[str, np.ndarray], correct_b: Mapping[str, np.ndarray],
                      random_baselines: Mapping[str, float], *, num_resamples: int = 1000, seed: int = 100,
                      datasets: Optional[Mapping[str, str]] = None, within_dataset: bool = False,
-                     pairing: str = 'instances') -> Dict[str, float]:
+                     pairing: str = 'instances', count_ties: bool = True) -> Dict[str, float]:
   """Paired bootstrap of ARG_A − ARG_B over per-instance correctness, resampled within each template.
 
   Args:
@@ -97,6 +98,7 @@ def paired_bootstrap(correct_a: Mapping[str, np.ndarray], correct_b: Mapping[str
     datasets, within_dataset: ARG averaging (see `average_relative_gain`).
     pairing: 'instances' (pair the real predictions) or 'sorted' (the official script: each model's
       correct instances first, rebuilt from its accuracy).
+    count_ties: resamples with equal ARGs count against "A > B" (False: the official script).
 
   Returns:
     {'arg_a', 'arg_b', 'diff' (on the full data), 'p_value' (fraction of resamples with diff < 0:
@@ -131,5 +133,5 @@ def paired_bootstrap(correct_a: Mapping[str, np.ndarray], correct_b: Mapping[str
   for r in range(num_resamples):
     ra, rb = args({t: acc_a[t][r] for t in templates}, {t: acc_b[t][r] for t in templates})
     diffs[r] = ra - rb
-  return {'arg_a': arg_a, 'arg_b': arg_b, 'diff': arg_a - arg_b, 'p_value': float(np.mean(diffs < 0)),
+  return {'arg_a': arg_a, 'arg_b': arg_b, 'diff': arg_a - arg_b, 'p_value': float(np.mean(diffs <= 0 if count_ties else diffs < 0)),
           'num_resamples': int(num_resamples)}
