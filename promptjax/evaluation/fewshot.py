@@ -25,6 +25,7 @@ tuned, and written to ``selected_examples.json`` (task -> the ``idx`` of each ch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import zlib
@@ -39,7 +40,7 @@ from promptjax.meta import inner
 from promptjax.training import optimizers as opt_lib
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class FewShotConfig:
   """Wu et al.'s few-shot protocol: 16 instances, 100 epochs of one batch, Adafactor 1e-3, clip 1.0."""
   num_shots: int = 16
@@ -126,6 +127,12 @@ class PromptTuner:
     return prompts, np.concatenate(losses, 0)
 
 
+@functools.lru_cache(maxsize=16)
+def get_tuner(model, cfg: FewShotConfig) -> PromptTuner:
+  """One `PromptTuner` (one compiled program per shape) per (model, config) in this process."""
+  return PromptTuner(model, cfg)
+
+
 def dataset_of(task: str) -> str:
   """The dataset a template belongs to (for within-dataset ARG averaging and per-dataset plots)."""
   name = task[:-len('_rank_classification')] if task.endswith('_rank_classification') else task
@@ -155,12 +162,16 @@ def evaluate_zero_shot(model, params, tasks: Sequence[str], *, split: str = 'val
                        length_normalize: bool = False, examples_per_batch: int = 32,
                        task_feature_lengths: Optional[Mapping[str, int]] = None,
                        max_examples: Optional[int] = None, output_dir: Optional[str] = None,
-                       progress: bool = True) -> Dict[str, rc.TaskResult]:
-  """Rank classification of every task with `params` as they are (with their prompt, if any)."""
-  scorer = rc.ChoiceScorer(model, length_normalize, examples_per_batch)
+                       progress: bool = True, eval_choices: Optional[Mapping[str, rc.ChoiceSet]] = None
+                       ) -> Dict[str, rc.TaskResult]:
+  """Rank classification of every task with `params` as they are (with their prompt, if any).
+
+  `eval_choices` (task -> `ChoiceSet`) skips reading the data again.
+  """
+  scorer = rc.get_scorer(model, length_normalize, examples_per_batch)
   results = {}
   for task in _progress(tasks, progress, 'zero-shot'):
-    choices = rc.load_choices(task, split, task_feature_lengths, max_examples)
+    choices = (eval_choices or {}).get(task) or rc.load_choices(task, split, task_feature_lengths, max_examples)
     results[task] = rc.rank_classify(scorer, params, choices)
   if output_dir:
     rc.write_results(results, output_dir, {'summary': summary(results), 'setting': '0-shot',
@@ -172,20 +183,24 @@ def evaluate_few_shot(model, params, tasks: Sequence[str], cfg: FewShotConfig = 
                       split: str = 'validation', length_normalize: bool = False,
                       examples_per_batch: int = 32, task_feature_lengths: Optional[Mapping[str, int]] = None,
                       max_examples: Optional[int] = None, output_dir: Optional[str] = None,
-                      progress: bool = True) -> Dict[str, rc.TaskResult]:
-  """Wu et al.'s 16-shot protocol on every task: select, tune (vmapped over templates), rank-classify."""
+                      progress: bool = True, eval_choices: Optional[Mapping[str, rc.ChoiceSet]] = None,
+                      train_choices: Optional[Mapping[str, rc.ChoiceSet]] = None) -> Dict[str, rc.TaskResult]:
+  """Wu et al.'s 16-shot protocol on every task: select, tune (vmapped over templates), rank-classify.
+
+  `eval_choices` / `train_choices` (task -> `ChoiceSet` of the eval / training split) skip reading data.
+  """
   batches, selected = [], {}
   for task in tasks:
-    train = rc.load_choices(task, cfg.train_split, task_feature_lengths)
+    train = (train_choices or {}).get(task) or rc.load_choices(task, cfg.train_split, task_feature_lengths)
     rows = select_examples(task, train.num_examples, cfg.num_shots, cfg.seed)
     selected[task] = [int(i) for i in train.example_ids[rows]]
     batches.append(training_batch(train, rows))
-  prompts, train_losses = PromptTuner(model, cfg).tune(params, batches, progress=progress)
-  scorer = rc.ChoiceScorer(model, length_normalize, examples_per_batch)
+  prompts, train_losses = get_tuner(model, cfg).tune(params, batches, progress=progress)
+  scorer = rc.get_scorer(model, length_normalize, examples_per_batch)
   transformer, _ = inner.split_prompt(params)
   results = {}
   for task, prompt in zip(_progress(tasks, progress, '16-shot eval'), prompts):
-    choices = rc.load_choices(task, split, task_feature_lengths, max_examples)
+    choices = (eval_choices or {}).get(task) or rc.load_choices(task, split, task_feature_lengths, max_examples)
     results[task] = rc.rank_classify(scorer, inner.join_prompt(transformer, prompt), choices)
   if output_dir:
     extra = {'summary': summary(results), 'setting': f'{cfg.num_shots}-shot', 'split': split,

@@ -19,6 +19,7 @@ choice axis for the decoder (`ChoiceScorer`). Shapes are padded to buckets (mult
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -194,6 +195,12 @@ class ChoiceScorer:
       tgt[:m, :, :choices.targets.shape[2]] = choices.targets[rows]
       out[rows] = np.asarray(self._fn(params, inp, tgt))[:m]
     return np.where(choices.valid, out, -np.inf)
+
+
+@functools.lru_cache(maxsize=16)
+def get_scorer(model, length_normalize: bool = False, examples_per_batch: int = 32) -> ChoiceScorer:
+  """One `ChoiceScorer` (compiled once per shape) per (model, options) in this process."""
+  return ChoiceScorer(model, length_normalize, examples_per_batch)
 
 
 @dataclasses.dataclass

@@ -32,9 +32,14 @@ class Run:
   settings: Dict[str, Dict[str, Any]]   # setting -> read_results(...)
 
 
-def _setting_order(name: str) -> Tuple[int, str]:
-  digits = ''.join(ch for ch in name if ch.isdigit())
-  return (int(digits) if digits else -1, name)
+_KIND_ORDER = {'shallow': 0, 'deep': 1}
+
+
+def _setting_order(name: str) -> Tuple[int, str, int, str]:
+  """Table 1's column order: shallow before deep, then fewer shots first (``0shot_shallow``, ``16shot_shallow``...)."""
+  shots, _, kind = name.partition('_')
+  digits = ''.join(ch for ch in shots if ch.isdigit())
+  return (_KIND_ORDER.get(kind, 2), kind, int(digits) if digits else -1, name)
 
 
 def load_run(spec: str) -> Run:
@@ -104,18 +109,22 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None, *, within
           'num_resamples': num_resamples}
 
 
+def _cell(name: str, ref: str, c: Optional[Mapping[str, Any]]) -> str:
+  if not c:
+    return '–'
+  arg = f"{c['arg'] * 100:.1f}"
+  if name == ref:
+    return arg + ' (ref)'
+  return arg + (f" (p={c['p_value']:.3f})" if 'p_value' in c else '')
+
+
 def markdown_table(comparison: Mapping[str, Any]) -> str:
-  """Runs × settings: ARG (%) and the p-value of "run > reference"."""
+  """Runs × settings: ARG (%) and, in brackets, the p-value of "run > reference"."""
   settings, ref = comparison['settings'], comparison['reference']
-  head = ['method'] + [f'{s} ARG' for s in settings] + [f'{s} p (> {ref})' for s in settings]
+  head = ['method'] + [s.replace('_', ' ') for s in settings]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name, cells in comparison['rows'].items():
-    args = [f"{cells[s]['arg'] * 100:.1f}" if s in cells else '–' for s in settings]
-    ps = []
-    for s in settings:
-      c = cells.get(s, {})
-      ps.append('ref' if name == ref and s in cells else (f"{c['p_value']:.3f}" if 'p_value' in c else '–'))
-    lines.append('| ' + ' | '.join([name] + args + ps) + ' |')
+    lines.append('| ' + ' | '.join([name] + [_cell(name, ref, cells.get(s)) for s in settings]) + ' |')
   note = (f"ARG: relative gain over the random baseline, averaged over templates"
           f"{' within each dataset first' if comparison['within_dataset'] else ''} (Wu et al. 2022 §4), in %. "
           f"p: paired bootstrap ({comparison['num_resamples']} resamples within template) of "

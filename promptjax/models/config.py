@@ -61,6 +61,10 @@ _PRESETS = {
     'tiny': dict(vocab_size=32128, emb_dim=8, num_heads=2, num_encoder_layers=2,
                  num_decoder_layers=2, head_dim=4, mlp_dim=16,
                  relative_attention_num_buckets=8, relative_attention_max_distance=16),
+    # `make demo`'s model for the bundled mini benchmark (its vocabulary: 1600 ids, padded to 1664).
+    'mini': dict(vocab_size=1664, emb_dim=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                 head_dim=16, mlp_dim=128, relative_attention_num_buckets=16,
+                 relative_attention_max_distance=64),
     'small': dict(emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8,
                   head_dim=64, mlp_dim=1024),
     'base': dict(emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12,

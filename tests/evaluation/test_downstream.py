@@ -1,0 +1,102 @@
+"""Qin et al.'s downstream protocol and greedy decoding, against plain references written here."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import promptjax.tasks  # noqa: F401
+from promptjax.evaluation import downstream, generation
+from promptjax.models import PromptConfig, PromptableT5, get_config
+
+CONFIG = get_config('tiny', vocab_size=1664, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32)
+TASK = 'crossfit_mini_sentiment_13'
+
+
+def _model(kind='shallow'):
+  model = PromptableT5(CONFIG, PromptConfig(kind=kind, length=3))
+  return model, model.init_params(jax.random.PRNGKey(1))
+
+
+@pytest.mark.parametrize('kind', ['none', 'deep'])
+def test_greedy_decode_equals_a_brute_force_loop(kind):
+  model, params = _model(kind)
+  texts = generation.load_texts(TASK, 'dev')
+  inputs = texts.inputs[:5]
+  got = generation.greedy_decode(model, params, inputs, max_length=6, batch_size=4)
+  for r in range(5):
+    x = inputs[r][inputs[r] > 0][None]
+    prefix = []
+    for _ in range(6):
+      tgt = np.asarray([prefix + [0]], np.int32)     # the next position's logits; padding after it
+      dec_in = np.asarray([[0] + prefix], np.int32)
+      logits = model.logits(params, {'encoder_input_tokens': x, 'decoder_target_tokens': np.ones_like(tgt),
+                                     'decoder_input_tokens': dec_in})
+      nxt = int(np.argmax(logits[0, -1]))
+      prefix.append(nxt)
+      if nxt == 1:
+        break
+    want = prefix + [0] * (6 - len(prefix))
+    np.testing.assert_array_equal(got[r], want)
+
+
+def test_texts_and_references():
+  texts = generation.load_texts(TASK, 'test')
+  assert texts.num_examples == len(texts.references) > 0
+  assert {r[0] for r in texts.references} <= {'negative', 'positive'}
+  assert texts.vocabulary.decode(generation.strip_eos(texts.targets[0])) == texts.references[0][0]
+
+
+def test_batch_indices_are_seeded_epochs():
+  idx = downstream._batch_indices(20, 8, 7, seed=13)
+  assert idx.shape == (7, 8)
+  # 2 full batches per epoch (the last 4 examples of each permutation are dropped), distinct within an epoch.
+  for e in range(3):
+    epoch = idx[2 * e:2 * e + 2].ravel()
+    assert len(set(epoch.tolist())) == 16
+    np.testing.assert_array_equal(epoch, np.random.default_rng([13, e]).permutation(20)[:16])
+  with pytest.raises(ValueError, match='fewer than the batch size'):
+    downstream._batch_indices(4, 8, 1, seed=0)
+
+
+def test_learning_rate_grid_equals_separate_plain_optax_runs():
+  model, params = _model('shallow')
+  train = generation.load_texts(TASK, 'train')
+  dev = generation.load_texts(TASK, 'dev')
+  cfg = downstream.DownstreamConfig(learning_rates=(0.3, 0.05), batch_size=8, total_steps=4, eval_interval=2,
+                                    seeds=(13,), max_decode_length=3)
+  best = downstream.tune_and_select(model, params, train, dev, 'ACC', cfg, seed=13)
+  idx = downstream._batch_indices(train.num_examples, 8, 4, seed=13)
+  for lr in cfg.learning_rates:
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adafactor(lr, multiply_by_parameter_scale=False, decay_rate=0.8,
+                                      clipping_threshold=1.0))
+    p, s = params['prompt'], None
+    s = opt.init(p)
+    curve = []
+    for t, rows in enumerate(idx):
+      batch = {'encoder_input_tokens': train.inputs[rows], 'decoder_target_tokens': train.targets[rows]}
+      g = jax.grad(lambda q: model.loss_fn({**params, 'prompt': q}, batch)[0])(p)
+      u, s = opt.update(g, s, p)
+      p = optax.apply_updates(p, u)
+      if (t + 1) % 2 == 0:
+        preds = generation.predict_texts(model, {**params, 'prompt': p}, dev, 3)
+        acc = np.mean([pr.lower() == ref[0].lower() for pr, ref in zip(preds, dev.references)])
+        curve.append((t + 1, float(acc)))
+    assert best['dev_curves'][lr] == curve
+    if best['learning_rate'] == lr and best['step'] == 4:
+      np.testing.assert_allclose(best['prompt']['prompt'], p['prompt'], rtol=1e-5, atol=1e-6)
+  flat = [(score, -step, -i) for i, lr in enumerate(cfg.learning_rates) for step, score in best['dev_curves'][lr]]
+  assert best['score'] == max(flat)[0]
+
+
+def test_evaluate_task_end_to_end():
+  model, params = _model('shallow')
+  cfg = downstream.DownstreamConfig(learning_rates=(0.3, 0.2), total_steps=2, eval_interval=1, seeds=(13, 42),
+                                    max_decode_length=3)
+  out = downstream.evaluate_task(model, params, 'mini_sentiment', cfg)
+  assert set(out['seeds']) == {13, 42}
+  for v in out['seeds'].values():
+    assert v['metric'] == 'ACC' and v['step'] in (1, 2) and v['learning_rate'] in (0.3, 0.2)
+    assert 0.0 <= v['test'] <= 1.0
+  assert out['test_mean'] == pytest.approx(np.mean([v['test'] for v in out['seeds'].values()]))

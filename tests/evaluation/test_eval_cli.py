@@ -1,0 +1,121 @@
+"""`promptjax eval`, `promptjax fewshot` and `promptjax compare` end to end on the bundled data, and
+their readable errors (one `error:` line, exit status 2, nothing written or lost)."""
+
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from promptjax import cli
+from promptjax.evaluation import metrics as metrics_lib, report
+
+VOCAB = 1664
+TASK = 'mini_heldout_rank_classification'
+MODEL = ['--gin_file=models/t5_1_1_tiny.gin', f'--gin.promptjax.models.get_config.vocab_size={VOCAB}',
+         '--gin.promptjax.models.PromptConfig.length=4']
+
+
+def _cli(args):
+  gin.clear_config()
+  try:
+    return cli.main(args)
+  finally:
+    gin.clear_config()
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('ckpt') / 'run')
+  rc = _cli(['train', '--gin_file=runs/train.gin', '--gin_file=mtl_prompt.gin', *MODEL,
+             f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.TRAIN_STEPS=2',
+             '--gin.BATCH_SIZE=4', "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+             '--gin.CHECKPOINT_PERIOD=2'])
+  assert rc == 0
+  return model_dir
+
+
+def _eval_args(command, checkpoint, out, *extra):
+  gin_file = 'runs/fewshot.gin' if command == 'fewshot' else 'runs/eval.gin'
+  return [command, f'--gin_file={gin_file}', '--gin_file=mtl_prompt.gin', *MODEL,
+          f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+          f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+          *extra]
+
+
+def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
+  zero = tmp_path / 'a' / '0shot'
+  assert _cli(_eval_args('eval', checkpoint, zero)) == 0
+  out = capsys.readouterr().out
+  assert 'ARG' in out
+  m = json.load(open(zero / 'metrics.json'))
+  assert len(m['tasks']) == 10 and m['setting'] == '0-shot'
+  assert all(m['tasks'][t]['num_examples'] == 100 for t in m['tasks'])
+  assert os.path.exists(zero / 'config.gin')
+  assert len(os.listdir(zero / 'predictions')) == 10
+  acc = {t: v['accuracy'] for t, v in m['tasks'].items()}
+  base = {t: v['random_baseline'] for t, v in m['tasks'].items()}
+  assert m['summary']['arg'] == pytest.approx(metrics_lib.average_relative_gain(acc, base))
+
+  # Without the prompt: a different model, different scores.
+  nop = tmp_path / 'b' / '0shot'
+  assert _cli(_eval_args('eval', checkpoint, nop, '--gin.USE_PROMPT=False')) == 0
+  first = lambda d: json.loads(open(d / 'predictions' / sorted(os.listdir(d / 'predictions'))[0]).readline())
+  assert first(zero)['scores'] != first(nop)['scores']
+
+  few = tmp_path / 'a' / '16shot'
+  assert _cli(_eval_args('fewshot', checkpoint, few, '--gin.FEWSHOT_EPOCHS=2', '--gin.TEMPLATES_PER_PROGRAM=4')) == 0
+  fm = json.load(open(few / 'metrics.json'))
+  assert fm['setting'] == '16-shot' and fm['fewshot']['templates_per_program'] == 4
+  sel = json.load(open(few / 'selected_examples.json'))
+  assert len(sel['examples']) == 10 and all(len(v) == 16 for v in sel['examples'].values())
+
+  capsys.readouterr()
+  out_dir = tmp_path / 'cmp'
+  assert _cli(['compare', f'withprompt={tmp_path / "a"}', f'noprompt={tmp_path / "b"}',
+               '--output_dir', str(out_dir)]) == 0
+  printed = capsys.readouterr().out
+  assert '| withprompt |' in printed and '(ref)' in printed and 'p=' in printed
+  comparison = json.load(open(out_dir / 'comparison.json'))
+  assert comparison['settings'] == ['0shot', '16shot']
+  cell = comparison['rows']['noprompt']['0shot']
+  runs = [report.load_run(f'x={tmp_path / "b"}'), report.load_run(f'y={tmp_path / "a"}')]
+  expect = metrics_lib.paired_bootstrap(runs[0].settings['0shot']['correct'], runs[1].settings['0shot']['correct'],
+                                        base, num_resamples=1000, seed=100)
+  assert cell['p_value'] == expect['p_value']
+  assert 'p_value' not in comparison['rows']['noprompt'].get('16shot', {})   # only one run has 16-shot
+  for s in ('0shot', '16shot'):
+    assert os.path.getsize(out_dir / f'per_dataset_{s}.png') > 1000
+
+
+def _error(capsys, args):
+  code = _cli(args)
+  err = capsys.readouterr().err.strip().splitlines()
+  return code, err
+
+
+def test_readable_errors(checkpoint, tmp_path, capsys):
+  before = sorted(os.listdir(checkpoint))
+  cases = [
+      (_eval_args('eval', str(tmp_path / 'missing'), tmp_path / 'o1'), 'does not exist'),
+      (_eval_args('eval', checkpoint, tmp_path / 'o2', "--gin.MIXTURE_OR_TASK_NAME='mini_nope'"), 'No seqio task'),
+      (_eval_args('eval', checkpoint, tmp_path / 'o3', "--gin.MIXTURE_OR_TASK_NAME='mini_train'"),
+       'not a rank-classification task'),
+      (_eval_args('eval', checkpoint, tmp_path / 'o4', "--gin.promptjax.models.PromptConfig.kind='deep'"),
+       'prompt does not fit'),
+      (_eval_args('eval', checkpoint, tmp_path / 'o5', '--gin.promptjax.models.get_config.emb_dim=16'),
+       'does not fit the model'),
+      (['eval', '--gin_file=runs/eval.gin', *MODEL, '--gin_file=mtl_prompt.gin'], 'CHECKPOINT_PATH'),
+      (['compare', str(tmp_path / 'nothing')], 'not a directory'),
+      (['compare'], 'needs run directories'),
+  ]
+  for args, expected in cases:
+    code, err = _error(capsys, args)
+    assert code == 2, (args, err)
+    assert len(err) == 1 and err[0].startswith('error:') and expected in err[0], (expected, err)
+  assert sorted(os.listdir(checkpoint)) == before
+  os.makedirs(tmp_path / 'empty')
+  code, err = _error(capsys, ['compare', str(tmp_path / 'empty')])
+  assert code == 2 and 'no evaluation results' in err[0]
+  assert np.all([not (tmp_path / f'o{i}' / 'metrics.json').exists() for i in range(1, 6)])

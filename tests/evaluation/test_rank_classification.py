@@ -1,0 +1,142 @@
+"""Rank classification equals scoring every choice separately through the model (brute force)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+import promptjax.tasks  # noqa: F401  (registers the bundled mini benchmark)
+from promptjax.evaluation import rank_classification as rc
+from promptjax.models import PromptConfig, PromptableT5, get_config
+from promptjax.tasks import config as task_config
+
+CONFIG = get_config('tiny', vocab_size=1664, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32)
+NLI = 'mini_nli_can_we_infer_score_eval_rank_classification'                   # 3 choices, 1-piece targets
+COMPLETION = 'mini_completion_complete_first_then_score_eval_rank_classification'  # 2 choices, long targets
+
+
+def _model(kind):
+  model = PromptableT5(CONFIG, PromptConfig(kind=kind, length=3))
+  return model, model.init_params(jax.random.PRNGKey(3))
+
+
+def _brute_force(model, params, choices, length_normalize):
+  """Every (instance, choice) on its own: unpadded batch of one through `PromptableT5.score_batch`."""
+  out = np.full(choices.valid.shape, -np.inf)
+  for e in range(choices.num_examples):
+    inp = choices.inputs[e][choices.inputs[e] > 0][None]
+    for c in range(int(choices.valid[e].sum())):
+      tgt = choices.targets[e, c][choices.targets[e, c] > 0][None]
+      out[e, c] = float(model.score_batch(params, {'encoder_input_tokens': inp, 'decoder_target_tokens': tgt},
+                                          length_normalize=length_normalize)[0])
+  return out
+
+
+@pytest.mark.parametrize('kind,task,length_normalize', [
+    ('none', NLI, False), ('shallow', COMPLETION, True), ('deep', NLI, True), ('deep', COMPLETION, False)])
+def test_scores_equal_brute_force_on_the_bundled_data(kind, task, length_normalize):
+  model, params = _model(kind)
+  choices = rc.load_choices(task, 'validation', max_examples=7)
+  # 7 instances in batches of 3: the last batch is padded with empty instances.
+  scorer = rc.ChoiceScorer(model, length_normalize=length_normalize, examples_per_batch=3)
+  result = rc.rank_classify(scorer, params, choices)
+  ref = _brute_force(model, params, choices, length_normalize)
+  np.testing.assert_allclose(result.scores, ref, rtol=1e-5, atol=1e-5)
+  pred = np.argmax(ref, -1)
+  np.testing.assert_array_equal(result.predictions, pred)
+  assert result.accuracy == pytest.approx(np.mean(choices.correct[np.arange(7), pred]))
+
+
+def test_grouping_matches_the_raw_records():
+  choices = rc.load_choices(NLI, 'validation', max_examples=5)
+  task = seqio.get_mixture_or_task(NLI)
+  rows = list(task.get_dataset(None, split='validation', shuffle=False).take(15).as_numpy_iterator())
+  assert choices.targets.shape[:2] == (5, 3)
+  for r in rows:
+    e, c = int(r['idx'][0]), int(r['idx'][1])
+    np.testing.assert_array_equal(choices.inputs[e, :len(r['inputs'])], r['inputs'])
+    np.testing.assert_array_equal(choices.targets[e, c, :len(r['targets'])], r['targets'])
+    assert choices.correct[e, c] == bool(r['is_correct'])
+  assert choices.choice_texts[0] == ['yes', 'maybe', 'no']
+  assert choices.random_baseline == pytest.approx(1 / 3)
+
+
+@pytest.fixture
+def uneven_task():
+  """A seqio task with 3, 2, 1 (!) and 2 choices per instance and two correct choices in one."""
+  vocab = task_config.get_vocabulary('mini')
+  records = []
+  spec = [('Is a fox an animal?', ['yes', 'no', 'maybe'], [0]),
+          ('Anna is a baker. Who bakes?', ['Anna', 'Ben'], [0]),
+          ('Pick the only one.', ['yes'], [0]),
+          ('Any answer is right.', ['true', 'false'], [0, 1])]
+  for i, (q, opts, gold) in enumerate(spec):
+    for j, o in enumerate(opts):
+      records.append({'inputs': q, 'targets': o, 'idx': [i, j], 'is_correct': j in gold})
+
+  def fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({
+        'inputs': [r['inputs'] for r in records], 'targets': [r['targets'] for r in records],
+        'idx': np.asarray([r['idx'] for r in records], np.int32),
+        'is_correct': [r['is_correct'] for r in records]})
+
+  name = 'test_uneven_choices_rank_classification'
+  seqio.TaskRegistry.remove(name)
+  feats = {k: seqio.Feature(vocab, add_eos=True) for k in ('inputs', 'targets')}
+  seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(fn, splits=['validation']),
+                         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+                         output_features=feats, metric_fns=[])
+  yield name
+  seqio.TaskRegistry.remove(name)
+
+
+def test_uneven_choice_counts_and_several_correct_choices(uneven_task):
+  choices = rc.load_choices(uneven_task, 'validation')
+  np.testing.assert_array_equal(choices.num_choices, [3, 2, 1, 2])
+  assert choices.random_baseline == pytest.approx(np.mean([1 / 3, 1 / 2, 1, 2 / 2]))
+  model, params = _model('shallow')
+  result = rc.rank_classify(rc.ChoiceScorer(model, examples_per_batch=2), params, choices)
+  ref = _brute_force(model, params, choices, False)
+  np.testing.assert_allclose(result.scores, ref, rtol=1e-5, atol=1e-5)
+  assert np.all(np.isneginf(result.scores[~choices.valid]))
+  # Hand-made scores: a padded choice would win if it were not masked; instance 3 has two gold choices.
+  scores = np.array([[-3., -1., -2.], [-5., -4., 0.], [-9., 0., 0.], [-1., -2., 0.]])
+  r = rc.classify(scores, choices)
+  np.testing.assert_array_equal(r.predictions, [1, 1, 0, 0])
+  np.testing.assert_array_equal(r.correct, [False, False, True, True])
+  assert r.accuracy == 0.5
+
+
+def test_prediction_files_round_trip(tmp_path):
+  model, params = _model('none')
+  results = {}
+  for task in (NLI, COMPLETION):
+    choices = rc.load_choices(task, 'validation', max_examples=4)
+    results[task] = rc.rank_classify(rc.ChoiceScorer(model, examples_per_batch=4), params, choices)
+  rc.write_results(results, str(tmp_path), {'setting': '0-shot'})
+  lines = [json.loads(l) for l in open(tmp_path / 'predictions' / f'{NLI}.jsonl')]
+  assert [l['idx'] for l in lines] == [0, 1, 2, 3]
+  first = lines[0]
+  assert first['choices'] == ['yes', 'maybe', 'no'] and len(first['scores']) == 3
+  assert first['prediction'] == int(np.argmax(first['scores']))
+  assert first['correct'] == (first['prediction'] in first['gold'])
+  back = rc.read_results(str(tmp_path))
+  assert back['metrics']['setting'] == '0-shot'
+  assert back['metrics']['tasks'][NLI]['accuracy'] == pytest.approx(results[NLI].accuracy)
+  np.testing.assert_array_equal(back['correct'][COMPLETION], results[COMPLETION].correct)
+
+
+def test_readable_errors(tmp_path):
+  with pytest.raises(rc.EvaluationError, match='not a rank-classification task'):
+    rc.load_choices('mini_sentiment_good_or_bad', 'validation', max_examples=1)
+  with pytest.raises(rc.EvaluationError, match='is a mixture'):
+    rc.load_choices('mini_heldout_rank_classification', 'validation')
+  with pytest.raises(task_config.DataError, match='Did you mean'):
+    rc.load_choices('mini_nli_can_we_infer_score_eval_rank_classificatio', 'validation')
+  with pytest.raises(rc.EvaluationError, match='no metrics.json'):
+    rc.read_results(str(tmp_path))
+  assert len(rc.task_names('mini_heldout_rank_classification')) == 10
