@@ -266,7 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == 'compare':
       return run_compare(args)
   except (CliError, DataError, PartitioningError, TrainingError, MetaError, EvaluationError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    # gin appends "In call to configurable ..." to exceptions raised inside configurables: drop it.
+    print(f"error: {str(e).split(chr(10) + '  In call to configurable')[0]}", file=sys.stderr)
     return EXIT_USAGE
   except ValueError as e:
     if 'gin' in type(e).__module__ or 'REQUIRED' in str(e) or 'gin' in str(e).lower():

@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
              f'--gin.CHECKPOINT_PERIOD={steps}', f'--gin.promptjax.models.PromptConfig.length={args.prompt_length}']
     if is_meta:
       flags += [f'--gin.META_BATCH_SIZE={args.meta_batch_size}', f'--gin.INNER_STEPS={args.inner_steps}',
-                '--gin.CLONE_CHUNK_SIZE=None', '--gin.MESH_SHAPE=(1, -1)']
+                '--gin.CLONE_CHUNK_SIZE=None', '--gin.MESH_SHAPE=(1, 1)']
     _train(flags)
     ckpts[name] = (os.path.join(model_dir, f'checkpoint_{steps}'), kind)
 

@@ -85,6 +85,23 @@ def _text(x) -> str:
   return x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
 
+def check_rank_task(task_name: str, split: str = 'validation') -> None:
+  """Raises a readable `EvaluationError` unless `task_name` is a rank-classification Task with `split`."""
+  import seqio
+  from promptjax.tasks import utils as task_utils
+  task = task_utils.get_task_or_mixture(task_name)
+  if not isinstance(task, seqio.Task):
+    raise EvaluationError(f'{task_name!r} is a mixture; rank-classify its tasks one by one '
+                          f'(promptjax.evaluation.rank_classification.task_names).')
+  if split not in task.splits:
+    raise EvaluationError(f'Task {task_name!r} has no split {split!r} (it has {list(task.splits)}).')
+  spec = task.get_dataset(None, split=split, shuffle=False, num_epochs=1).element_spec
+  if 'idx' not in spec or 'is_correct' not in spec:
+    raise EvaluationError(
+        f'Task {task_name!r} has no idx / is_correct features, so it is not a rank-classification task. '
+        f'Use its <name>_rank_classification view (e.g. mini_heldout_rank_classification).')
+
+
 def load_choices(task_name: str, split: str = 'validation',
                  task_feature_lengths: Optional[Mapping[str, int]] = None,
                  max_examples: Optional[int] = None) -> ChoiceSet:

@@ -73,6 +73,10 @@ def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_
     import importlib
     importlib.import_module(module)
   tasks = rc.task_names(mixture_or_task_name)
+  for task in tasks:   # fail before any work on a task that cannot be rank-classified
+    rc.check_rank_task(task, split)
+    if fewshot is not None:
+      rc.check_rank_task(task, fewshot.train_split)
   model, params = load_params(model, checkpoint_path, use_prompt=use_prompt or fewshot is not None, seed=seed)
   kwargs = dict(split=split, length_normalize=length_normalize, examples_per_batch=examples_per_batch,
                 task_feature_lengths=task_feature_lengths, max_examples=max_examples, output_dir=output_dir,

@@ -30,7 +30,7 @@ def checkpoint(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('ckpt') / 'run')
   rc = _cli(['train', '--gin_file=runs/train.gin', '--gin_file=mtl_prompt.gin', *MODEL,
              f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.TRAIN_STEPS=2',
-             '--gin.BATCH_SIZE=4', "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+             '--gin.BATCH_SIZE=8', "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
              '--gin.CHECKPOINT_PERIOD=2'])
   assert rc == 0
   return model_dir
