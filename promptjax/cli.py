@@ -8,6 +8,7 @@
       --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval/0shot'" \
       --gin.MIXTURE_OR_TASK_NAME="'mini_heldout_rank_classification'"
   promptjax fewshot --gin_file=runs/fewshot.gin ...   # the same macros; 16-shot prompt tuning first
+  promptjax downstream --gin_file=runs/downstream.gin ...   # Qin et al.'s CrossFit protocol (TARGET_TASKS)
   promptjax compare RUN_A RUN_B ... [--output_dir DIR] [--reference NAME] [--within_dataset]
 
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
@@ -56,6 +57,8 @@ def register_gin_configurables() -> None:
   from promptjax import evaluation
   gin.external_configurable(evaluation.evaluate, module='promptjax.evaluation')
   gin.external_configurable(evaluation.FewShotConfig, module='promptjax.evaluation')
+  gin.external_configurable(evaluation.downstream_run, module='promptjax.evaluation')
+  gin.external_configurable(evaluation.DownstreamConfig, module='promptjax.evaluation')
   del optimizers, partitioning  # they declare their own configurables
   _registered = True
 
@@ -137,7 +140,7 @@ def _macro(name: str):
 
 
 MACROS = ('MODEL_DIR', 'MIXTURE_OR_TASK_NAME', 'MIXTURE_OR_TASK_MODULE', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
-          'BATCH_SIZE', 'INITIAL_CHECKPOINT_PATH', 'CHECKPOINT_PATH', 'EVAL_OUTPUT_DIR')
+          'BATCH_SIZE', 'INITIAL_CHECKPOINT_PATH', 'CHECKPOINT_PATH', 'EVAL_OUTPUT_DIR', 'TARGET_TASKS')
 
 
 def _check_required_macros(dry_run: bool = False) -> None:
@@ -210,6 +213,20 @@ def run_eval(args, bindings: List[str]) -> int:
   return 0
 
 
+def run_downstream(args, bindings: List[str]) -> int:
+  register_gin_configurables()
+  parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
+            [p for s in args.gin_search_paths for p in s.split(',') if p])
+  _check_required_macros()
+  from promptjax import evaluation
+  summary = gin.get_configurable(evaluation.downstream_run)()
+  for task, score in summary['tasks'].items():
+    print(f'{task}: test {score * 100:.1f} (mean over seeds)')
+  if 'arg_vs_baseline' in summary:
+    print(f'ARG over {summary["baseline"]}: {summary["arg_vs_baseline"] * 100:.1f}')
+  return 0
+
+
 def run_compare(args) -> int:
   from promptjax.evaluation import report
   if not args.runs:
@@ -231,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(e, file=sys.stderr)
     return EXIT_USAGE
   parser = argparse.ArgumentParser(prog='promptjax', description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=('train', 'eval', 'fewshot', 'compare'))
+  parser.add_argument('command', choices=('train', 'eval', 'fewshot', 'downstream', 'compare'))
   parser.add_argument('runs', nargs='*', help='compare: run directories (or NAME=PATH)')
   parser.add_argument('--output_dir', default=None, help='compare: where table.md and the plots go')
   parser.add_argument('--reference', default=None, help='compare: the run p-values compare against')
@@ -263,6 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return run_train(args, bindings)
     if args.command in ('eval', 'fewshot'):
       return run_eval(args, bindings)
+    if args.command == 'downstream':
+      return run_downstream(args, bindings)
     if args.command == 'compare':
       return run_compare(args)
   except (CliError, DataError, PartitioningError, TrainingError, MetaError, EvaluationError) as e:

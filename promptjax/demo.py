@@ -64,7 +64,7 @@ def _model(kind: str, length: int):
 def main(argv: Optional[List[str]] = None) -> Dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--output_dir', default='demo_output')
-  parser.add_argument('--lm_steps', type=int, default=400, help='LM-adaptation steps (batch 32)')
+  parser.add_argument('--lm_steps', type=int, default=250, help='LM-adaptation steps (batch 32)')
   parser.add_argument('--lm_learning_rate', type=float, default=1e-2,
                       help='LM adaptation trains from scratch, so faster than the papers\' 1e-3')
   parser.add_argument('--mtl_steps', type=int, default=180, help='continued-pretraining steps (batch 32; '

@@ -11,3 +11,5 @@
 from promptjax.evaluation.fewshot import FewShotConfig, evaluate_few_shot, evaluate_zero_shot
 from promptjax.evaluation.rank_classification import EvaluationError
 from promptjax.evaluation.run import evaluate, load_params
+from promptjax.evaluation.downstream import DownstreamConfig
+from promptjax.evaluation.downstream import run as downstream_run

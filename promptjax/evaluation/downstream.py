@@ -125,3 +125,50 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
     per_seed[seed] = {'test': float(result['score']), 'dev': best['score'], 'step': best['step'],
                       'learning_rate': best['learning_rate'], 'metric': metric, 'dev_curves': best['dev_curves']}
   return {'task': task, 'test_mean': float(np.mean([v['test'] for v in per_seed.values()])), 'seeds': per_seed}
+
+
+def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = DownstreamConfig(), *,
+                   output_dir: Optional[str] = None, baseline: Optional[str] = None,
+                   task_feature_lengths: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+  """`evaluate_task` for every target task; with `baseline` (a previous output_dir, e.g. prompt tuning
+  from a random prompt), Qin et al.'s ARG of this run over it. Writes ``downstream.json``."""
+  import json
+  import os
+  from promptjax.evaluation import metrics
+  if baseline and not os.path.exists(os.path.join(baseline, 'downstream.json')):
+    raise generation.EvaluationError(f'baseline {baseline!r} has no downstream.json; run the baseline first.')
+  results = {t: evaluate_task(model, params, t, cfg, task_feature_lengths=task_feature_lengths) for t in tasks}
+  summary: Dict[str, Any] = {'tasks': {t: r['test_mean'] for t, r in results.items()}, 'details': results,
+                             'config': dataclasses.asdict(cfg)}
+  if baseline:
+    path = os.path.join(baseline, 'downstream.json')
+    if not os.path.exists(path):
+      raise generation.EvaluationError(f'baseline {baseline!r} has no downstream.json; run the baseline first.')
+    with open(path) as f:
+      base = json.load(f)['tasks']
+    missing = set(summary['tasks']) - set(base)
+    if missing:
+      raise generation.EvaluationError(f'baseline {baseline!r} has no results for {sorted(missing)}.')
+    summary['arg_vs_baseline'] = metrics.arg_vs_baseline(summary['tasks'], {t: base[t] for t in summary['tasks']})
+    summary['baseline'] = baseline
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, 'downstream.json'), 'w') as f:
+      json.dump(summary, f, indent=1, sort_keys=True, default=str)
+  return summary
+
+
+def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks: Sequence[str],
+        config: DownstreamConfig = DownstreamConfig(), baseline: Optional[str] = None,
+        task_feature_lengths: Optional[Mapping[str, int]] = None, seed: int = 0,
+        module: Optional[str] = 'promptjax.tasks') -> Dict[str, Any]:
+  """`promptjax downstream`: load the checkpoint (its prompt, or a fresh one) and run `evaluate_tasks`."""
+  import importlib
+  from promptjax.evaluation.run import load_params
+  if module:
+    importlib.import_module(module)
+  if model.prompt.kind == 'none':
+    raise generation.EvaluationError('Downstream prompt tuning needs a prompt: set PromptConfig.kind.')
+  model, params = load_params(model, checkpoint_path, seed=seed)
+  return evaluate_tasks(model, params, list(target_tasks), config, output_dir=output_dir, baseline=baseline,
+                        task_feature_lengths=task_feature_lengths)

@@ -119,3 +119,24 @@ def test_readable_errors(checkpoint, tmp_path, capsys):
   code, err = _error(capsys, ['compare', str(tmp_path / 'empty')])
   assert code == 2 and 'no evaluation results' in err[0]
   assert np.all([not (tmp_path / f'o{i}' / 'metrics.json').exists() for i in range(1, 6)])
+
+
+def test_downstream_protocol_cli_and_arg_over_a_baseline(checkpoint, tmp_path, capsys):
+  args = ['downstream', '--gin_file=runs/downstream.gin', '--gin_file=mtl_prompt.gin', *MODEL,
+          f"--gin.CHECKPOINT_PATH='{checkpoint}'", "--gin.TARGET_TASKS=['mini_sentiment']",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}", '--gin.DOWNSTREAM_STEPS=2',
+          '--gin.DOWNSTREAM_EVAL_INTERVAL=1', '--gin.DOWNSTREAM_SEEDS=(13,)', '--gin.DOWNSTREAM_LEARNING_RATES=(0.3,)',
+          '--gin.promptjax.evaluation.DownstreamConfig.max_decode_length=4']
+  base = tmp_path / 'base'
+  assert _cli(args + [f"--gin.EVAL_OUTPUT_DIR='{base}'"]) == 0
+  result = json.load(open(base / 'downstream.json'))
+  seed = result['details']['mini_sentiment']['seeds']['13']
+  assert seed['metric'] == 'ACC' and seed['step'] in (1, 2)
+  assert result['tasks']['mini_sentiment'] == pytest.approx(seed['test'])
+  capsys.readouterr()
+  # The same run against itself as the baseline: Qin et al.'s ARG is exactly 0.
+  assert _cli(args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'again'}'", f"--gin.BASELINE='{base}'"]) == 0
+  assert 'ARG over' in capsys.readouterr().out
+  assert json.load(open(tmp_path / 'again' / 'downstream.json'))['arg_vs_baseline'] == 0.0
+  code, err = _error(capsys, args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'x'}'", f"--gin.BASELINE='{tmp_path}'"])
+  assert code == 2 and len(err) == 1 and 'no downstream.json' in err[0]
