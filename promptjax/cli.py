@@ -57,7 +57,7 @@ def register_gin_configurables() -> None:
   from promptjax import evaluation
   gin.external_configurable(evaluation.evaluate, module='promptjax.evaluation')
   gin.external_configurable(evaluation.FewShotConfig, module='promptjax.evaluation')
-  gin.external_configurable(evaluation.downstream_run, module='promptjax.evaluation')
+  gin.external_configurable(evaluation.downstream_run, name='downstream_run', module='promptjax.evaluation')
   gin.external_configurable(evaluation.DownstreamConfig, module='promptjax.evaluation')
   del optimizers, partitioning  # they declare their own configurables
   _registered = True

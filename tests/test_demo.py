@@ -7,7 +7,7 @@ from promptjax import demo
 
 
 def test_demo_writes_the_table_and_the_plots(tmp_path, capsys):
-  comparison = demo.main(['--output_dir', str(tmp_path), '--lm_steps', '4', '--mtl_steps', '3',
+  comparison = demo.main(['--output_dir', str(tmp_path), '--lm_steps', '2', '--mtl_steps', '2',
                           '--fewshot_epochs', '2', '--max_examples', '6', '--prompt_length', '4',
                           '--methods', 'MTL-T✓P✗,MTL-T✓P✓ shallow'])
   out = capsys.readouterr().out

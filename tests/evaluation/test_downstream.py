@@ -24,15 +24,17 @@ def test_greedy_decode_equals_a_brute_force_loop(kind):
   texts = generation.load_texts(TASK, 'dev')
   inputs = texts.inputs[:3]
   got = generation.greedy_decode(model, params, inputs, max_length=6, batch_size=2)
+  logits_fn = jax.jit(model.logits)
   for r in range(3):
-    x = inputs[r][inputs[r] > 0][None]
+    x = np.zeros((1, 64), np.int32)
+    x[0, :inputs.shape[1]] = inputs[r]
     prefix = []
-    for _ in range(6):
-      tgt = np.asarray([prefix + [0]], np.int32)     # the next position's logits; padding after it
-      dec_in = np.asarray([[0] + prefix], np.int32)
-      logits = model.logits(params, {'encoder_input_tokens': x, 'decoder_target_tokens': np.ones_like(tgt),
-                                     'decoder_input_tokens': dec_in})
-      nxt = int(np.argmax(logits[0, -1]))
+    for i in range(6):
+      # Teacher-forced logits of the whole (padded) prefix; causal, so position i sees tokens < i only.
+      dec_in = np.asarray([[0] + prefix + [0] * (5 - len(prefix))], np.int32)
+      logits = logits_fn(params, {'encoder_input_tokens': x, 'decoder_target_tokens': np.ones((1, 6), np.int32),
+                                  'decoder_input_tokens': dec_in})
+      nxt = int(np.argmax(logits[0, i]))
       prefix.append(nxt)
       if nxt == 1:
         break
@@ -71,12 +73,13 @@ def test_learning_rate_grid_equals_separate_plain_optax_runs():
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.adafactor(lr, multiply_by_parameter_scale=False, decay_rate=0.8,
                                       clipping_threshold=1.0))
-    p, s = params['prompt'], None
+    p = params['prompt']
     s = opt.init(p)
+    grad = jax.jit(jax.grad(lambda q, batch: model.loss_fn({**params, 'prompt': q}, batch)[0]))
     curve = []
     for t, rows in enumerate(idx):
       batch = {'encoder_input_tokens': train.inputs[rows], 'decoder_target_tokens': train.targets[rows]}
-      g = jax.grad(lambda q: model.loss_fn({**params, 'prompt': q}, batch)[0])(p)
+      g = grad(p, batch)
       u, s = opt.update(g, s, p)
       p = optax.apply_updates(p, u)
       if (t + 1) % 2 == 0:

