@@ -12,8 +12,9 @@ padded choices can never win. An instance may have several correct choices; it c
 the prediction is one of them.
 
 Speed: the encoder runs once per instance, not once per choice — its output is repeated over the
-choice axis for the decoder (`ChoiceScorer`). Shapes are padded to buckets (multiples of 16 for inputs,
-8 for targets, a fixed number of instances per batch) so one task compiles once.
+choice axis for the decoder (`ChoiceScorer`). Inputs are padded to multiples of 16, targets to the task's
+longest choice (answers are mostly 1-2 pieces, so no bucket), with a fixed number of instances per
+batch, so one task compiles once.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class ChoiceScorer:
     """[E, C] float32 log-likelihood scores; padded choices get -inf."""
     n = self.examples_per_batch
     L = _round_up(choices.inputs.shape[1], 16)
-    T = _round_up(choices.targets.shape[2], 8)
+    T = choices.targets.shape[2]      # exact: short targets (1-2 pieces) dominate rank classification
     E, C = choices.valid.shape
     out = np.full((E, C), -np.inf, np.float32)
     starts = range(0, E, n)
