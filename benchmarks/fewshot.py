@@ -55,7 +55,6 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 HELDOUT = 'mini_heldout_rank_classification'
-# `make demo`'s model (gin_configs/models/t5_1_1_mini.gin).
 PRESET = 'mini'   # the model of `make demo` (`get_config('mini')`)
 NUM_TEMPLATES = 16
 NUM_SHOTS = 16

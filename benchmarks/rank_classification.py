@@ -13,8 +13,8 @@ instance. They run side by side in the same process, on the same model and the s
              sequences); reading is not timed.
   promptjax  `ChoiceScorer(model, length_normalize, examples_per_batch).scores(params, choices)` per template:
              `examples_per_batch` instances per jitted call, the encoder runs once per instance and its
-             output is repeated over the choices; shapes padded to buckets (inputs to a multiple of 16,
-             targets of 8, a fixed number of instances).
+             output is repeated over the choices; shapes padded as `ChoiceScorer.scores` pads them (a
+             fixed number of instances per call, inputs to a multiple of 16).
   pytorch    the usual HF way (as in the official PyTorch code of these papers): per batch of
              `examples_per_batch` instances, every (instance, choice) pair becomes a row (the input is
              repeated per choice), rows are padded to the batch's longest input / target (labels with
@@ -56,7 +56,6 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 HELDOUT = 'mini_heldout_rank_classification'
-# `make demo`'s model (gin_configs/models/t5_1_1_mini.gin).
 PRESET = 'mini'   # the model of `make demo` (`get_config('mini')`)
 
 
@@ -126,25 +125,30 @@ def hf_pass(scorer: HFScorer, choicesets) -> Dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 # Work accounting: token positions each scorer computes (padding included) against the real tokens.
 
-def work(choicesets, examples_per_batch: int) -> Dict[str, Dict[str, int]]:
-  from promptjax.evaluation.rank_classification import _round_up
+def work(choicesets, examples_per_batch: int, pj_calls) -> Dict[str, Dict[str, int]]:
+  """Token positions each scorer computes, padding included, and the real ones.
+
+  `pj_calls` are the (inputs, targets) shapes of promptjax's jitted calls in one pass (recorded, so the
+  count follows whatever bucketing `ChoiceScorer` does). `cross_kv_positions` are the encoder positions the
+  decoder's cross-attention projects to keys / values: promptjax repeats the encoder output over the
+  choices before the decoder, so it projects E * C * L of them, like the HF rows.
+  """
   n = examples_per_batch
   real = dict(instances=0, rows=0, encoder_tokens_once=0, encoder_tokens_per_choice=0, decoder_tokens=0)
-  pj = dict(calls=0, encoder_tokens=0, decoder_tokens=0)
-  hf = dict(calls=0, encoder_tokens=0, decoder_tokens=0)
+  pj = dict(calls=len(pj_calls), encoder_tokens=0, decoder_tokens=0, cross_kv_positions=0)
+  hf = dict(calls=0, encoder_tokens=0, decoder_tokens=0, cross_kv_positions=0)
+  for (e, l), (_, c, t) in pj_calls:
+    pj['encoder_tokens'] += e * l
+    pj['decoder_tokens'] += e * c * t
+    pj['cross_kv_positions'] += e * c * l
   for cs in choicesets.values():
-    E, C = cs.valid.shape
+    E = cs.valid.shape[0]
     in_len, tgt_len = _lengths(cs.inputs), _lengths(cs.targets)
     real['instances'] += E
     real['rows'] += int(cs.valid.sum())
     real['encoder_tokens_once'] += int(in_len.sum())
     real['encoder_tokens_per_choice'] += int((in_len[:, None] * cs.valid).sum())
     real['decoder_tokens'] += int((tgt_len * cs.valid).sum())
-    L, T = _round_up(cs.inputs.shape[1], 16), cs.targets.shape[2]   # as ChoiceScorer: exact target length
-    calls = -(-E // n)
-    pj['calls'] += calls
-    pj['encoder_tokens'] += calls * n * L
-    pj['decoder_tokens'] += calls * n * C * T
     for s in range(0, E, n):
       sl = slice(s, min(s + n, E))
       v = cs.valid[sl]
@@ -152,6 +156,7 @@ def work(choicesets, examples_per_batch: int) -> Dict[str, Dict[str, int]]:
       hf['calls'] += 1
       hf['encoder_tokens'] += rows * int(in_len[sl].max())
       hf['decoder_tokens'] += rows * int(tgt_len[sl][v].max())
+  hf['cross_kv_positions'] = hf['encoder_tokens']
   return dict(real=real, promptjax=pj, pytorch=hf)
 
 
@@ -236,6 +241,14 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     hf_names.append(name)
     runners[name] = hf_runner(n_threads)
 
+  # Record the shapes of promptjax's calls during its (untimed) warm-up pass, for the work accounting.
+  pj_calls, jitted = [], pj_scorer._fn
+
+  def recording(params_, inputs, targets):
+    pj_calls.append((tuple(inputs.shape), tuple(targets.shape)))
+    return jitted(params_, inputs, targets)
+
+  pj_scorer._fn = recording
   results, scores = {}, {}
   for name, run in runners.items():
     t0 = time.perf_counter()
@@ -243,6 +256,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     first = time.perf_counter() - t0
     results[name] = dict(warmup_pass_s=first, times=[])
     print(f'{name}: warm-up pass {first:.2f}s', flush=True)
+    pj_scorer._fn = jitted
 
   order = list(runners)
   for rep in range(args.repeats):
@@ -292,7 +306,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                    min_top2_margin=float(np.min(np.concatenate(margins))),
                    max_abs_score_diff_between_torch_thread_counts=hf_spread, per_task=per_task)
 
-  w = work(choicesets, args.examples_per_batch)
+  w = work(choicesets, args.examples_per_batch, pj_calls)
   ratios = {}
   for name in hf_names:
     ratios[f'promptjax/{name}'] = pj['instances_per_s'] / results[name]['instances_per_s']
@@ -321,7 +335,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     enc_real = r['encoder_tokens_once'] if name == 'promptjax' else r['encoder_tokens_per_choice']
     print(f'  {name:9s} {x["calls"]} calls, encoder positions {x["encoder_tokens"]} '
           f'({enc_real / x["encoder_tokens"] * 100:.0f}% real), decoder positions {x["decoder_tokens"]} '
-          f'({r["decoder_tokens"] / x["decoder_tokens"] * 100:.0f}% real)')
+          f'({r["decoder_tokens"] / x["decoder_tokens"] * 100:.0f}% real), cross-attention K/V positions '
+          f'{x["cross_kv_positions"]}')
 
   out = dict(mixture=args.mixture, split=args.split, tasks=tasks, num_instances=num_instances,
              num_pairs=num_rows, examples_per_batch=args.examples_per_batch, repeats=args.repeats,
