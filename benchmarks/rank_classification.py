@@ -19,8 +19,9 @@ instance. They run side by side in the same process, on the same model and the s
              `examples_per_batch` instances, every (instance, choice) pair becomes a row (the input is
              repeated per choice), rows are padded to the batch's longest input / target (labels with
              -100), one `model(input_ids, attention_mask, labels)` call, the per-token log-probabilities
-             of the labels summed per row, argmax per instance. `torch.set_num_threads(#cores)`,
-             `torch.inference_mode()`.
+             of the labels summed per row, argmax per instance. `torch.inference_mode()`; one HF scorer
+             per `--torch_threads` entry (`torch.set_num_threads`; default: #cores, and 1, since 2-thread
+             OpenMP stalls on the 2-core VM: see the README).
 
 A pass scores all templates once, from `ChoiceSet` to the [E, C] scores (host-side padding included). Each
 scorer first runs one untimed warm-up pass (promptjax compiles there: its compile time is reported as the
