@@ -166,10 +166,15 @@ def _write_config(model_dir: str) -> None:
     f.write(gin.config_str())
 
 
-def run_train(args, bindings: List[str]) -> int:
+def _configure(args, bindings: List[str]) -> None:
+  """Registers the configurables and parses the gin files and bindings of a gin-configured command."""
   register_gin_configurables()
   parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
             [p for s in args.gin_search_paths for p in s.split(',') if p])
+
+
+def run_train(args, bindings: List[str]) -> int:
+  _configure(args, bindings)
   _check_required_macros(dry_run=args.dry_run)
   from promptjax.training import trainer
   if args.dry_run:
@@ -191,16 +196,12 @@ def run_train(args, bindings: List[str]) -> int:
 
 
 def run_eval(args, bindings: List[str]) -> int:
-  register_gin_configurables()
-  parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
-            [p for s in args.gin_search_paths for p in s.split(',') if p])
+  _configure(args, bindings)
   _check_required_macros()
   from promptjax import evaluation
   output_dir = _macro('EVAL_OUTPUT_DIR')
   if isinstance(output_dir, str):
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, 'config.gin'), 'w') as f:
-      f.write(gin.config_str())
+    _write_config(output_dir)
   fewshot = gin.query_parameter('promptjax.evaluation.evaluate.fewshot') if args.command == 'fewshot' else None
   if args.command == 'fewshot' and fewshot is None:
     raise CliError('`promptjax fewshot` needs a few-shot configuration: add --gin_file=runs/fewshot.gin.')
@@ -214,9 +215,7 @@ def run_eval(args, bindings: List[str]) -> int:
 
 
 def run_downstream(args, bindings: List[str]) -> int:
-  register_gin_configurables()
-  parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
-            [p for s in args.gin_search_paths for p in s.split(',') if p])
+  _configure(args, bindings)
   _check_required_macros()
   from promptjax import evaluation
   summary = gin.get_configurable(evaluation.downstream_run)()

@@ -576,7 +576,29 @@ def build_examples(documents: Iterable[Document], fmt: TextFormat, rng: np.rando
 # seqio.
 
 
-class SelfSupervisedTextSource(seqio.DataSource):
+class _CorpusSource(seqio.DataSource):
+  """A seqio `DataSource` over a `DocumentCorpus` whose directory comes from ``data_dir_fn()`` at read
+  time; subclasses set ``task_name``, ``data_dir_fn``, ``family``, ``validation_fraction``,
+  ``segment_unit`` and ``max_segment_words``. Shards are the corpus files of a split."""
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def corpus(self) -> DocumentCorpus:
+    try:
+      root = self.data_dir_fn()
+    except DataError as e:
+      raise DataError(f'Task {self.task_name!r}: {e}') from None
+    return DocumentCorpus(root, task=self.task_name, family=self.family,
+                          validation_fraction=self.validation_fraction,
+                          segment_unit=self.segment_unit, max_segment_words=self.max_segment_words)
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return self.corpus().files(split)
+
+
+class SelfSupervisedTextSource(_CorpusSource):
   """A seqio `DataSource` producing one format's text examples from a `DocumentCorpus`.
 
   The directory comes from ``data_dir_fn()`` when a dataset (or the shard list) is requested. Shards
@@ -605,21 +627,6 @@ class SelfSupervisedTextSource(seqio.DataSource):
     self.target_style = target_style
     self.validate_bytes = validate_bytes
 
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return False
-
-  def corpus(self) -> DocumentCorpus:
-    try:
-      root = self.data_dir_fn()
-    except DataError as e:
-      raise DataError(f'Task {self.task_name!r}: {e}') from None
-    return DocumentCorpus(root, task=self.task_name, family=self.family,
-                          validation_fraction=self.validation_fraction,
-                          segment_unit=self.segment_unit, max_segment_words=self.max_segment_words)
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return self.corpus().files(split)
 
   def _check_buildable(self, corpus: DocumentCorpus, split: str, files: Sequence[str]) -> None:
     """Reads ``split`` until it is clear that examples can be built; a `DataError` if they cannot."""
@@ -739,7 +746,7 @@ def register_text_tasks(name_prefix: str = 'text',
   return tasks
 
 
-class PrefixLMSource(seqio.DataSource):
+class PrefixLMSource(_CorpusSource):
   """LM adaptation data (Lester et al. 2021, the "LM-adapted" T5 that Wu et al. and T0 start from).
 
   T5's ``prefix_lm`` objective on natural text: a window of consecutive segments of a document is split
@@ -753,21 +760,8 @@ class PrefixLMSource(seqio.DataSource):
     super().__init__(splits=SPLITS, num_input_examples=None, caching_permitted=True)
     self.task_name, self.data_dir_fn, self.family = task_name, data_dir_fn, family
     self.window_words, self.validation_fraction = int(window_words), validation_fraction
+    self.segment_unit, self.max_segment_words = 'sentence', None
 
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return False
-
-  def corpus(self) -> DocumentCorpus:
-    try:
-      root = self.data_dir_fn()
-    except DataError as e:
-      raise DataError(f'Task {self.task_name!r}: {e}') from None
-    return DocumentCorpus(root, task=self.task_name, family=self.family,
-                          validation_fraction=self.validation_fraction, max_segment_words=None)
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return self.corpus().files(split)
 
   def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
