@@ -209,8 +209,12 @@ def run_eval(args, bindings: List[str]) -> int:
   summary = gin.get_configurable(evaluation.evaluate)(**kwargs)
   for task, acc in summary['tasks'].items():
     print(f'{task}: accuracy {acc * 100:.1f}')
-  print(f'ARG {summary["arg"] * 100:.1f} over {len(summary["tasks"])} templates '
-        f'({summary["arg_within_dataset"] * 100:.1f} averaged within datasets first); results in {output_dir}')
+  for task, scores in summary.get('generative', {}).items():
+    print(f'{task}: ' + ', '.join(f'{k} {v * 100:.1f}' for k, v in scores.items()))
+  if summary['tasks']:
+    print(f'ARG {summary["arg"] * 100:.1f} over {len(summary["tasks"])} templates '
+          f'({summary["arg_within_dataset"] * 100:.1f} averaged within datasets first)')
+  print(f'results in {output_dir}')
   return 0
 
 

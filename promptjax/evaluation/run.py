@@ -2,7 +2,10 @@
 
 ``CHECKPOINT_PATH`` (a promptjax / T5X MODEL_DIR or ``checkpoint_<step>``, or HF weights),
 ``EVAL_OUTPUT_DIR``, ``MIXTURE_OR_TASK_NAME`` (a rank-classification task or a mixture of them, e.g.
-``mini_heldout_rank_classification`` or ``green_rank_classification``). Every task is evaluated on
+``mini_heldout_rank_classification`` or ``green_rank_classification``, or a generative task with seqio
+``metric_fns`` such as ``crossfit_glue_sst2_13``, scored by ``seqio.Evaluator`` on greedy predictions:
+`promptjax.evaluation.generation.evaluate_with_seqio`; its metrics go under ``generative`` in
+``metrics.json``, seqio's loggers write ``<task>-metrics.jsonl`` / ``<task>-000000.jsonl``). Every task is evaluated on
 its own (per-template accuracy); ``EVAL_OUTPUT_DIR`` gets ``metrics.json`` (per task + ARG) and
 ``predictions/<task>.jsonl`` (every instance's choice scores, prediction and gold), and, few-shot,
 ``selected_examples.json``.
@@ -62,34 +65,86 @@ def load_params(model, checkpoint_path: Optional[str], *, use_prompt: bool = Tru
   return model, params
 
 
+def _is_generative(task_name: str, split: str) -> bool:
+  """A task that is no rank-classification view but has seqio ``metric_fns`` (e.g. CrossFit's)."""
+  from promptjax.evaluation import generation
+  try:
+    rc.check_rank_task(task_name, split)
+    return False
+  except rc.EvaluationError:
+    if generation.generative_task_names([task_name]):
+      return True
+    raise
+
+
 def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_or_task_name: str,
              split: str = 'validation', use_prompt: bool = True, length_normalize: bool = False,
              task_feature_lengths: Optional[Mapping[str, int]] = None, examples_per_batch: int = 32,
              max_examples: Optional[int] = None, fewshot: Optional[fewshot_lib.FewShotConfig] = None,
-             seed: int = 0, module: Optional[str] = 'promptjax.tasks', progress: bool = True
-             ) -> Dict[str, Any]:
-  """Zero-shot (``fewshot=None``) or few-shot rank classification of every task; returns the summary."""
+             seed: int = 0, module: Optional[str] = 'promptjax.tasks', progress: bool = True,
+             max_decode_length: Optional[int] = 64) -> Dict[str, Any]:
+  """Zero-shot (``fewshot=None``) or few-shot rank classification of every rank-classification task, and
+  (zero-shot) greedy generation scored by ``seqio.Evaluator`` of every task with seqio ``metric_fns``;
+  returns the summary (``generative``: {task: {metric: value}} for the latter)."""
   if module:
     import importlib
     importlib.import_module(module)
   tasks = rc.task_names(mixture_or_task_name)
-  for task in tasks:   # fail before any work on a task that cannot be rank-classified
-    rc.check_rank_task(task, split)
-    if fewshot is not None:
+  generative = []
+  for task in tasks:   # fail before any work on a task that cannot be evaluated
+    if _is_generative(task, split):
+      if fewshot is not None:
+        raise rc.EvaluationError(f'Task {task!r} is generative (scored by its seqio metric_fns); few-shot prompt '
+                                 f'tuning here is rank classification. Tune it with `promptjax downstream`.')
+      if split not in seqio_splits(task):
+        raise rc.EvaluationError(f'Task {task!r} has no split {split!r} (it has {seqio_splits(task)}); set '
+                                 f'EVAL_SPLIT to one of them.')
+      generative.append(task)
+    elif fewshot is not None:
       rc.check_rank_task(task, fewshot.train_split)
+  ranked = [t for t in tasks if t not in generative]
   model, params = load_params(model, checkpoint_path, use_prompt=use_prompt or fewshot is not None, seed=seed)
   kwargs = dict(split=split, length_normalize=length_normalize, examples_per_batch=examples_per_batch,
                 task_feature_lengths=task_feature_lengths, max_examples=max_examples, output_dir=output_dir,
                 progress=progress)
-  if fewshot is None:
-    results = fewshot_lib.evaluate_zero_shot(model, params, tasks, **kwargs)
-  else:
+  results = {}
+  if ranked and fewshot is None:
+    results = fewshot_lib.evaluate_zero_shot(model, params, ranked, **kwargs)
+  elif ranked:
     if model.prompt.kind == 'none':
       raise rc.EvaluationError('Few-shot prompt tuning needs a prompt: set PromptConfig.kind to shallow or deep '
                                '(a checkpoint without a prompt gets a fresh one).')
-    results = fewshot_lib.evaluate_few_shot(model, params, tasks, fewshot, **kwargs)
-  summary = fewshot_lib.summary(results)
+    results = fewshot_lib.evaluate_few_shot(model, params, ranked, fewshot, **kwargs)
+  summary = fewshot_lib.summary(results) if results else {}
   summary['tasks'] = {t: r.accuracy for t, r in results.items()}
+  if generative:
+    from promptjax.evaluation import generation
+    scores = {}
+    for task in fewshot_lib._progress(generative, progress, 'generative'):  # pylint: disable=protected-access
+      scores[task] = generation.evaluate_with_seqio(
+          model, params, task, split=split, output_dir=output_dir, task_feature_lengths=task_feature_lengths,
+          max_decode_length=max_decode_length, batch_size=examples_per_batch)
+    summary['generative'] = scores
+    _merge_metrics(output_dir, {'generative': scores, 'split': split})
   return summary
 
 
+def seqio_splits(task_name: str):
+  import seqio
+  return list(seqio.get_mixture_or_task(task_name).splits)
+
+
+def _merge_metrics(output_dir: Optional[str], extra: Mapping[str, Any]) -> None:
+  """Adds `extra` to ``metrics.json`` (created with no rank-classification tasks if absent)."""
+  if not output_dir:
+    return
+  import json
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, 'metrics.json')
+  metrics = {'tasks': {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      metrics = json.load(f)
+  metrics.update(extra)
+  with open(path, 'w') as f:
+    json.dump(metrics, f, indent=1, sort_keys=True)

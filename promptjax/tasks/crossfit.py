@@ -41,7 +41,9 @@ Features: ``inputs`` / ``targets`` (the first reference) tokenized, EOS appended
 (`output_features`), ``inputs_pretokenized`` / ``targets_pretokenized``, and ``answers`` (all references,
 a 1-D string tensor) for CrossFit's max-over-references metrics. `get_task_info(name).metric` is the
 CrossFit metric (ACC, Classification-F1, EM, QA-F1, Rouge-L, Pearson-Correlation, Matthew-Correlation);
-the Tasks carry no ``metric_fns`` (the evaluation module supplies them).
+each Task carries that metric as its seqio ``metric_fns`` (`crossfit_metric_fn`) and a ``postprocess_fn``
+that turns a target into all of the example's references (`postprocess_references`), so
+``seqio.Evaluator`` scores greedy predictions as CrossFit does (`promptjax.evaluation.generation`).
 
 Other CrossFit-format data (e.g. the bundled mini benchmark) registers through `register_crossfit_tasks`.
 """
@@ -370,11 +372,33 @@ def register_crossfit_tasks(
       seqio.TaskRegistry.remove(name)
     source = CrossFitDataSource(info, seed, data_dir_fn, seqio_name=name, family=family)
     seqio.TaskRegistry.add(name, source=source, output_features=features, preprocessors=preprocessors,
-                           metric_fns=[])
+                           postprocess_fn=postprocess_references, metric_fns=[crossfit_metric_fn(info.metric)])
     _TASKS[name] = CrossFitTask(seqio_name=name, info=info, seed=seed, vocab_name=vocab_name,
                                 name_prefix=name_prefix)
     names.append(name)
   return names
+
+
+def postprocess_references(text, example=None, is_target=False):
+  """seqio ``postprocess_fn``: a target becomes the list of all the example's references (``answers``), so
+  CrossFit's max-over-references metrics see every answer; a prediction is returned as decoded."""
+  if is_target and example is not None and 'answers' in example:
+    return [a.decode('utf-8') if isinstance(a, bytes) else str(a) for a in list(example['answers'])]
+  return text.decode('utf-8') if isinstance(text, bytes) else text
+
+
+def crossfit_metric_fn(metric: str) -> Callable[..., Dict[str, float]]:
+  """The seqio metric function of a CrossFit metric (`promptjax.evaluation.crossfit_metrics.metric_fn`),
+  imported when called so that registering tasks does not load scikit-learn / scipy / rouge-score."""
+  if metric not in METRICS:
+    raise ValueError(f'CrossFit metric {metric!r} is not one of {METRICS}.')
+
+  def fn(targets, predictions):
+    from promptjax.evaluation import crossfit_metrics  # pylint: disable=import-outside-toplevel
+    return crossfit_metrics.metric_fn(metric)(targets, predictions)
+
+  fn.__name__ = fn.__qualname__ = 'crossfit_' + re.sub(r'[^0-9a-z]+', '_', metric.lower())
+  return fn
 
 
 def unregister_crossfit_tasks(names: Sequence[str]) -> None:

@@ -122,8 +122,13 @@ def test_every_task_and_seed_is_registered_under_a_unique_documented_name():
     task = seqio.TaskRegistry.get(seqio_name)
     assert set(task.splits) == {'train', 'dev', 'test'}
     assert set(task.output_features) == {'inputs', 'targets'}
-    assert task.metric_fns == []
     info = cf.get_task_info(seqio_name)
+    [metric_fn] = task.metric_fns   # the task's CrossFit metric, under its CrossFit name
+    assert metric_fn.__name__ == 'crossfit_' + ''.join(c if c.isalnum() else '_' for c in
+                                                        tasks[name]['metric'].lower())
+    # Targets become all references (max-over-references metrics); predictions pass through.
+    assert task.postprocess_fn('x', example={'answers': [b'a', b'b c']}, is_target=True) == ['a', 'b c']
+    assert task.postprocess_fn('x', example={'answers': [b'a']}, is_target=False) == 'x'
     assert (info.crossfit_name, info.seed) == (name, seed)
     assert (info.metric, info.type, info.k) == (tasks[name]['metric'], tasks[name]['type'], tasks[name]['k'])
   assert not set(seqio.MixtureRegistry.names()) & set(seqio.TaskRegistry.names())
