@@ -10,6 +10,8 @@
   promptjax fewshot --gin_file=runs/fewshot.gin ...   # the same macros; 16-shot prompt tuning first
   promptjax downstream --gin_file=runs/downstream.gin ...   # Qin et al.'s CrossFit protocol (TARGET_TASKS)
   promptjax compare RUN_A RUN_B ... [--output_dir DIR] [--reference NAME] [--within_dataset]
+  promptjax similarity PROMPT_OR_DIR ... [--target NAME] [--top_k 5] [--threshold 0.99 | --rank K]
+      [--output_dir DIR]                 # Qin et al. A.6-A.7 task similarity of tuned prompts
 
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
 (shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the repository's
@@ -243,6 +245,29 @@ def run_compare(args) -> int:
   return 0
 
 
+def run_similarity(args) -> int:
+  from promptjax.evaluation import similarity
+  if not args.runs:
+    raise CliError('similarity needs prompts: promptjax similarity PROMPT.npy DIR ... (or NAME=PATH).')
+  if args.threshold is not None and args.rank is not None:
+    raise CliError('Give --threshold (GPM energy) or --rank (fixed k), not both.')
+  prompts = similarity.load_prompts(args.runs)
+  out = similarity.write_similarity(prompts, args.output_dir, args.target, args.top_k, args.threshold, args.rank)
+  if 'ranking' in out:
+    print(f'source tasks for {out["target"]}, most correlated first:')
+    for name, score in out['ranking']:
+      print(f'  {name}: {score:.3f}')
+  else:
+    names = out['names']
+    print('| target \\ source | ' + ' | '.join(names) + ' |')
+    print('|---' * (len(names) + 1) + '|')
+    for name, row in zip(names, out['matrix']):
+      print(f'| {name} | ' + ' | '.join(f'{v:.3f}' for v in row) + ' |')
+  if args.output_dir:
+    print(f'wrote {os.path.join(args.output_dir, "similarity.json")}, {os.path.join(args.output_dir, "similarity.png")}')
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -251,9 +276,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(e, file=sys.stderr)
     return EXIT_USAGE
   parser = argparse.ArgumentParser(prog='promptjax', description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=('train', 'eval', 'fewshot', 'downstream', 'compare'))
-  parser.add_argument('runs', nargs='*', help='compare: run directories (or NAME=PATH)')
-  parser.add_argument('--output_dir', default=None, help='compare: where table.md and the plots go')
+  parser.add_argument('command', choices=('train', 'eval', 'fewshot', 'downstream', 'compare', 'similarity'))
+  parser.add_argument('runs', nargs='*', help='compare: run directories (or NAME=PATH); similarity: prompt '
+                      'files or directories of them (or NAME=PATH)')
+  parser.add_argument('--output_dir', default=None, help='compare: where table.md and the plots go; '
+                      'similarity: where similarity.json and similarity.png go')
+  parser.add_argument('--target', default=None, help='similarity: rank the other prompts as sources for it')
+  parser.add_argument('--top_k', type=int, default=None, help='similarity: keep the k best sources (A.7: 5)')
+  parser.add_argument('--threshold', type=float, default=None, help='similarity: GPM energy threshold (0.99)')
+  parser.add_argument('--rank', type=int, default=None, help='similarity: fixed subspace rank instead')
   parser.add_argument('--reference', default=None, help='compare: the run p-values compare against')
   parser.add_argument('--within_dataset', action='store_true',
                       help='compare: ARG averaged within each dataset first (the official script)')
@@ -275,8 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from promptjax.training.trainer import TrainingError
   from promptjax.meta.algorithms import MetaError
   from promptjax.evaluation.rank_classification import EvaluationError
-  if args.runs and args.command != 'compare':
-    print(f'error: unexpected arguments {args.runs} (only `compare` takes run directories)', file=sys.stderr)
+  if args.runs and args.command not in ('compare', 'similarity'):
+    print(f'error: unexpected arguments {args.runs} (only `compare` and `similarity` take paths)', file=sys.stderr)
     return EXIT_USAGE
   try:
     if args.command == 'train':
@@ -287,6 +318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return run_downstream(args, bindings)
     if args.command == 'compare':
       return run_compare(args)
+    if args.command == 'similarity':
+      return run_similarity(args)
   except (CliError, DataError, PartitioningError, TrainingError, MetaError, EvaluationError) as e:
     # gin appends "In call to configurable ..." to exceptions raised inside configurables: drop it.
     print(f"error: {str(e).split(chr(10) + '  In call to configurable')[0]}", file=sys.stderr)

@@ -105,11 +105,13 @@ def tune_and_select(model, params, train: generation.TextSet, dev: generation.Te
 
 def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamConfig(), *,
                   task_feature_lengths: Optional[Mapping[str, int]] = None,
-                  name_for_seed=None) -> Dict[str, Any]:
+                  name_for_seed=None, prompt_dir: Optional[str] = None) -> Dict[str, Any]:
   """Qin et al.'s protocol on one CrossFit target task: per seed, best dev → test; the mean over seeds.
 
   `task` is the CrossFit name (``glue-rte``); `name_for_seed(task, seed)` gives the seqio task name
-  (default `promptjax.tasks.crossfit.seqio_task_name`).
+  (default `promptjax.tasks.crossfit.seqio_task_name`). With `prompt_dir`, each seed's best-on-dev prompt is
+  exported there as ``<seqio task name>.npy`` (``.npz`` deep; `promptjax.models.export_prompt`), the input of
+  ``promptjax similarity`` (Qin et al. A.6).
   """
   from promptjax.tasks import crossfit
   name_for_seed = name_for_seed or crossfit.seqio_task_name
@@ -124,6 +126,11 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
                                             cfg.max_decode_length)
     per_seed[seed] = {'test': float(result['score']), 'dev': best['score'], 'step': best['step'],
                       'learning_rate': best['learning_rate'], 'metric': metric, 'dev_curves': best['dev_curves']}
+    if prompt_dir:
+      import os
+      from promptjax.models import export_prompt
+      os.makedirs(prompt_dir, exist_ok=True)
+      per_seed[seed]['prompt_file'] = export_prompt(best['prompt'], os.path.join(prompt_dir, name))
   return {'task': task, 'test_mean': float(np.mean([v['test'] for v in per_seed.values()])), 'seeds': per_seed}
 
 
@@ -131,13 +138,16 @@ def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = 
                    output_dir: Optional[str] = None, baseline: Optional[str] = None,
                    task_feature_lengths: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
   """`evaluate_task` for every target task; with `baseline` (a previous output_dir, e.g. prompt tuning
-  from a random prompt), Qin et al.'s ARG of this run over it. Writes ``downstream.json``."""
+  from a random prompt), Qin et al.'s ARG of this run over it. Writes ``downstream.json`` and ``prompts/``
+  (every seed's tuned prompt, for ``promptjax similarity``)."""
   import json
   import os
   from promptjax.evaluation import metrics
   if baseline and not os.path.exists(os.path.join(baseline, 'downstream.json')):
     raise generation.EvaluationError(f'baseline {baseline!r} has no downstream.json; run the baseline first.')
-  results = {t: evaluate_task(model, params, t, cfg, task_feature_lengths=task_feature_lengths) for t in tasks}
+  prompt_dir = os.path.join(output_dir, 'prompts') if output_dir else None
+  results = {t: evaluate_task(model, params, t, cfg, task_feature_lengths=task_feature_lengths,
+                              prompt_dir=prompt_dir) for t in tasks}
   summary: Dict[str, Any] = {'tasks': {t: r['test_mean'] for t, r in results.items()}, 'details': results,
                              'config': dataclasses.asdict(cfg)}
   if baseline:

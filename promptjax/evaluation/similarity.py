@@ -14,7 +14,8 @@ so the task's subspace is spanned by the first k right singular vectors, the fir
 (GPM's experiments use values between about 0.95 and 0.99; Qin et al. do not state theirs).
 Numerically zero singular values (below ``max(L, d) · eps · s_max``, NumPy's ``matrix_rank`` tolerance)
 never enter the basis. A deep prompt or any array with more than two axes is reshaped to (-1, d) first:
-its rows from every layer are pooled into one set of vectors in R^d.
+its rows from every layer are pooled into one set of vectors in R^d; a prompt subtree (a mapping, e.g. the
+per-layer key/value tables of a deep prompt read from an ``.npz``) pools the rows of all its arrays.
 
 Correlation (Lin et al. 2022, TRGP, "Trust Region Gradient Projection for Continual Learning": the
 norm of the projection onto an old task's subspace relative to the norm of what is projected), applied to
@@ -41,7 +42,18 @@ DEFAULT_THRESHOLD = 0.99
 _ORTHONORMAL_ATOL = 1e-5
 
 
+def _leaves(tree: Any) -> List[Any]:
+  if isinstance(tree, Mapping):
+    return [leaf for k in sorted(tree) for leaf in _leaves(tree[k])]
+  return [tree]
+
+
 def _as_matrix(prompt: Any) -> np.ndarray:
+  if isinstance(prompt, Mapping):   # a prompt subtree (e.g. a deep prompt's per-layer key/value tables)
+    rows = [_as_matrix(leaf) for leaf in _leaves(prompt)]
+    if not rows or len({r.shape[1] for r in rows}) != 1:
+      raise ValueError(f'a prompt tree must hold arrays with one last-axis size; got {[r.shape for r in rows]}')
+    return np.concatenate(rows, axis=0)
   p = np.asarray(prompt)
   if p.ndim == 0 or p.size == 0:
     raise ValueError(f'a prompt must be a non-empty array of shape [L, d] (or [..., d]); got shape {p.shape}')
@@ -142,3 +154,85 @@ def similarity_matrix(prompts: Mapping[str, Any], threshold: Optional[float] = N
   bases = [prompt_subspace(prompts[n], threshold, rank) for n in names]
   matrix = np.array([[subspace_correlation(bt, bs) for bs in bases] for bt in bases], np.float64)
   return names, matrix.reshape(len(names), len(names))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files and `promptjax similarity`.
+
+
+def load_prompts(specs: Sequence[str]) -> dict:
+  """Prompts by name from ``NAME=PATH`` or ``PATH`` specs (name = the file stem).
+
+  A PATH is a prompt file written by `promptjax.models.export_prompt` (``.npy`` shallow, ``.npz`` deep) or a
+  directory: every ``*.npy`` / ``*.npz`` in it and in its ``prompts/`` folder (what `promptjax downstream`
+  writes, one tuned prompt per target task and seed).
+  """
+  import os
+  from promptjax.evaluation.rank_classification import EvaluationError
+  prompts = {}
+
+  def add(name, path):
+    if name in prompts:
+      raise EvaluationError(f'Two prompts are named {name!r}; name them with NAME=PATH.')
+    if path.endswith('.npz'):
+      with np.load(path) as z:
+        prompts[name] = {k: np.asarray(z[k], np.float32) for k in z.files}
+    else:
+      prompts[name] = np.asarray(np.load(path), np.float32)
+
+  for spec in specs:
+    name, path = spec.split('=', 1) if '=' in spec else (None, spec)
+    if os.path.isdir(path):
+      folders = [path] + [os.path.join(path, 'prompts')] * os.path.isdir(os.path.join(path, 'prompts'))
+      files = sorted(os.path.join(d, f) for d in folders for f in os.listdir(d) if f.endswith(('.npy', '.npz')))
+      if not files:
+        raise EvaluationError(f'{path!r} holds no prompt files (*.npy / *.npz, or a prompts/ folder of them); '
+                              f'export prompts with promptjax.models.export_prompt or run promptjax downstream.')
+      for f in files:
+        add(os.path.splitext(os.path.basename(f))[0] if name is None else
+            f'{name}/{os.path.splitext(os.path.basename(f))[0]}', f)
+    elif os.path.isfile(path) and path.endswith(('.npy', '.npz')):
+      add(name or os.path.splitext(os.path.basename(path))[0], path)
+    else:
+      raise EvaluationError(f'{path!r} is neither a prompt file (.npy / .npz) nor a directory of them.')
+  return prompts
+
+
+def write_similarity(prompts: Mapping[str, Any], output_dir: Optional[str], target: Optional[str] = None,
+                     top_k: Optional[int] = None, threshold: Optional[float] = None,
+                     rank: Optional[int] = None) -> dict:
+  """The similarity matrix (and, with `target`, its source ranking); with `output_dir`, writes
+  ``similarity.json`` and a heat map ``similarity.png``."""
+  import json
+  import os
+  from promptjax.evaluation.rank_classification import EvaluationError
+  if len(prompts) < 2:
+    raise EvaluationError(f'Task similarity needs at least two prompts, got {len(prompts)}.')
+  if target is not None and target not in prompts:
+    raise EvaluationError(f'--target {target!r} is not one of the prompts: {sorted(prompts)}.')
+  names, matrix = similarity_matrix(prompts, threshold, rank)
+  out = {'names': names, 'matrix': matrix.tolist(), 'threshold': threshold, 'rank': rank,
+         'ranks': {n: int(prompt_subspace(prompts[n], threshold, rank).shape[1]) for n in names}}
+  if target is not None:
+    sources = {n: p for n, p in prompts.items() if n != target}
+    out['target'] = target
+    out['ranking'] = rank_source_tasks(prompts[target], sources, top_k, threshold, rank)
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, 'similarity.json'), 'w') as f:
+      json.dump(out, f, indent=1)
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap='viridis')
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel('source'), ax.set_ylabel('target')
+    ax.set_title('prompt-subspace correlation (Qin et al. A.6)')
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, 'similarity.png'), dpi=120)
+    plt.close(fig)
+  return out

@@ -1,6 +1,9 @@
 """Qin et al.'s downstream protocol and greedy decoding, against plain references written here."""
 
+import os
+
 import jax
+
 import numpy as np
 import optax
 import pytest
@@ -93,11 +96,14 @@ def test_learning_rate_grid_equals_separate_plain_optax_runs():
   assert best['score'] == max(flat)[0]
 
 
-def test_evaluate_task_end_to_end():
+def test_evaluate_task_end_to_end(tmp_path):
   model, params = _model('shallow')
   cfg = downstream.DownstreamConfig(learning_rates=(0.3, 0.2), total_steps=2, eval_interval=1, seeds=(13, 42),
                                     max_decode_length=3)
-  out = downstream.evaluate_task(model, params, 'mini_sentiment', cfg)
+  out = downstream.evaluate_task(model, params, 'mini_sentiment', cfg, prompt_dir=str(tmp_path))
+  # Every seed's tuned prompt is exported (the input of `promptjax similarity`), of the prompt's shape.
+  assert sorted(os.listdir(tmp_path)) == ['crossfit_mini_sentiment_13.npy', 'crossfit_mini_sentiment_42.npy']
+  assert np.load(out['seeds'][13]['prompt_file']).shape == np.shape(params['prompt']['prompt'])
   assert set(out['seeds']) == {13, 42}
   for v in out['seeds'].values():
     assert v['metric'] == 'ACC' and v['step'] in (1, 2) and v['learning_rate'] in (0.3, 0.2)

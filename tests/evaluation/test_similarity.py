@@ -7,6 +7,8 @@ ranks).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from scipy import linalg
@@ -201,3 +203,49 @@ def test_errors():
     sim.subspace_correlation(np.eye(3)[:, :1], np.eye(4)[:, :1])
   with pytest.raises(ValueError, match='non-empty'):
     sim.prompt_subspace(np.zeros((0, 4)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `promptjax similarity`: prompt files (and a downstream run's prompts/ folder) in, ranking and matrix out.
+
+
+def test_similarity_cli_ranks_sources_from_files(tmp_path, capsys):
+  import json
+  from promptjax import cli
+  d = 16
+  run = tmp_path / 'run' / 'prompts'
+  run.mkdir(parents=True)
+  np.save(tmp_path / 'target.npy', _axes_prompt([0, 1], d, seed=1))
+  np.save(run / 'inside.npy', _axes_prompt([0, 1, 2], d, seed=2))      # contains the target: corr 1
+  np.save(run / 'half.npy', _axes_prompt([1, 5], d, seed=3))           # shares one of two axes: √(1/2)
+  np.savez(tmp_path / 'deep.npz', **{'encoder/key': _axes_prompt([7, 8], d, seed=4)[None],  # orthogonal: 0
+                                      'encoder/value': _axes_prompt([8, 9], d, seed=5)[None]})
+  out = tmp_path / 'sim'
+  assert cli.main(['similarity', str(tmp_path / 'target.npy'), str(tmp_path / 'run'),
+                   f'deep={tmp_path / "deep.npz"}', '--target', 'target', '--output_dir', str(out)]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert [line.split(':')[0].strip() for line in printed[1:4]] == ['inside', 'half', 'deep']
+  result = json.load(open(out / 'similarity.json'))
+  ranking = dict(result['ranking'])
+  assert ranking['inside'] == pytest.approx(1.0, abs=1e-6)
+  assert ranking['half'] == pytest.approx(np.sqrt(0.5), abs=1e-6)
+  assert ranking['deep'] == pytest.approx(0.0, abs=1e-6)
+  assert result['ranks'] == {'target': 2, 'inside': 3, 'half': 2, 'deep': 3}
+  assert os.path.getsize(out / 'similarity.png') > 0
+  # Without --target: the full matrix, row = target.
+  assert cli.main(['similarity', str(tmp_path / 'target.npy'), str(tmp_path / 'run'), '--rank', '1']) == 0
+  assert capsys.readouterr().out.count('\n') == 2 + 3
+
+
+def test_similarity_cli_errors(tmp_path, capsys):
+  from promptjax import cli
+  np.save(tmp_path / 'a.npy', np.eye(3))
+  for args, needle in [([], 'needs prompts'),
+                       ([str(tmp_path / 'missing.npy'), str(tmp_path / 'a.npy')], 'neither a prompt file'),
+                       ([str(tmp_path / 'a.npy')], 'at least two prompts'),
+                       ([str(tmp_path / 'a.npy'), f'b={tmp_path / "a.npy"}', '--target', 'c'], 'not one of'),
+                       ([str(tmp_path / 'a.npy'), f'b={tmp_path / "a.npy"}', '--rank', '1', '--threshold', '0.9'],
+                        'not both')]:
+    assert cli.main(['similarity', *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], (args, err)
