@@ -4,18 +4,17 @@ postprocessor, `generation.evaluate_with_seqio`, and `promptjax eval` on a gener
 import json
 import os
 
-import gin
 import jax
 import numpy as np
 import pytest
 import seqio
 
 import promptjax.tasks  # noqa: F401  (registers the bundled tasks)
-from promptjax import cli
 from promptjax.evaluation import crossfit_metrics, generation
 from promptjax.evaluation.rank_classification import EvaluationError
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.tasks import config as task_config
+from tests.evaluation.test_eval_cli import _cli
 
 QA = 'crossfit_mini_closed_book_qa_13'     # EM; some dev lines carry two references
 TOPIC = 'crossfit_mini_topic_13'           # Classification-F1
@@ -105,14 +104,6 @@ def test_evaluate_with_seqio_errors(mini_model):
     generation.evaluate_with_seqio(model, params, QA, split='validation')
   with pytest.raises(EvaluationError, match='no metric_fns'):
     generation.evaluate_with_seqio(model, params, 'mini_text_prefix_lm', split='train')
-
-
-def _cli(args):
-  gin.clear_config()
-  try:
-    return cli.main(args)
-  finally:
-    gin.clear_config()
 
 
 def test_cli_eval_generative_task(tmp_path, capsys):
