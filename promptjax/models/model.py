@@ -9,6 +9,10 @@ A batch follows T5X's EncDecFeatureConverter:
   decoder_target_tokens [b, t] int32, ends with EOS=1, 0 = padding
   decoder_input_tokens  [b, t] int32 (optional: targets shifted right with 0 as BOS)
   decoder_loss_weights  [b, t] (optional: 1 where decoder_target_tokens > 0)
+  encoder_input_vectors          [b, V, embed] float (optional, with the next one)
+  encoder_input_vector_positions [b, V] int32, -1 = unused (optional): the token embedding at each listed
+    input position is replaced by its vector before the shallow prompt is prepended (SUPMER's centroid
+    template, `promptjax.tasks.supmer`); absent = plain token embeddings.
 """
 
 from __future__ import annotations
@@ -40,6 +44,18 @@ def _decoder_inputs(batch: Batch) -> jax.Array:
   if 'decoder_input_tokens' in batch:
     return batch['decoder_input_tokens']
   return shift_right(batch['decoder_target_tokens'])
+
+
+VECTOR_FEATURES = ('encoder_input_vectors', 'encoder_input_vector_positions')
+
+
+def _input_vectors(batch: Batch) -> Dict[str, jax.Array]:
+  """The optional inserted-vector features of a batch (both or none)."""
+  present = [k for k in VECTOR_FEATURES if k in batch]
+  if len(present) == 1:
+    missing = [k for k in VECTOR_FEATURES if k not in batch][0]
+    raise ValueError(f'batch has {present[0]} but not {missing}; give both or neither.')
+  return {k: batch[k] for k in present}
 
 
 def _loss_weights(batch: Batch) -> jax.Array:
@@ -133,11 +149,17 @@ class PromptableT5:
     """Teacher-forced logits [b, t, vocab] (activation dtype); dropout only with `dropout_rng`."""
     return self._apply(params, batch['encoder_input_tokens'], _decoder_inputs(batch),
                        batch['decoder_target_tokens'], enable_dropout=dropout_rng is not None,
-                       dropout_rng=dropout_rng)
+                       dropout_rng=dropout_rng, **_input_vectors(batch))
 
-  def encode(self, params: Params, encoder_input_tokens: jax.Array) -> Tuple[jax.Array, jax.Array]:
-    """-> (encoded [b, L+n, embed], encoder_mask [b, L+n]); reuse across answer choices."""
-    return self._apply(params, encoder_input_tokens, method=Transformer.encode)
+  def encode(self, params: Params, encoder_input_tokens: jax.Array,
+             encoder_input_vectors: Optional[jax.Array] = None,
+             encoder_input_vector_positions: Optional[jax.Array] = None
+             ) -> Tuple[jax.Array, jax.Array]:
+    """-> (encoded [b, L+n, embed], encoder_mask [b, L+n]); reuse across answer choices. Optional
+    inserted vectors [b, V, embed] at input positions [b, V] (-1 = unused), see the module docstring."""
+    return self._apply(params, encoder_input_tokens, method=Transformer.encode,
+                       encoder_input_vectors=encoder_input_vectors,
+                       encoder_input_vector_positions=encoder_input_vector_positions)
 
   def decode(self, params: Params, encoded: jax.Array, encoder_mask: jax.Array,
              decoder_target_tokens: jax.Array, decoder_input_tokens: Optional[jax.Array] = None

@@ -17,6 +17,11 @@ Parameter tree (T5X / flaxformer t5_1_1 layout; kernels are 2-D [in, out]):
   decoder/decoder_norm/scale                                 [embed]
   decoder/logits_dense/kernel                                [embed, vocab]
   prompt/...                                                 see `promptjax.models.prompts`
+
+Inserted input vectors (SUPMER's cluster-centroid template, `papers/003_*` App. A.2 Eq. 19): `encode`
+optionally takes ``encoder_input_vectors`` [b, V, embed] and ``encoder_input_vector_positions`` [b, V]
+(int, -1 = unused); the token embedding at each listed input position is replaced by its vector before a
+shallow prompt is prepended, so positions index the text inputs (see `insert_input_vectors`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,19 @@ def _with_prefix_columns(bias: Array, batch: int, prefix_len: int) -> Array:
   bias = jnp.broadcast_to(bias, (batch,) + bias.shape[1:])
   zeros = jnp.zeros(bias.shape[:-1] + (prefix_len,), jnp.float32)
   return jnp.concatenate([zeros, bias], axis=-1)
+
+
+def insert_input_vectors(embedded: Array, vectors: Array, positions: Array) -> Array:
+  """Replaces embedded[i, positions[i, v]] by vectors[i, v] wherever positions[i, v] >= 0.
+
+  embedded [b, n, embed], vectors [b, V, embed], positions [b, V] int (-1 or any value outside [0, n):
+  unused). The positions of one row must be distinct. Differentiable in both `embedded` and `vectors`.
+  """
+  n = embedded.shape[1]
+  onehot = positions[..., None] == jnp.arange(n, dtype=positions.dtype)  # [b, V, n]
+  hit = jnp.any(onehot, axis=1)  # [b, n]
+  inserted = jnp.einsum('bvn,bvd->bnd', onehot.astype(embedded.dtype), vectors.astype(embedded.dtype))
+  return jnp.where(hit[..., None], inserted, embedded)
 
 
 class EncoderLayer(nn.Module):
@@ -172,11 +190,20 @@ class Transformer(nn.Module):
   def _deep(self):
     return self.prompt() if self.prompt_config.kind == 'deep' else None
 
-  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False
-             ) -> Tuple[Array, Array]:
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+             encoder_input_vectors: Optional[Array] = None,
+             encoder_input_vector_positions: Optional[Array] = None) -> Tuple[Array, Array]:
     """[b, n] int tokens (0 = padding) -> (encoded [b, L+n, embed], encoder_mask [b, L+n] bool),
-    L = shallow prompt length (0 otherwise)."""
+    L = shallow prompt length (0 otherwise). With ``encoder_input_vectors`` [b, V, embed] and
+    ``encoder_input_vector_positions`` [b, V] (-1 = unused), the token embeddings at those input
+    positions are replaced by the vectors (`insert_input_vectors`); the mask still comes from the tokens."""
     x = self.token_embedder(encoder_input_tokens)
+    if (encoder_input_vectors is None) != (encoder_input_vector_positions is None):
+      raise ValueError('encoder_input_vectors and encoder_input_vector_positions go together; got only '
+                       + ('encoder_input_vectors' if encoder_input_vector_positions is None
+                          else 'encoder_input_vector_positions'))
+    if encoder_input_vectors is not None:
+      x = insert_input_vectors(x, encoder_input_vectors, encoder_input_vector_positions)
     mask = encoder_input_tokens > 0
     if self.prompt_config.kind == 'shallow':
       p = self.prompt().astype(x.dtype)
@@ -199,7 +226,9 @@ class Transformer(nn.Module):
                         deterministic=not enable_dropout)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False
-               ) -> Array:
-    encoded, mask = self.encode(encoder_input_tokens, enable_dropout)
+               decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
+               encoder_input_vectors: Optional[Array] = None,
+               encoder_input_vector_positions: Optional[Array] = None) -> Array:
+    encoded, mask = self.encode(encoder_input_tokens, enable_dropout, encoder_input_vectors,
+                                encoder_input_vector_positions)
     return self.decode(encoded, mask, decoder_input_tokens, decoder_target_tokens, enable_dropout)
