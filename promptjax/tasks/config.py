@@ -43,6 +43,11 @@ WHAT = {
     'text': 'a document corpus (OpenWebText-style: *.txt one document per file, or *.jsonl with a "text" field)',
     'mini': 'the bundled mini benchmark (promptjax/tasks/data)',
 }
+# SUPMER's downstream evaluation data (promptjax.tasks.supmer_downstream).
+FAMILIES += ('supmer_downstream',)
+ENV_VARS['supmer_downstream'] = 'PROMPTJAX_SUPMER_DOWNSTREAM_DIR'
+WHAT['supmer_downstream'] = ('the SUPMER downstream releases (LM-BFF data/original SST-2 sst-5 mr cr subj trec, '
+                             'SuperGLUE CB RTE WiC, GLUE MRPC QNLI QQP, DoCoGen reviews.json)')
 
 VOCAB_ENV_VARS = {'t5': 'PROMPTJAX_T5_VOCAB', 'mini': 'PROMPTJAX_MINI_VOCAB'}
 DEFAULT_VOCABS = {
@@ -152,7 +157,8 @@ class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
 @gin.configurable(module='promptjax.tasks')
 def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = None,
                    text_dir: Optional[str] = None, mini_dir: Optional[str] = None,
-                   t5_vocab: Optional[str] = None, mini_vocab: Optional[str] = None) -> None:
+                   t5_vocab: Optional[str] = None, mini_vocab: Optional[str] = None,
+                   supmer_downstream_dir: Optional[str] = None) -> None:
   """Sets every data directory / vocabulary given (gin: ``promptjax.tasks.configure_data.p3_dir = ...``).
 
   Arguments left as None keep their current setting (environment variable or default).
@@ -160,6 +166,8 @@ def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = N
   for family, path in (('p3', p3_dir), ('crossfit', crossfit_dir), ('text', text_dir), ('mini', mini_dir)):
     if path is not None:
       set_data_dir(family, path)
+  if supmer_downstream_dir is not None:
+    set_data_dir('supmer_downstream', supmer_downstream_dir)
   for name, path in (('t5', t5_vocab), ('mini', mini_vocab)):
     if path is not None:
       set_vocabulary_path(name, path)
