@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,32 @@ from promptjax.meta import inner
 from promptjax.training import optimizers as opt_lib
 
 
+OPTIMIZERS = ('adafactor', 'adamw')
+SCORINGS = ('generative', 'rank')
+
+
 @dataclasses.dataclass(frozen=True)
 class DownstreamConfig:
+  """One downstream prompt-tuning protocol. The defaults are Qin et al.'s (§5.3); `pan2023` gives SUPMER's.
+
+  Attributes:
+    learning_rates: the grid, tuned side by side (vmapped); the best on dev is kept.
+    batch_size, total_steps, eval_interval: steps of `batch_size` examples (partial batches dropped).
+    epochs: if set, ``total_steps = epochs × (train examples // batch_size)`` (at least one step per epoch).
+    seeds: the task's seeds (one train/dev/test sample each); the test score is averaged over them.
+    max_decode_length: generated tokens for ``scoring='generative'``.
+    global_norm_clip: gradient clipping before the optimizer (None: none).
+    optimizer: ``adafactor`` (the papers' Adafactor; Qin et al. name none) or ``adamw`` (Pan et al. C.1:
+      AdamW, PyTorch's defaults with ``weight_decay``).
+    weight_decay: AdamW's decoupled weight decay (PyTorch's default 0.01).
+    scoring: ``generative`` (greedy decoding scored by the task's CrossFit metric, Qin et al.) or ``rank``
+      (rank-classification accuracy on ``<task>_rank_classification``: the verbalizer classes of
+      SUPMER's text-to-text classification tasks).
+    task_name_format: how a task and seed name the seqio task, e.g. ``'supmer_{task}_{seed}'``; empty
+      = CrossFit's `seqio_task_name` (``glue-rte`` → ``crossfit_glue_rte_13``).
+    dev_split, test_split: the split names (CrossFit's ``dev`` / ``test``).
+    length_normalize: rank scoring with length-normalized log-likelihoods.
+  """
   learning_rates: Tuple[float, ...] = (5e-1, 4e-1, 3e-1, 2e-1)
   batch_size: int = 8
   total_steps: int = 3000
@@ -42,6 +66,42 @@ class DownstreamConfig:
   seeds: Tuple[int, ...] = (100, 13, 21, 42, 87)
   max_decode_length: int = 64
   global_norm_clip: Optional[float] = 1.0
+  epochs: Optional[int] = None
+  optimizer: str = 'adafactor'
+  weight_decay: float = 0.01
+  scoring: str = 'generative'
+  task_name_format: str = ''
+  dev_split: str = 'dev'
+  test_split: str = 'test'
+  length_normalize: bool = False
+
+  def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise generation.EvaluationError(f'DownstreamConfig.optimizer={self.optimizer!r}: use one of {OPTIMIZERS}.')
+    if self.scoring not in SCORINGS:
+      raise generation.EvaluationError(f'DownstreamConfig.scoring={self.scoring!r}: use one of {SCORINGS}.')
+
+  def num_steps(self, num_examples: int) -> int:
+    if self.epochs is None:
+      return self.total_steps
+    return int(self.epochs) * max(1, num_examples // self.batch_size)
+
+  def seqio_name(self, task: str, seed: int) -> str:
+    if self.task_name_format:
+      return self.task_name_format.format(task=task, seed=seed)
+    from promptjax.tasks import crossfit
+    return crossfit.seqio_task_name(task, seed)
+
+
+def pan2023(**overrides) -> DownstreamConfig:
+  """SUPMER's downstream prompt tuning (Pan et al. 2023, Appendix C.1): AdamW, batch 32, 200 epochs, dev
+  every 10 steps, learning rate from {0.1, 0.2, 0.3}, seeds 10–50, rank classification of the verbalizer
+  classes, tasks ``supmer_<dataset>_<seed>`` with splits train / validation / test."""
+  kw = dict(learning_rates=(1e-1, 2e-1, 3e-1), batch_size=32, epochs=200, eval_interval=10,
+            seeds=(10, 20, 30, 40, 50), optimizer='adamw', scoring='rank',
+            task_name_format='supmer_{task}_{seed}', dev_split='validation', test_split='test')
+  kw.update(overrides)
+  return DownstreamConfig(**kw)
 
 
 def _batch_indices(n: int, batch: int, steps: int, seed: int) -> np.ndarray:
@@ -58,15 +118,24 @@ def _batch_indices(n: int, batch: int, steps: int, seed: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _segment_fn(model, cfg: DownstreamConfig):
-  """jit(vmap over learning rates) of `eval_interval` prompt-tuning steps."""
-  base = opt_lib.adafactor(1.0, global_norm_clip=cfg.global_norm_clip)
+def _segment_fn(model, cfg: DownstreamConfig, gradient_fn: Optional[Callable] = None):
+  """jit(vmap over learning rates) of `eval_interval` prompt-tuning steps.
+
+  `gradient_fn(grad, transformer, prompt, batch) -> grad` transforms every prompt gradient before the
+  optimizer (SUPMER's frozen meta-gradient regularizer ψ*, Pan et al. Eq. 6); None = the plain gradient.
+  """
+  if cfg.optimizer == 'adamw':
+    base = opt_lib.adamw(1.0, weight_decay=cfg.weight_decay, global_norm_clip=cfg.global_norm_clip)
+  else:
+    base = opt_lib.adafactor(1.0, global_norm_clip=cfg.global_norm_clip)
 
   def one(transformer, prompt, state, lr, inputs, targets, idx):
     def step(carry, rows):
       p, s = carry
       batch = {'encoder_input_tokens': inputs[rows], 'decoder_target_tokens': targets[rows]}
       loss, g = jax.value_and_grad(lambda q: model.loss_fn(inner.join_prompt(transformer, q), batch)[0])(p)
+      if gradient_fn is not None:
+        g = gradient_fn(g, transformer, p, batch)
       u, s = base.update(g, s, p)
       return (optax.apply_updates(p, jax.tree.map(lambda x: lr * x, u)), s), loss
     (prompt, state), losses = jax.lax.scan(step, (prompt, state), idx)
@@ -75,27 +144,64 @@ def _segment_fn(model, cfg: DownstreamConfig):
   return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, None, None, None))), base
 
 
-def tune_and_select(model, params, train: generation.TextSet, dev: generation.TextSet, metric: str,
-                    cfg: DownstreamConfig, seed: int) -> Dict[str, Any]:
-  """Tunes every learning rate of the grid; returns the best-on-dev prompt and the dev curves."""
+class _Scorer:
+  """The dev / test score of a prompt: greedy generation + the CrossFit metric, or rank classification."""
+
+  def __init__(self, model, transformer, name: str, split: str, cfg: DownstreamConfig,
+               task_feature_lengths: Optional[Mapping[str, int]]):
+    self.model, self.transformer, self.cfg = model, transformer, cfg
+    if cfg.scoring == 'generative':
+      from promptjax.tasks import crossfit
+      self.metric = crossfit.get_task_info(name).metric if name in crossfit.registered_tasks() else 'ACC'
+      self.texts = generation.load_texts(name, split, task_feature_lengths)
+    else:
+      from promptjax.evaluation import rank_classification as rc
+      self.metric = 'ACC'
+      rank_name = name + RANK_SUFFIX
+      rc.check_rank_task(rank_name, split)
+      self.choices = rc.load_choices(rank_name, split, task_feature_lengths)
+      self.scorer = rc.get_scorer(model, cfg.length_normalize)
+
+  def __call__(self, prompt) -> float:
+    params = inner.join_prompt(self.transformer, prompt)
+    if self.cfg.scoring == 'generative':
+      return float(generation.evaluate_generative(self.model, params, self.texts, self.metric,
+                                                  self.cfg.max_decode_length)['score'])
+    from promptjax.evaluation import rank_classification as rc
+    return float(rc.rank_classify(self.scorer, params, self.choices).accuracy)
+
+
+RANK_SUFFIX = '_rank_classification'
+
+
+def tune_and_select(model, params, train: generation.TextSet, dev, metric: Optional[str],
+                    cfg: DownstreamConfig, seed: int, gradient_fn: Optional[Callable] = None) -> Dict[str, Any]:
+  """Tunes every learning rate of the grid; returns the best-on-dev prompt and the dev curves.
+
+  `dev` is a `generation.TextSet` (scored with the CrossFit `metric`) or any callable prompt -> score.
+  """
   transformer, prompt = inner.split_prompt(params)
-  fn, base = _segment_fn(model, cfg)
+  if isinstance(dev, generation.TextSet):
+    texts = dev
+    dev = lambda p: float(generation.evaluate_generative(  # pylint: disable=unnecessary-lambda-assignment
+        model, inner.join_prompt(transformer, p), texts, metric, cfg.max_decode_length)['score'])
+  fn, base = _segment_fn(model, cfg, gradient_fn)
   n_lr = len(cfg.learning_rates)
   prompts = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_lr,) + x.shape), prompt)
   states = jax.vmap(base.init)(prompts)
   lrs = jnp.asarray(cfg.learning_rates, jnp.float32)
-  idx = _batch_indices(train.num_examples, cfg.batch_size, cfg.total_steps, seed)
+  total = cfg.num_steps(train.num_examples)
+  idx = _batch_indices(train.num_examples, cfg.batch_size, total, seed)
   inputs, targets = jnp.asarray(train.inputs), jnp.asarray(train.targets)
   best = {'score': -np.inf, 'step': None, 'learning_rate': None, 'prompt': None}
   curves = {float(lr): [] for lr in cfg.learning_rates}
-  for start in range(0, cfg.total_steps, cfg.eval_interval):
+  for start in range(0, total, cfg.eval_interval):
     seg = idx[start:start + cfg.eval_interval]
     prompts, states, _ = fn(transformer, prompts, states, lrs, inputs, targets, jnp.asarray(seg))
     step = start + len(seg)
     for i, lr in enumerate(cfg.learning_rates):
       p_i = jax.tree.map(lambda x: x[i], prompts)
-      score = generation.evaluate_generative(model, inner.join_prompt(transformer, p_i), dev, metric,
-                                             cfg.max_decode_length)['score']
+      score = dev(p_i)
       curves[float(lr)].append((step, float(score)))
       if score > best['score']:
         best = {'score': float(score), 'step': step, 'learning_rate': float(lr), 'prompt': jax.device_get(p_i)}
@@ -105,27 +211,27 @@ def tune_and_select(model, params, train: generation.TextSet, dev: generation.Te
 
 def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamConfig(), *,
                   task_feature_lengths: Optional[Mapping[str, int]] = None,
-                  name_for_seed=None, prompt_dir: Optional[str] = None) -> Dict[str, Any]:
-  """Qin et al.'s protocol on one CrossFit target task: per seed, best dev → test; the mean over seeds.
+                  name_for_seed=None, prompt_dir: Optional[str] = None,
+                  gradient_fn: Optional[Callable] = None) -> Dict[str, Any]:
+  """The protocol on one target task: per seed, best dev → test; the mean over seeds.
 
-  `task` is the CrossFit name (``glue-rte``); `name_for_seed(task, seed)` gives the seqio task name
-  (default `promptjax.tasks.crossfit.seqio_task_name`). With `prompt_dir`, each seed's best-on-dev prompt is
-  exported there as ``<seqio task name>.npy`` (``.npz`` deep; `promptjax.models.export_prompt`), the input of
-  ``promptjax similarity`` (Qin et al. A.6).
+  `task` is the dataset name (CrossFit's ``glue-rte``, or SUPMER's ``sst2``); the seqio task of a seed is
+  `DownstreamConfig.seqio_name` (or `name_for_seed(task, seed)`). With `prompt_dir`, each seed's
+  best-on-dev prompt is exported there as ``<seqio task name>.npy`` (``.npz`` deep;
+  `promptjax.models.export_prompt`), the input of ``promptjax similarity`` (Qin et al. A.6).
+  `gradient_fn` transforms each prompt gradient (SUPMER's frozen ψ*; see `_segment_fn`).
   """
-  from promptjax.tasks import crossfit
-  name_for_seed = name_for_seed or crossfit.seqio_task_name
+  name_for_seed = name_for_seed or cfg.seqio_name
+  transformer, _ = inner.split_prompt(params)
   per_seed = {}
   for seed in cfg.seeds:
     name = name_for_seed(task, seed)
-    metric = crossfit.get_task_info(name).metric
-    train, dev, test = (generation.load_texts(name, s, task_feature_lengths) for s in ('train', 'dev', 'test'))
-    best = tune_and_select(model, params, train, dev, metric, cfg, seed)
-    transformer, _ = inner.split_prompt(params)
-    result = generation.evaluate_generative(model, inner.join_prompt(transformer, best['prompt']), test, metric,
-                                            cfg.max_decode_length)
-    per_seed[seed] = {'test': float(result['score']), 'dev': best['score'], 'step': best['step'],
-                      'learning_rate': best['learning_rate'], 'metric': metric, 'dev_curves': best['dev_curves']}
+    train = generation.load_texts(name, 'train', task_feature_lengths)
+    dev = _Scorer(model, transformer, name, cfg.dev_split, cfg, task_feature_lengths)
+    test = _Scorer(model, transformer, name, cfg.test_split, cfg, task_feature_lengths)
+    best = tune_and_select(model, params, train, dev, dev.metric, cfg, seed, gradient_fn)
+    per_seed[seed] = {'test': test(best['prompt']), 'dev': best['score'], 'step': best['step'],
+                      'learning_rate': best['learning_rate'], 'metric': dev.metric, 'dev_curves': best['dev_curves']}
     if prompt_dir:
       import os
       from promptjax.models import export_prompt
@@ -136,7 +242,8 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
 
 def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = DownstreamConfig(), *,
                    output_dir: Optional[str] = None, baseline: Optional[str] = None,
-                   task_feature_lengths: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+                   task_feature_lengths: Optional[Mapping[str, int]] = None,
+                   gradient_fn: Optional[Callable] = None) -> Dict[str, Any]:
   """`evaluate_task` for every target task; with `baseline` (a previous output_dir, e.g. prompt tuning
   from a random prompt), Qin et al.'s ARG of this run over it. Writes ``downstream.json`` and ``prompts/``
   (every seed's tuned prompt, for ``promptjax similarity``)."""
@@ -147,7 +254,7 @@ def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = 
     raise generation.EvaluationError(f'baseline {baseline!r} has no downstream.json; run the baseline first.')
   prompt_dir = os.path.join(output_dir, 'prompts') if output_dir else None
   results = {t: evaluate_task(model, params, t, cfg, task_feature_lengths=task_feature_lengths,
-                              prompt_dir=prompt_dir) for t in tasks}
+                              prompt_dir=prompt_dir, gradient_fn=gradient_fn) for t in tasks}
   summary: Dict[str, Any] = {'tasks': {t: r['test_mean'] for t, r in results.items()}, 'details': results,
                              'config': dataclasses.asdict(cfg)}
   if baseline:

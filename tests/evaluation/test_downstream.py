@@ -109,3 +109,43 @@ def test_evaluate_task_end_to_end(tmp_path):
     assert v['metric'] == 'ACC' and v['step'] in (1, 2) and v['learning_rate'] in (0.3, 0.2)
     assert 0.0 <= v['test'] <= 1.0
   assert out['test_mean'] == pytest.approx(np.mean([v['test'] for v in out['seeds'].values()]))
+
+
+def test_adamw_grid_with_a_gradient_transform_equals_plain_optax_runs():
+  """SUPMER's protocol pieces: AdamW (PyTorch defaults, weight decay 0.01), epochs, and a transform of every
+  prompt gradient (the frozen ψ* slot) — against plain optax.adamw loops fed the transformed gradient."""
+  model, params = _model('shallow')
+  train = generation.load_texts(TASK, 'train')
+  cfg = downstream.DownstreamConfig(learning_rates=(0.1, 0.3), batch_size=16, epochs=2, eval_interval=1,
+                                    seeds=(13,), optimizer='adamw', global_norm_clip=None)
+  assert cfg.num_steps(train.num_examples) == 2 * (train.num_examples // 16)
+  seen = []
+  transform = lambda g, transformer, prompt, batch: jax.tree.map(lambda x: 0.5 * x + 0.1 * prompt['prompt'], g)
+  downstream.tune_and_select(model, params, train, lambda p: seen.append(p) or 0.0, None, cfg, seed=13,
+                             gradient_fn=transform)
+  steps = cfg.num_steps(train.num_examples)
+  assert len(seen) == steps * 2
+  idx = downstream._batch_indices(train.num_examples, 16, steps, seed=13)
+  grad = jax.jit(jax.grad(lambda q, batch: model.loss_fn({**params, 'prompt': q}, batch)[0]))
+  for i, lr in enumerate(cfg.learning_rates):
+    opt = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+    p = params['prompt']
+    s = opt.init(p)
+    for t, rows in enumerate(idx):
+      batch = {'encoder_input_tokens': train.inputs[rows], 'decoder_target_tokens': train.targets[rows]}
+      g = jax.tree.map(lambda x: 0.5 * x + 0.1 * p['prompt'], grad(p, batch))
+      u, s = opt.update(g, s, p)
+      p = optax.apply_updates(p, u)
+      np.testing.assert_allclose(seen[2 * t + i]['prompt'], p['prompt'], rtol=1e-5, atol=1e-6)
+
+
+def test_pan2023_protocol_and_bad_options():
+  cfg = downstream.pan2023()
+  assert (cfg.optimizer, cfg.batch_size, cfg.epochs, cfg.eval_interval, cfg.learning_rates, cfg.seeds) == \
+      ('adamw', 32, 200, 10, (0.1, 0.2, 0.3), (10, 20, 30, 40, 50))
+  assert cfg.seqio_name('sst2', 10) == 'supmer_sst2_10' and cfg.num_steps(32) == 200
+  assert downstream.DownstreamConfig().seqio_name('glue-rte', 13) == 'crossfit_glue_rte_13'
+  with pytest.raises(downstream.generation.EvaluationError, match='optimizer'):
+    downstream.DownstreamConfig(optimizer='sgd')
+  with pytest.raises(downstream.generation.EvaluationError, match='scoring'):
+    downstream.DownstreamConfig(scoring='bleu')
