@@ -40,7 +40,6 @@ Results are also written to benchmarks/results/fewshot.json (git-ignored).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -50,9 +49,9 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
+import common  # noqa: E402  (benchmarks/common.py: the repository on sys.path, machine facts)
+
+REPO_ROOT = common.REPO_ROOT
 
 HELDOUT = 'mini_heldout_rank_classification'
 PRESET = 'mini'   # the model of `make demo` (`get_config('mini')`)
@@ -209,15 +208,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
   out = dict(epochs=args.epochs, repeats=args.repeats, num_templates=n, num_shots=NUM_SHOTS,
              model=dict(preset=PRESET), batches=meta, kinds=per_kind,
-             machine=dict(cpus=os.cpu_count(), processor=platform.processor(), jax=jax.__version__,
-                          devices=str(jax.devices()), xla_flags=os.environ.get('XLA_FLAGS', '')),
-             time=time.strftime('%Y-%m-%d %H:%M:%S'))
-  if args.output:
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, 'w') as fh:
-      json.dump(out, fh, indent=2)
-    print(f'wrote {args.output}')
-  return out
+             machine=common.machine_info())
+  return common.write_record(out, args.output)
 
 
 if __name__ == '__main__':

@@ -41,7 +41,6 @@ Results are also written to benchmarks/results/rank_classification.json (git-ign
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -52,9 +51,9 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
+import common  # noqa: E402  (benchmarks/common.py: the repository on sys.path, machine facts)
+
+REPO_ROOT = common.REPO_ROOT
 
 HELDOUT = 'mini_heldout_rank_classification'
 PRESET = 'mini'   # the model of `make demo` (`get_config('mini')`)
@@ -344,17 +343,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
              max_examples=args.max_examples, length_normalize=args.length_normalize,
              model=dict(preset=PRESET, prompt='none'), data_load_s=load_s,
              results=results, ratios=ratios, agreement=agreement, work=w,
-             machine=dict(cpus=os.cpu_count(), processor=platform.processor(), jax=jax.__version__,
-                          devices=str(jax.devices()), torch=torch.__version__, torch_threads=threads,
-                          omp_wait_policy=os.environ.get('OMP_WAIT_POLICY'),
-                          transformers=transformers.__version__, xla_flags=os.environ.get('XLA_FLAGS', '')),
-             time=time.strftime('%Y-%m-%d %H:%M:%S'))
-  if args.output:
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, 'w') as fh:
-      json.dump(out, fh, indent=2)
-    print(f'wrote {args.output}')
-  return out
+             machine=common.machine_info(torch=torch.__version__, torch_threads=threads,
+                                         omp_wait_policy=os.environ.get('OMP_WAIT_POLICY'),
+                                         transformers=transformers.__version__))
+  return common.write_record(out, args.output)
 
 
 if __name__ == '__main__':

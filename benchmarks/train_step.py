@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -43,9 +42,9 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
+import common  # noqa: E402  (benchmarks/common.py: the repository on sys.path, machine facts)
+
+REPO_ROOT = common.REPO_ROOT
 
 FRAMEWORKS = ('promptjax', 'pytorch', 'hf_flax')
 
@@ -410,16 +409,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
   out = dict(shapes=dataclasses.asdict(s), size=args.size, tokens_per_step=s.tokens, flops=flops,
              matmul=mm, matmul_runs=mm_runs, results=results, ratios=ratios, steps=args.steps, rounds=args.rounds,
              warmup=args.warmup, optax_adafactor=OPTAX_ADAFACTOR_KWARGS,
-             machine=dict(cpus=os.cpu_count(), processor=platform.processor(),
-                          jax=jax.__version__, backend=jax.default_backend(),
-                          xla_flags=os.environ.get('XLA_FLAGS', '')),
-             time=time.strftime('%Y-%m-%d %H:%M:%S'))
-  if args.output:
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, 'w') as fh:
-      json.dump(out, fh, indent=2)
-    print(f'wrote {args.output}')
-  return out
+             machine=common.machine_info())
+  return common.write_record(out, args.output)
 
 
 if __name__ == '__main__':
