@@ -58,6 +58,9 @@ class DownstreamConfig:
       = CrossFit's `seqio_task_name` (``glue-rte`` → ``crossfit_glue_rte_13``).
     dev_split, test_split: the split names (CrossFit's ``dev`` / ``test``).
     length_normalize: rank scoring with length-normalized log-likelihoods.
+    data_seed: if set, every run reads the task sample of this seed, and `seeds` only seed the runs (batch
+      order): SUPMER samples its few-shot data once (data seed 100) and repeats training with seeds 10–50.
+      None: one sample per seed (CrossFit's five samples, Qin et al.).
   """
   learning_rates: Tuple[float, ...] = (5e-1, 4e-1, 3e-1, 2e-1)
   batch_size: int = 8
@@ -74,6 +77,7 @@ class DownstreamConfig:
   dev_split: str = 'dev'
   test_split: str = 'test'
   length_normalize: bool = False
+  data_seed: Optional[int] = None
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -95,10 +99,11 @@ class DownstreamConfig:
 
 def pan2023(**overrides) -> DownstreamConfig:
   """SUPMER's downstream prompt tuning (Pan et al. 2023, Appendix C.1): AdamW, batch 32, 200 epochs, dev
-  every 10 steps, learning rate from {0.1, 0.2, 0.3}, seeds 10–50, rank classification of the verbalizer
-  classes, tasks ``supmer_<dataset>_<seed>`` with splits train / validation / test."""
+  every 10 steps, learning rate from {0.1, 0.2, 0.3}, runs with seeds 10–50 on the data sample of seed 100
+  (the official code's default ``data_seed``), rank classification of the verbalizer classes, tasks
+  ``supmer_<dataset>_<data seed>`` with splits train / validation / test."""
   kw = dict(learning_rates=(1e-1, 2e-1, 3e-1), batch_size=32, epochs=200, eval_interval=10,
-            seeds=(10, 20, 30, 40, 50), optimizer='adamw', scoring='rank',
+            seeds=(10, 20, 30, 40, 50), data_seed=100, optimizer='adamw', scoring='rank',
             task_name_format='supmer_{task}_{seed}', dev_split='validation', test_split='test')
   kw.update(overrides)
   return DownstreamConfig(**kw)
@@ -217,15 +222,19 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
 
   `task` is the dataset name (CrossFit's ``glue-rte``, or SUPMER's ``sst2``); the seqio task of a seed is
   `DownstreamConfig.seqio_name` (or `name_for_seed(task, seed)`). With `prompt_dir`, each seed's
-  best-on-dev prompt is exported there as ``<seqio task name>.npy`` (``.npz`` deep;
+  best-on-dev prompt is exported there as ``<seqio task name>.npy`` (``<name>_run<seed>`` with a `data_seed`;
+  ``.npz`` deep;
   `promptjax.models.export_prompt`), the input of ``promptjax similarity`` (Qin et al. A.6).
   `gradient_fn` transforms each prompt gradient (SUPMER's frozen ψ*; see `_segment_fn`).
+  `task_feature_lengths` may be a callable task -> lengths (per-dataset input lengths, Pan et al. C.1).
   """
   name_for_seed = name_for_seed or cfg.seqio_name
+  if callable(task_feature_lengths):   # per-dataset lengths, e.g. supmer_downstream.feature_lengths
+    task_feature_lengths = task_feature_lengths(task)
   transformer, _ = inner.split_prompt(params)
   per_seed = {}
   for seed in cfg.seeds:
-    name = name_for_seed(task, seed)
+    name = name_for_seed(task, seed if cfg.data_seed is None else cfg.data_seed)
     train = generation.load_texts(name, 'train', task_feature_lengths)
     dev = _Scorer(model, transformer, name, cfg.dev_split, cfg, task_feature_lengths)
     test = _Scorer(model, transformer, name, cfg.test_split, cfg, task_feature_lengths)
@@ -236,7 +245,8 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
       import os
       from promptjax.models import export_prompt
       os.makedirs(prompt_dir, exist_ok=True)
-      per_seed[seed]['prompt_file'] = export_prompt(best['prompt'], os.path.join(prompt_dir, name))
+      stem = name if cfg.data_seed is None else f'{name}_run{seed}'
+      per_seed[seed]['prompt_file'] = export_prompt(best['prompt'], os.path.join(prompt_dir, stem))
   return {'task': task, 'test_mean': float(np.mean([v['test'] for v in per_seed.values()])), 'seeds': per_seed}
 
 

@@ -143,7 +143,7 @@ def test_pan2023_protocol_and_bad_options():
   cfg = downstream.pan2023()
   assert (cfg.optimizer, cfg.batch_size, cfg.epochs, cfg.eval_interval, cfg.learning_rates, cfg.seeds) == \
       ('adamw', 32, 200, 10, (0.1, 0.2, 0.3), (10, 20, 30, 40, 50))
-  assert cfg.seqio_name('sst2', 10) == 'supmer_sst2_10' and cfg.num_steps(32) == 200
+  assert cfg.seqio_name('sst2', 100) == 'supmer_sst2_100' and cfg.num_steps(32) == 200 and cfg.data_seed == 100
   assert downstream.DownstreamConfig().seqio_name('glue-rte', 13) == 'crossfit_glue_rte_13'
   with pytest.raises(downstream.generation.EvaluationError, match='optimizer'):
     downstream.DownstreamConfig(optimizer='sgd')
