@@ -40,6 +40,21 @@ EXTRAS_REQUIRE = {
 }
 EXTRAS_REQUIRE['hf'] = ['torch==2.13.0', 'transformers==4.57.6']
 
+# Apache Beam for the SUPMER anchor meta-task construction (promptjax.tasks.supmer_construct). Beam's own
+# metadata caps protobuf<7, pillow<13, pyarrow<26 and python-dateutil<3 (every release up to 2.77), below
+# this stack's pins (sentencepiece 0.2.3's generated code needs the protobuf 7 runtime), so pip cannot
+# resolve `apache-beam` next to them; Beam 2.77 runs with them (the DirectRunner pipeline and its tests).
+# Hence: the `beam` extra installs Beam's runtime dependencies (resolvable), and Beam itself is installed
+# without dependency resolution:
+#   pip install -c requirements/constraints.txt -e '.[beam]'
+#   pip install -c requirements/constraints.txt --no-deps apache-beam==2.77.0
+BEAM_VERSION = '2.77.0'
+EXTRAS_REQUIRE['beam'] = [
+    'cryptography', 'fastavro', 'fasteners', 'httplib2', 'jsonpickle', 'objsize', 'pymongo', 'proto-plus',
+    'pytz', 'sortedcontainers', 'zstandard', 'beartype', 'requests', 'pyyaml', 'pyarrow',
+    'google-crc32c',  # TFRecord CRCs (Beam's tfrecord extra)
+]
+
 setuptools.setup(
     name='promptjax',
     version='0.1.0',

@@ -49,6 +49,13 @@ ENV_VARS['supmer_downstream'] = 'PROMPTJAX_SUPMER_DOWNSTREAM_DIR'
 WHAT['supmer_downstream'] = ('the SUPMER downstream releases (LM-BFF data/original SST-2 sst-5 mr cr subj trec, '
                              'SuperGLUE CB RTE WiC, GLUE MRPC QNLI QQP, DoCoGen reviews.json)')
 
+# SUPMER anchor meta-tasks: the output of `python -m promptjax.tasks.supmer_construct` (promptjax.tasks.supmer).
+FAMILIES += ('supmer',)
+ENV_VARS['supmer'] = 'PROMPTJAX_SUPMER_DIR'
+WHAT['supmer'] = ('the output of the SUPMER anchor meta-task construction (python -m '
+                  'promptjax.tasks.supmer_construct --corpus_dir=... --output_dir=...: manifest.json, '
+                  'centroids.npy, <format>/<split>-*.tfrecord)')
+
 VOCAB_ENV_VARS = {'t5': 'PROMPTJAX_T5_VOCAB', 'mini': 'PROMPTJAX_MINI_VOCAB'}
 DEFAULT_VOCABS = {
     't5': 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model',
@@ -158,6 +165,7 @@ class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
 def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = None,
                    text_dir: Optional[str] = None, mini_dir: Optional[str] = None,
                    t5_vocab: Optional[str] = None, mini_vocab: Optional[str] = None,
+                   supmer_dir: Optional[str] = None,
                    supmer_downstream_dir: Optional[str] = None) -> None:
   """Sets every data directory / vocabulary given (gin: ``promptjax.tasks.configure_data.p3_dir = ...``).
 
@@ -168,6 +176,8 @@ def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = N
       set_data_dir(family, path)
   if supmer_downstream_dir is not None:
     set_data_dir('supmer_downstream', supmer_downstream_dir)
+  if supmer_dir is not None:
+    set_data_dir('supmer', supmer_dir)
   for name, path in (('t5', t5_vocab), ('mini', mini_vocab)):
     if path is not None:
       set_vocabulary_path(name, path)
