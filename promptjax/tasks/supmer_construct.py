@@ -35,7 +35,9 @@ with the Table 6 defaults (K = 250 clusters per format, support 32 + query 32 pe
 5. Group samples into meta-training tasks (App. A.2): for (a)–(d) the samples whose anchor sentence is in
    the same cluster, ``support_size + query_size`` at a time (a cluster's remainder is dropped); for (e)
    each task draws N = 4 random clusters as its classes (letters A–D in random order) and, per
-   example, a sentence of the class drawn by the label cycle, without repeats inside the task;
+   example, a sentence of the class drawn by the label cycle, without repeats inside the task (when
+   support and query sizes are multiples of N, as in Table 6 and the mini preset, this is exactly
+   N-way k-shot: k = size / N sentences per class in each set);
    ``cls_tasks`` tasks per bucket (default: one pass over the bucket's segments). The first
    ``support_size`` samples of a task are its support set, the rest its query set.
 6. Write seqio-readable shards ``<output_dir>/<format>/<split>-SSSSS-of-NNNNN.tfrecord`` (tf.train.Example;
@@ -45,7 +47,14 @@ with the Table 6 defaults (K = 250 clusters per format, support 32 + query 32 pe
 
 Runner: DirectRunner by default; `construct` takes ``PipelineOptions`` and `main` passes unknown flags to
 Beam (``--runner=DataflowRunner --project=... --temp_location=gs://...``, or Flink). Workers need the
-vocabulary and checkpoint paths readable (local paths only work on the DirectRunner).
+vocabulary and checkpoint paths readable (local paths only work on the DirectRunner). `main` also takes
+``--gin_file`` / ``--gin_bindings`` for `ConstructConfig` (explicit flags win) and ``--mini``.
+
+Installing Beam: every Beam release caps protobuf < 7, pillow < 13, pyarrow < 26 and python-dateutil < 3
+in its metadata, below this stack's pins (sentencepiece 0.2.3 needs the protobuf 7 runtime), while Beam
+2.77 runs with them; so ``pip install -c requirements/constraints.txt -e '.[beam]'`` installs its
+dependencies and ``pip install -c requirements/constraints.txt --no-deps apache-beam==2.77.0`` Beam itself
+(see setup.py). The tests skip the pipeline when Beam is absent.
 
 `mini_config` is the seconds-long variant for tests and the demo: the bundled corpus
 (``promptjax/tasks/data/text``), vocabulary ``mini``, model preset ``mini`` (random init), K = 8,
@@ -712,11 +721,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(f'--{field.name}', type=kind, default=None)
   parser.add_argument('--formats', default=None, help=f'comma-separated subset of {",".join(FORMAT_NAMES)}')
   parser.add_argument('--overwrite', action='store_true')
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='gin files binding ConstructConfig (flags given here take precedence)')
+  parser.add_argument('--gin_bindings', action='append', default=[],
+                      help='e.g. "promptjax.tasks.supmer_construct.ConstructConfig.num_clusters = 100"')
   args, beam_args = parser.parse_known_args(argv)
-  given = {k: v for k, v in vars(args).items() if v is not None and k not in ('mini', 'formats', 'overwrite')}
+  if args.gin_file or args.gin_bindings:
+    gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
+  given = {k: v for k, v in vars(args).items()
+           if v is not None and k not in ('mini', 'formats', 'overwrite', 'gin_file', 'gin_bindings')}
   if args.formats:
     given['formats'] = tuple(f.strip() for f in args.formats.split(',') if f.strip())
-  given['overwrite'] = bool(args.overwrite)
+  if args.overwrite:
+    given['overwrite'] = True
   try:
     if args.mini:
       cfg = mini_config(given.pop('output_dir', ''), **given)

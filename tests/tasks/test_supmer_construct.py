@@ -297,3 +297,18 @@ def test_construction_errors_name_the_fix(tmp_path, capsys):
   assert sc.main(['--mini', f'--output_dir={out}', f'--corpus_dir={tmp_path / "empty"}']) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: SUPMER construction:')
+
+
+@pytest.mark.parametrize('kind', ['kmeans', 'minibatch'])
+def test_kmeans_recovers_separated_blob_centres(kind):
+  pytest.importorskip('apache_beam', reason='Apache Beam is not installed')
+  from promptjax.tasks import supmer_construct as sc
+  rng = np.random.default_rng(0)
+  centres = np.eye(6, 16, dtype=np.float32) * 10.0
+  x = np.concatenate([c + 0.1 * rng.normal(size=(50, 16)) for c in centres]).astype(np.float32)
+  got = sc.fit_kmeans(x, sc.ConstructConfig(num_clusters=6, kmeans=kind))
+  order = [int(np.argmin(((got - c) ** 2).sum(1))) for c in centres]
+  assert sorted(order) == list(range(6))
+  np.testing.assert_allclose(got[order], centres, atol=0.1)
+  with pytest.raises(DataError, match='fewer than num_clusters'):
+    sc.fit_kmeans(x[:5], sc.ConstructConfig(num_clusters=6, corpus_dir='c'))
