@@ -56,6 +56,8 @@ def register_gin_configurables() -> None:
   from promptjax.meta import algorithms as meta_algorithms, sampler as meta_sampler
   gin.external_configurable(meta_algorithms.MetaConfig, module='promptjax.meta')
   gin.external_configurable(meta_sampler.MetaDataConfig, module='promptjax.meta')
+  from promptjax.meta import supmer as meta_supmer
+  gin.external_configurable(meta_supmer.SupmerConfig, module='promptjax.meta')
   from promptjax import evaluation
   gin.external_configurable(evaluation.evaluate, module='promptjax.evaluation')
   gin.external_configurable(evaluation.FewShotConfig, module='promptjax.evaluation')

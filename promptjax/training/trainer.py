@@ -169,7 +169,8 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
           eval_dataset_cfg: Optional[DatasetConfig] = None, eval_period: int = 0, eval_batches: int = 8,
           seed: int = 0, dropout_seed: Optional[int] = 0, progress: bool = True,
           batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False,
-          meta: Optional[Any] = None, meta_data_cfg: Optional[Any] = None):
+          meta: Optional[Any] = None, meta_data_cfg: Optional[Any] = None,
+          supmer: Optional[Any] = None, supmer_data_cfg: Optional[Any] = None):
   """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from MODEL_DIR if it holds a
   checkpoint. Returns the final state, the losses seen by this invocation, and whether it was preempted.
 
@@ -183,6 +184,13 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
   `promptjax.meta.sampler.MetaDataConfig`); each step is then one meta-batch (the meta-gradient fed to
   `optimizer`), with the same sharding (clones over 'data'), checkpoints and exact resume.
   `train_dataset_cfg` may be None then.
+
+  SUPMER (Pan et al. 2023, `promptjax.meta.supmer`): pass `supmer` (a `promptjax.meta.SupmerConfig`) and
+  `supmer_data_cfg` (the SUPMER data pipeline's config — `promptjax.tasks.supmer.supmer_meta_batches` — or a
+  `MetaDataConfig` with inner_steps 1 for the interim sampler adapter), or `batches` of the SUPMER layout.
+  Only the prompt and φ train; `optimizer` is the prompt's (None: Table 6's Adam, lr 0.1 linear to 0)
+  and `SupmerConfig.phi_optimizer` φ's. φ and the curriculum state live in a top-level 'supmer' subtree
+  of the state's params (checkpointed and resumed with them).
   """
   import orbax.checkpoint as ocp
   from clu import metric_writers
@@ -190,6 +198,13 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
   from promptjax.training import optimizers as opt_lib
   from promptjax.training import partitioning
 
+  if supmer is not None:
+    if meta is not None:
+      raise TrainingError('Pass either meta (MetaConfig) or supmer (SupmerConfig), not both.')
+    _check_supmer(supmer, model, trainable)
+    num_microbatches = 1
+    if train_dataset_cfg is None:
+      train_dataset_cfg = _supmer_dataset_cfg(supmer_data_cfg)
   if meta is not None:
     if meta_data_cfg is None:
       raise TrainingError('A meta-learning run needs meta_data_cfg (a promptjax.meta.sampler.MetaDataConfig).')
@@ -222,13 +237,23 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                  _unbox(abstract_params))
   groups = ts.trainable_keys(abstract_params, trainable)
-  if optimizer is None:
-    optimizer = opt_lib.adafactor(learning_rate=1e-3)
-  optimizer = opt_lib.masked_optimizer(optimizer, abstract_params, trainable)
   param_shardings = partitioning.param_shardings(model, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if supmer is not None:
+    from promptjax.meta import supmer as supmer_lib
+    abstract_params[supmer_lib.SUPMER_KEY] = jax.eval_shape(lambda: supmer_lib.init_supmer_params(supmer, model))
+    param_shardings[supmer_lib.SUPMER_KEY] = jax.tree.map(lambda _: replicated,
+                                                          abstract_params[supmer_lib.SUPMER_KEY])
+    groups = groups + (supmer_lib.SUPMER_KEY,)
+    if optimizer is None:
+      optimizer = opt_lib.adamw(optax.linear_schedule(0.1, 0.0, total_steps))  # Table 6
+    optimizer = supmer_lib.outer_optimizer(optimizer, supmer.optimizer_for_phi)
+  else:
+    if optimizer is None:
+      optimizer = opt_lib.adafactor(learning_rate=1e-3)
+    optimizer = opt_lib.masked_optimizer(optimizer, abstract_params, trainable)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   opt_shardings = partitioning.optimizer_state_shardings(optimizer, abstract_params, param_shardings, mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state_shardings = ts.TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
   abstract_state = ts.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                                  opt_state=abstract_opt)
@@ -237,6 +262,8 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
                                 opt_shardings, train_dataset_cfg, num_microbatches)
     if meta is not None:
       report.text += '\n\n' + _meta_summary(meta, meta_data_cfg)
+    if supmer is not None:
+      report.text += '\n\n' + _supmer_summary(supmer)
     return report
   model_dir = os.path.abspath(model_dir)
   os.makedirs(model_dir, exist_ok=True)
@@ -250,6 +277,9 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
   signature = model_signature(model, trainable)
   if meta is not None:
     signature['meta'] = meta.algorithm
+  if supmer is not None:
+    signature['meta'] = 'supmer'
+    signature['supmer'] = supmer.signature()
 
   # Restore, or initialize.
   latest = manager.latest_step()
@@ -269,10 +299,12 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
     log.info('Resumed from %s/checkpoint_%d', model_dir, latest)
   else:
     state = _initial_state(model, optimizer, mesh, param_shardings, state_shardings, initial_checkpoint_path,
-                           seed)
+                           seed, supmer=supmer)
     start, data_position = 0, 0
 
-  if meta is not None:
+  if supmer is not None:
+    step_fn = supmer_lib.make_train_step(model, optimizer, supmer, learning_rate_fn=learning_rate_fn)
+  elif meta is not None:
     from promptjax.meta import algorithms as meta_lib
     step_fn = meta_lib.make_meta_train_step(model, optimizer, meta, trainable=trainable, dropout_seed=dropout_seed,
                                             learning_rate_fn=learning_rate_fn)
@@ -283,7 +315,14 @@ def train(*, model_dir: str, model: PromptableT5, train_dataset_cfg: Optional[Da
   jit_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
-  if batches is None and meta is not None:
+  if batches is None and supmer is not None:
+    if supmer_data_cfg is None:
+      raise TrainingError('A SUPMER run needs supmer_data_cfg (or batches=...).')
+    try:
+      batches = supmer_lib.default_batches(supmer_data_cfg, start_step=data_position)
+    except ValueError as e:
+      raise TrainingError(str(e)) from e
+  elif batches is None and meta is not None:
     from promptjax.meta import sampler as meta_sampler
     batches = meta_sampler.meta_batches(meta_data_cfg, start_step=data_position)
   elif batches is None:
@@ -383,7 +422,36 @@ def _unbox(tree):
   return nn.meta.unbox(tree)
 
 
-def _initial_state(model, optimizer, mesh, param_shardings, state_shardings, initial_checkpoint_path, seed):
+def _check_supmer(cfg, model, trainable) -> None:
+  from promptjax.meta import supmer as supmer_lib
+  from promptjax.training import optimizers as opt_lib
+  try:
+    supmer_lib.check_model(model)
+  except ValueError as e:
+    raise TrainingError(str(e)) from e
+  if opt_lib.canonical_group(trainable) != 'prompt':
+    raise TrainingError(f'SUPMER tunes only the prompt (and φ), but TRAINABLE={trainable!r}: use '
+                        "TRAINABLE = 'prompt' (supmer.gin sets it).")
+
+
+def _supmer_dataset_cfg(data_cfg) -> DatasetConfig:
+  """A DatasetConfig describing the SUPMER data (checkpoint info, dry-run activation estimate)."""
+  m = getattr(data_cfg, 'meta_batch_size', 1)
+  rows = max(getattr(data_cfg, 'support_batch_size', 1), getattr(data_cfg, 'query_batch_size', 1))
+  return DatasetConfig(getattr(data_cfg, 'mixture_or_task_name', 'supmer_batches'),
+                       dict(getattr(data_cfg, 'task_feature_lengths', {}) or {}), batch_size=m * rows,
+                       seed=getattr(data_cfg, 'seed', 0), module=getattr(data_cfg, 'module', None))
+
+
+def _supmer_summary(cfg) -> str:
+  return (f'SUPMER: transform {cfg.transform}, inner lr {cfg.inner_learning_rate}, reg λ {cfg.reg_coefficient}, '
+          f'mixup α {cfg.mixup_alpha}, curve m {cfg.curve}, similarity {cfg.similarity}/{cfg.similarity_query}, '
+          f'{"second" if cfg.second_order else "first"} order; task augmentation {cfg.task_augmentation}, '
+          f'curriculum {cfg.curriculum}, ψ {cfg.gradient_regularization}')
+
+
+def _initial_state(model, optimizer, mesh, param_shardings, state_shardings, initial_checkpoint_path, seed,
+                   supmer=None):
   from promptjax.training import partitioning
   rng = jax.random.PRNGKey(seed)
   transformer_params = None
@@ -399,7 +467,14 @@ def _initial_state(model, optimizer, mesh, param_shardings, state_shardings, ini
     except ValueError as e:
       raise TrainingError(f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path} does not fit the model: {e} '
                           f'Pick the model gin file of the checkpoint size.') from e
-  params = partitioning.sharded_init(model, rng, mesh, param_shardings, transformer_params=transformer_params)
+  if supmer is not None:
+    from promptjax.meta import supmer as supmer_lib
+    model_shardings = {k: v for k, v in param_shardings.items() if k != supmer_lib.SUPMER_KEY}
+    params = partitioning.sharded_init(model, rng, mesh, model_shardings, transformer_params=transformer_params)
+    extra = supmer_lib.init_supmer_params(supmer, model, jax.random.fold_in(rng, 1))
+    params = {**params, supmer_lib.SUPMER_KEY: jax.device_put(extra, param_shardings[supmer_lib.SUPMER_KEY])}
+  else:
+    params = partitioning.sharded_init(model, rng, mesh, param_shardings, transformer_params=transformer_params)
   init = jax.jit(lambda p: ts.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)),
                  out_shardings=state_shardings)
   return init(params)

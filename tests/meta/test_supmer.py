@@ -195,16 +195,17 @@ def test_curriculum_b_against_algorithm_2():
 
 
 def test_mixing_ratio_distribution():
-  alpha, n = 0.5, 40000
+  alpha, n = 0.5, 20000
   key = jax.random.PRNGKey(3)
+  draw = _jit(supmer.mixing_ratios, static_argnums=(2, 3))
   for b in (0.25, 1.0):
     # Beta(α, bα) has mean α / (α + bα) = 1 / (1 + b); 'increasing' = Beta(bα, α): b / (1 + b).
-    lam = supmer.mixing_ratios(key, b, n, supmer.SupmerConfig(mixup_alpha=alpha))
+    lam = draw(key, b, n, supmer.SupmerConfig(mixup_alpha=alpha))
     assert abs(float(jnp.mean(lam)) - 1 / (1 + b)) < 0.01
-    lam = supmer.mixing_ratios(key, b, n, supmer.SupmerConfig(mixup_alpha=alpha, beta_form='increasing'))
+    lam = draw(key, b, n, supmer.SupmerConfig(mixup_alpha=alpha, beta_form='increasing'))
     assert abs(float(jnp.mean(lam)) - b / (1 + b)) < 0.01
   # b = 1: Beta(α, α) is symmetric, variance 1 / (4(2α + 1)).
-  lam = np.asarray(supmer.mixing_ratios(key, 1.0, n, supmer.SupmerConfig(mixup_alpha=alpha)))
+  lam = np.asarray(draw(key, 1.0, n, supmer.SupmerConfig(mixup_alpha=alpha)))
   assert abs(lam.var() - 1 / (4 * (2 * alpha + 1))) < 0.005
   # b = 0 (s = −1, the first step): the point mass at λ = 1.
   np.testing.assert_array_equal(supmer.mixing_ratios(key, 0.0, 5, supmer.SupmerConfig()), np.ones(5))
@@ -275,14 +276,13 @@ def test_mixup_lambda_zero_is_the_plain_query_loss(base, f64):
   sets = _sets(1)
   q, mq = _task(sets['query'], 0), _task(sets['mix_query'], 0)
   for model, params, tol in (base + (1e-6,), f64 + (1e-13,)):
-    got = supmer.mixup_loss(model, params, q, mq, 0.0)
-    want = model.loss_fn(params, q)[0]
+    got, want = _jit(lambda p: (supmer.mixup_loss(model, p, q, mq, 0.0), model.loss_fn(p, q)[0]))(params)
     assert abs(float(got) - float(want)) <= tol * abs(float(want)), (got, want)
   model, params = f64
-  for lam in (0.3, 1.0):
-    got = supmer.mixup_loss(model, params, q, mq, lam)
-    want = ref_soft_loss(model, params, q, mq, lam)
-    assert abs(float(got) - float(want)) <= 1e-12 * abs(float(want)), (lam, got, want)
+  lams = jnp.asarray([0.3, 1.0])
+  got, want = _jit(lambda p: jax.vmap(lambda l: (supmer.mixup_loss(model, p, q, mq, l),
+                                                 ref_soft_loss(model, p, q, mq, l)))(lams))(params)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -357,17 +357,16 @@ def test_no_psi_no_augmentation_is_prompt_fomaml(base):
   meta = MetaConfig('fomaml', inner_steps=1, inner_optimizer=optax.sgd(0.5), inner_learning_rate=0.5,
                     inner_global_norm_clip=None)
   support = jax.tree.map(lambda x: x[:, None], sets['support'])
-  loss, grads, _ = meta_gradient(model, params, support, sets['query'], meta, trainable='prompt')
+  loss, grads, _ = _jit(lambda p: meta_gradient(model, p, support, sets['query'], meta, trainable='prompt'))(params)
   np.testing.assert_allclose(out.prompt_grad['prompt'], grads['prompt']['prompt'], rtol=2e-5, atol=1e-7)
   np.testing.assert_allclose(out.loss, loss, rtol=1e-5)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(out.phi_grad))
   # Eq. 10's similarity: cos(g_s, g_q) of the raw support and query gradients at θ.
   vg = jax.grad(lambda p, b: model.loss_fn({**params, 'prompt': p}, b)[0])
-  sims = []
-  for i in range(M):
-    gs = vg(params['prompt'], _task(sets['support'], i))['prompt'].ravel()
-    gq = vg(params['prompt'], _task(sets['query'], i))['prompt'].ravel()
-    sims.append(float(gs @ gq / np.linalg.norm(gs) / np.linalg.norm(gq)))
+  gs, gq = _jit(lambda p: (jax.vmap(vg, (None, 0))(p, sets['support']),
+                           jax.vmap(vg, (None, 0))(p, sets['query'])))(params['prompt'])
+  gs, gq = (np.asarray(g['prompt']).reshape(M, -1) for g in (gs, gq))
+  sims = np.sum(gs * gq, 1) / np.linalg.norm(gs, axis=1) / np.linalg.norm(gq, axis=1)
   np.testing.assert_allclose(out.similarity, np.mean(sims), rtol=1e-4)
 
 
@@ -390,13 +389,20 @@ def test_train_step_curriculum_state(base):
     return {**params, 'prompt': {'prompt': p}}
 
   theta = params['prompt']['prompt']
+
+  @_jit
+  def grads_and_reps(theta):
+    out = []
+    for i in range(M):
+      sup, q, mq = (_task(sets[k], i) for k in ('support', 'query', 'mix_query'))
+      out.append((jax.grad(lambda p: model.loss_fn(join(p), sup)[0])(theta), ref_rep(model, join(theta), sup),
+                  jax.grad(lambda p: ref_soft_loss(model, join(p), q, mq, 1.0))(theta)))
+    return out
+
   sims = []
-  for i in range(M):
-    sup, q, mq = (_task(sets[k], i) for k in ('support', 'query', 'mix_query'))
-    gs = jax.grad(lambda p: model.loss_fn(join(p), sup)[0])(theta)
-    reg = ref_psi(phi, np.asarray(gs, np.float64), np.asarray(ref_rep(model, join(theta), sup), np.float64),
-                  'affine')
-    gq = np.asarray(jax.grad(lambda p: ref_soft_loss(model, join(p), q, mq, 1.0))(theta), np.float64)
+  for gs, rep, gq in grads_and_reps(theta):
+    reg = ref_psi(phi, np.asarray(gs, np.float64), np.asarray(rep, np.float64), 'affine')
+    gq = np.asarray(gq, np.float64)
     sims.append(float(np.sum(reg * gq) / np.linalg.norm(reg) / np.linalg.norm(gq)))
   s1 = float(new.params['supmer']['curriculum']['similarity'])
   assert float(metrics['curriculum_b']) == 0.0 and float(metrics['mixing_ratio_mean']) == 1.0
