@@ -12,7 +12,9 @@ install: $(STAMP)
 $(STAMP): setup.py requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[test,beam]'
+	# Apache Beam caps protobuf/pyarrow/pillow/dateutil below our pins but runs with them (setup.py, `beam`):
+	$(PY) -m pip install -q -c requirements/constraints.txt --no-deps apache-beam==2.77.0
 	touch $(STAMP)
 
 demo: $(STAMP)
