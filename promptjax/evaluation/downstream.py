@@ -285,17 +285,36 @@ def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = 
   return summary
 
 
+def supmer_gradient_fn(model, phi, supmer_cfg) -> Callable:
+  """The frozen ψ* of SUPMER on every prompt gradient (Pan et al. §3.4, Eq. 6): g ↦ ψ_φ*(g) with the gate's
+  H the mean encoder state of the step's batch at the current prompt (`promptjax.meta.supmer`)."""
+  from promptjax.meta import supmer as supmer_lib
+
+  def fn(grad, transformer, prompt, batch):
+    h = jax.lax.stop_gradient(supmer_lib.support_representation(model, inner.join_prompt(transformer, prompt), batch))
+    return supmer_lib.psi(phi, grad, h, supmer_cfg)[0]
+  return fn
+
+
 def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks: Sequence[str],
         config: DownstreamConfig = DownstreamConfig(), baseline: Optional[str] = None,
         task_feature_lengths: Optional[Mapping[str, int]] = None, seed: int = 0,
-        module: Optional[str] = 'promptjax.tasks') -> Dict[str, Any]:
-  """`promptjax downstream`: load the checkpoint (its prompt, or a fresh one) and run `evaluate_tasks`."""
+        module: Optional[str] = 'promptjax.tasks', use_supmer_regularizer: bool = False) -> Dict[str, Any]:
+  """`promptjax downstream`: load the checkpoint (its prompt, or a fresh one) and run `evaluate_tasks`.
+
+  `use_supmer_regularizer`: apply the checkpoint's frozen SUPMER regularizer ψ* to every prompt gradient
+  (the checkpoint must come from a SUPMER run)."""
   import importlib
   from promptjax.evaluation.run import load_params
   if module:
     importlib.import_module(module)
   if model.prompt.kind == 'none':
     raise generation.EvaluationError('Downstream prompt tuning needs a prompt: set PromptConfig.kind.')
+  gradient_fn = None
+  if use_supmer_regularizer:
+    from promptjax.evaluation.run import load_supmer
+    phi, supmer_cfg = load_supmer(checkpoint_path)
+    gradient_fn = supmer_gradient_fn(model, jax.tree.map(jnp.asarray, phi), supmer_cfg)
   model, params = load_params(model, checkpoint_path, seed=seed)
   return evaluate_tasks(model, params, list(target_tasks), config, output_dir=output_dir, baseline=baseline,
-                        task_feature_lengths=task_feature_lengths)
+                        task_feature_lengths=task_feature_lengths, gradient_fn=gradient_fn)

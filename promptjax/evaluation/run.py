@@ -47,7 +47,7 @@ def load_params(model, checkpoint_path: Optional[str], *, use_prompt: bool = Tru
       loaded = t5x.load_t5x_checkpoint(checkpoint_path)
   except (FileNotFoundError, ValueError) as e:
     raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path}: {e}') from e
-  transformer = {k: v for k, v in loaded.items() if k != 'prompt'}
+  transformer = {k: v for k, v in loaded.items() if k not in ('prompt', 'supmer')}   # SUPMER's φ: load_supmer
   try:
     model.check_params(transformer, include_prompt=False)
   except ValueError as e:
@@ -63,6 +63,25 @@ def load_params(model, checkpoint_path: Optional[str], *, use_prompt: bool = Tru
                                f'use_prompt=False.') from e
     params = {**params, 'prompt': jax.tree.map(np.asarray, loaded['prompt'])}
   return model, params
+
+
+def load_supmer(checkpoint_path: str):
+  """(φ, SupmerConfig) of a SUPMER checkpoint (`promptjax.meta.supmer`: the trainer's 'supmer' subtree), for
+  downstream prompt tuning with the frozen regularizer ψ* (Pan et al. §3.4). The config's transform is read
+  from φ's parameters ('affine' or 'official_mlp')."""
+  from promptjax.checkpoints import t5x
+  from promptjax.meta import supmer as supmer_lib
+  if checkpoint_path is None or not os.path.exists(checkpoint_path):
+    raise rc.EvaluationError(f'The frozen SUPMER regularizer needs CHECKPOINT_PATH of a SUPMER run; got '
+                             f'{checkpoint_path!r}.')
+  loaded = t5x.load_t5x_checkpoint(checkpoint_path)
+  if supmer_lib.SUPMER_KEY not in loaded:
+    raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path} has no SUPMER regularizer (no '
+                             f"'{supmer_lib.SUPMER_KEY}' parameters): train it with supmer.gin, or set "
+                             f'USE_SUPMER_REGULARIZER=False (plain prompt tuning from its prompt).')
+  phi = jax.tree.map(np.asarray, loaded[supmer_lib.SUPMER_KEY]['phi'])
+  kind = 'affine' if 'kernel' in phi['transform'] else 'official_mlp'
+  return phi, supmer_lib.SupmerConfig(transform=kind)
 
 
 def _is_generative(task_name: str, split: str) -> bool:

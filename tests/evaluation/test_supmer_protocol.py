@@ -63,7 +63,8 @@ def test_cli_downstream_with_the_supmer_gin_file(data, tmp_path, capsys):
                '--gin_file=ppt.gin', '--gin.promptjax.models.PromptConfig.length=4', "--gin.CHECKPOINT_PATH=None",
                f"--gin.EVAL_OUTPUT_DIR='{out}'", "--gin.TARGET_TASKS=['rte']", '--gin.DOWNSTREAM_EPOCHS=1',
                '--gin.DOWNSTREAM_SEEDS=(10,)', '--gin.DOWNSTREAM_LEARNING_RATES=(0.1,)',
-               '--gin.DOWNSTREAM_EVAL_INTERVAL=100', '--gin.promptjax.evaluation.DownstreamConfig.batch_size=16']) == 0
+               '--gin.DOWNSTREAM_EVAL_INTERVAL=100', '--gin.promptjax.evaluation.DownstreamConfig.batch_size=16',
+               '--gin.USE_SUPMER_REGULARIZER=False']) == 0   # vanilla PT from a fresh prompt
   assert 'rte: test' in capsys.readouterr().out
   summary = json.load(open(out / 'downstream.json'))
   assert summary['config']['optimizer'] == 'adamw' and summary['config']['data_seed'] == 100

@@ -89,7 +89,8 @@ def test_cli_supmer_on_the_bundled_mini_benchmark(tmp_path):
           f"--gin.MODEL_DIR='{tmp_path}'", '--gin.TRAIN_STEPS=2', "--gin.MIXTURE_OR_TASK_NAME='mini_train'",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
           '--gin.promptjax.models.get_config.vocab_size=1664', '--gin.promptjax.models.PromptConfig.length=4',
-          '--gin.META_BATCH_SIZE=2', '--gin.SUPPORT_BATCH_SIZE=2', '--gin.QUERY_BATCH_SIZE=2']
+          '--gin.META_BATCH_SIZE=2', '--gin.SUPPORT_BATCH_SIZE=2', '--gin.QUERY_BATCH_SIZE=2',
+          '--gin.SUPMER_DATA_CFG=@supmer/promptjax.meta.MetaDataConfig()']   # the generic sampler
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   out = subprocess.run([sys.executable, '-m', 'promptjax.train', *args], capture_output=True, text=True,
                        cwd=REPO, env=env, timeout=600)
