@@ -5,7 +5,10 @@ prompt on *anchor* tasks built from unlabeled OpenWebText; two of its formats ar
 formats of PPT (Gu et al., 2022, "PPT: Pre-trained Prompt Tuning": 3-class next sentence prediction and
 next sentence selection; released code thu-coai/PPT ``tools/preprocess_pretrain_data_{nsp,nss}.py``),
 which are also what the PPT / Unified-PPT baselines of SUPMER pre-train on. This module
-builds those two formats as seqio Tasks; the clustering-based formats plug in through `FORMATS` later.
+builds those two formats as seqio Tasks (streamed from the corpus, for PPT-style multi-task training); SUPMER's
+clustering-based formats and its meta-tasks are built offline by the Beam pipeline
+`promptjax.tasks.supmer_construct` (which reuses this module's corpus, splitting, labels and samplers) and
+read by `promptjax.tasks.supmer`.
 
 Corpus (`DocumentCorpus`)
 -------------------------
@@ -497,14 +500,11 @@ class MultipleChoiceNextSegment(TextFormat):
 FORMATS: Dict[str, Callable[..., TextFormat]] = {}
 """Format name → factory (keyword options → `TextFormat`); `register_text_tasks` makes one Task each.
 
-This is the extension point for SUPMER's clustering-based anchor formats (§3.2, App. A.2, Eqs. 16-19):
-same-cluster sentence pair (``yes``/``no``), multiple-choice same-cluster, and cluster-centroid
-classification (4-way, centroids ⟨µc⟩ in the template). They come with the clustering pipeline (T5
-encoder sentence embeddings → K-means, run as a seqio cache / Beam job) of a later issue, which will
-fill `Document.cluster_ids` for each segment and register builders here with `register_format` (see
-`PLANNED_CLUSTER_FORMATS`); they then receive the same (document, anchor, label, sampler) calls and the
-same split, streaming and seeding as the formats below. SUPMER's grouping of examples into meta-tasks by
-the anchor's cluster happens downstream of these Tasks, in the meta-learning data pipeline.
+SUPMER's clustering-based anchor formats (§3.2, App. A.2, Eqs. 16-19: same-cluster sentence pair,
+multiple-choice same-cluster, cluster-centroid classification) need the K-means clusters of the whole
+corpus, so they are not streamed formats here: `promptjax.tasks.supmer_construct` builds them (and the
+meta-tasks grouped by the anchor's cluster) in a Beam pipeline, reusing `TextFormat`, `BalancedLabels`
+and `NegativeSampler` (`PLANNED_CLUSTER_FORMATS` names them; they are not in `FORMATS`).
 """
 
 PLANNED_CLUSTER_FORMATS = ('sp_same_cluster', 'mc_same_cluster', 'cls_cluster_centroid')
