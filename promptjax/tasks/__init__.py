@@ -13,3 +13,4 @@ from promptjax.tasks import crossfit, self_supervised
 from promptjax.tasks import mini
 from promptjax.tasks import supmer_downstream
 from promptjax.tasks import supmer
+from promptjax.tasks import supmer_baselines

@@ -56,6 +56,12 @@ WHAT['supmer'] = ('the output of the SUPMER anchor meta-task construction (pytho
                   'promptjax.tasks.supmer_construct --corpus_dir=... --output_dir=...: manifest.json, '
                   'centroids.npy, <format>/<split>-*.tfrecord)')
 
+# MetaPT's Yelp-5 cluster tasks: the output of `python -m promptjax.tasks.supmer_baselines metapt`.
+FAMILIES += ('metapt',)
+ENV_VARS['metapt'] = 'PROMPTJAX_METAPT_DIR'
+WHAT['metapt'] = ('the MetaPT Yelp-5 cluster tasks (python -m promptjax.tasks.supmer_baselines metapt '
+                  '--yelp_dir=... --output_dir=...: manifest.json, <split>/cluster-*.tfrecord)')
+
 VOCAB_ENV_VARS = {'t5': 'PROMPTJAX_T5_VOCAB', 'mini': 'PROMPTJAX_MINI_VOCAB'}
 DEFAULT_VOCABS = {
     't5': 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model',
@@ -166,7 +172,8 @@ def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = N
                    text_dir: Optional[str] = None, mini_dir: Optional[str] = None,
                    t5_vocab: Optional[str] = None, mini_vocab: Optional[str] = None,
                    supmer_dir: Optional[str] = None,
-                   supmer_downstream_dir: Optional[str] = None) -> None:
+                   supmer_downstream_dir: Optional[str] = None,
+                   metapt_dir: Optional[str] = None) -> None:
   """Sets every data directory / vocabulary given (gin: ``promptjax.tasks.configure_data.p3_dir = ...``).
 
   Arguments left as None keep their current setting (environment variable or default).
@@ -178,6 +185,8 @@ def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = N
     set_data_dir('supmer_downstream', supmer_downstream_dir)
   if supmer_dir is not None:
     set_data_dir('supmer', supmer_dir)
+  if metapt_dir is not None:
+    set_data_dir('metapt', metapt_dir)
   for name, path in (('t5', t5_vocab), ('mini', mini_vocab)):
     if path is not None:
       set_vocabulary_path(name, path)
