@@ -277,19 +277,15 @@ def test_metapt_build_is_deterministic(metapt, tmp_path):
 # Through the CLI.
 
 
-def test_cli_ppt_and_metapt_train_one_step(supmer_dir, metapt_dir, tmp_path):
+def test_cli_ppt_train_one_step(supmer_dir, tmp_path):
   ppt = tmp_path / 'ppt'
   assert _cli(['train', '--gin_file=paper/pan2023_mini_ppt.gin', f"--gin.MODEL_DIR='{ppt}'", '--gin.TRAIN_STEPS=1',
                '--gin.EVAL_PERIOD=1', '--gin.CHECKPOINT_PERIOD=1']) == 0
   assert os.path.isdir(ppt / 'checkpoint_1')
   conf = open(ppt / 'config.gin').read()
   assert "MIXTURE_OR_TASK_NAME = 'mini_ppt_pretrain'" in conf and 'rsqrt_decay_schedule' in conf
-  meta = tmp_path / 'metapt'
-  assert _cli(['train', '--gin_file=paper/pan2023_mini_metapt.gin', f"--gin.MODEL_DIR='{meta}'",
-               '--gin.TRAIN_STEPS=1', '--gin.CHECKPOINT_PERIOD=1']) == 0
-  assert os.path.isdir(meta / 'checkpoint_1')
-  conf = open(meta / 'config.gin').read()
-  assert "algorithm = 'maml'" in conf and "task_per = 'clone'" in conf and "MIXTURE_OR_TASK_NAME = 'mini_metapt_yelp5'" in conf
+  # MetaPT's gin file (maml_prompt.gin over the cluster tasks) runs through the dry run below; one real
+  # meta-step of it is prompt-only MAML, exercised in tests/meta.
 
 
 def test_paper_gin_files_dry_run_and_parse():
