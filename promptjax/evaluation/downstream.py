@@ -161,6 +161,7 @@ class _Scorer:
       self.texts = generation.load_texts(name, split, task_feature_lengths)
     else:
       from promptjax.evaluation import rank_classification as rc
+      from promptjax.tasks.p3 import RANK_SUFFIX
       self.metric = 'ACC'
       rank_name = name + RANK_SUFFIX
       rc.check_rank_task(rank_name, split)
@@ -175,8 +176,6 @@ class _Scorer:
     from promptjax.evaluation import rank_classification as rc
     return float(rc.rank_classify(self.scorer, params, self.choices).accuracy)
 
-
-RANK_SUFFIX = '_rank_classification'
 
 
 def tune_and_select(model, params, train: generation.TextSet, dev, metric: Optional[str],

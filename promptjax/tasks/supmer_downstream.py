@@ -138,13 +138,13 @@ import tensorflow as tf
 
 from promptjax.tasks import config
 from promptjax.tasks.config import DataError
+from promptjax.tasks.p3 import RANK_SUFFIX
 
 FAMILY = 'supmer_downstream'
 SEEDS = (13, 21, 42, 87, 100)
 SPLITS = ('train', 'validation', 'test')
 K_PER_LABEL = 16
 PREFIX = 'supmer'
-RANK_SUFFIX = '_rank_classification'
 MASK = '<extra_id_0>'
 SAMPLERS = ('supmer', 'lm_bff')
 

@@ -21,25 +21,15 @@ import seqio
 import promptjax.tasks as T
 from promptjax import cli
 from promptjax.tasks import supmer_baselines as sb
+from tests.evaluation.test_eval_cli import _cli
+from tests.tasks.test_supmer_construct import _records, built  # noqa: F401  (a fixture)
 
 LENGTHS = {'inputs': 256, 'targets': 8}
 
 
-def _cli(args):
-  gin.clear_config()
-  try:
-    return cli.main(args)
-  finally:
-    gin.clear_config()
-
-
 @pytest.fixture(scope='module')
-def construction(tmp_path_factory):
-  pytest.importorskip('apache_beam', reason='Apache Beam is not installed (setup.py: the beam extra)')
-  from promptjax.tasks import supmer_construct as sc
-  out = str(tmp_path_factory.mktemp('supmer') / 'out')
-  sc.construct(sc.mini_config(out))
-  return out
+def construction(built):
+  return built[0]   # the mini construction (tests/tasks/test_supmer_construct.py's `built`)
 
 
 @pytest.fixture
@@ -47,18 +37,6 @@ def supmer_dir(construction):
   T.set_data_dir('supmer', construction)
   yield construction
   T.set_data_dir('supmer', None)
-
-
-def _records(out, fmt, split='train'):
-  import tensorflow as tf
-  recs = []
-  for path in sorted(tf.io.gfile.glob(f'{out}/{fmt}/{split}-*.tfrecord')):
-    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      ex = tf.train.Example.FromString(raw).features.feature
-      r = {k: (list(v.bytes_list.value) or list(v.int64_list.value) or list(v.float_list.value))
-           for k, v in ex.items()}
-      recs.append({k: ([x.decode() for x in v] if v and isinstance(v[0], bytes) else v) for k, v in r.items()})
-  return recs
 
 
 def _task_examples(name, split='train', limit=-1):
