@@ -40,7 +40,7 @@ EXTRAS_REQUIRE = {
 }
 EXTRAS_REQUIRE['hf'] = ['torch==2.13.0', 'transformers==4.57.6']
 
-# Apache Beam for the SUPMER anchor meta-task construction (promptjax.tasks.supmer_construct). Beam's own
+# Apache Beam for the SUPMER anchor meta-task construction (promptjax.supmer.construct). Beam's own
 # metadata caps protobuf<7, pillow<13, pyarrow<26 and python-dateutil<3 (every release up to 2.77), below
 # this stack's pins (sentencepiece 0.2.3's generated code needs the protobuf 7 runtime), so pip cannot
 # resolve `apache-beam` next to them; Beam 2.77 runs with them (the DirectRunner pipeline and its tests).
@@ -60,7 +60,8 @@ setuptools.setup(
     version='0.1.0',
     description='Continued pretraining and meta-learning for promptable T5 models, in JAX/Flax.',
     packages=setuptools.find_packages(include=['promptjax', 'promptjax.*']),
-    package_data={'promptjax.tasks': ['*.json', 'data/*', 'data/**/*']},
+    package_data={'promptjax.tasks': ['*.json', 'data/*', 'data/**/*'],
+                  'promptjax': ['configs/*.gin', 'configs/**/*.gin', 'configs/README.md']},
     include_package_data=True,
     python_requires='>=3.11',
     install_requires=INSTALL_REQUIRES,

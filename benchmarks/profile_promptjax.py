@@ -13,7 +13,7 @@ Subcommands (all on the T5-small-shaped config of train_step.py unless --size/--
           shapes and source op names. Per-op times overlap when XLA runs independent ops concurrently
           (Eigen dots run asynchronously), so use `ab` for decisions and `trace` for orientation.
 
-Variants are monkeypatches of `promptjax.models.layers` / `promptjax.training.losses` that keep the
+Variants are monkeypatches of `promptjax.models.layers` / `promptjax.models.losses` that keep the
 parameter tree and the math; they exist to measure proposed library changes before making them:
 
   current     the library as it is.
@@ -58,7 +58,7 @@ import optax  # noqa: E402
 
 import train_step as tsb  # noqa: E402
 from promptjax.models import PromptableT5, get_config, layers  # noqa: E402
-from promptjax.training import losses  # noqa: E402
+from promptjax.models import losses  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # Variants (same parameter tree and initializers as the library modules they replace).

@@ -3,7 +3,7 @@
 Both steps are one jitted `TrainState -> TrainState` update of a frozen T5 v1.1 with a shallow prompt on a
 meta-batch of M tasks × (support S + query Q examples), inputs `input_len` and targets `target_len` tokens:
 
-  supmer  `promptjax.meta.supmer.make_train_step` with the default `SupmerConfig` (ψ 'affine', first order
+  supmer  `promptjax.supmer.algorithm.make_train_step` with the default `SupmerConfig` (ψ 'affine', first order
           in θ, exact in φ, mixup task augmentation, curriculum with Alg. 1's query gradient at θ) and the
           Table 6 optimizer (Adam over prompt and φ); `--variants` adds the ablations / options.
   fomaml  `promptjax.meta.make_meta_train_step` with MetaConfig('fomaml', inner_steps=1, SGD α₁), trainable
@@ -95,7 +95,8 @@ def main(argv=None):
   p.add_argument('--out', default=os.path.join(REPO_ROOT, 'benchmarks', 'results', 'supmer_step.json'))
   args = p.parse_args(argv)
 
-  from promptjax.meta import MetaConfig, make_meta_train_step, supmer
+  from promptjax.meta import MetaConfig, make_meta_train_step
+  from promptjax.supmer import algorithm as supmer
   from promptjax.models import PromptableT5, PromptConfig, get_config
   from promptjax.training import optimizers, train_step as ts
   model = PromptableT5(get_config(args.size), PromptConfig(kind='shallow', length=args.prompt_length))

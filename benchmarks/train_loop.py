@@ -5,9 +5,9 @@ One step = forward + backward + global-norm gradient clipping (1.0) + Adafactor 
 (fp32, dropout 0) carrying a shallow soft prompt of `--prompt_len` tokens, on a random full-length
 batch (`train_step.make_batch`). Weights are random, built from a config (nothing is downloaded).
 
-  promptjax  exactly what `promptjax.training.trainer.train` jits: PromptableT5(get_config(size),
-             PromptConfig('shallow', prompt_len)), params from `partitioning.sharded_init` on a
-             1-device ('data', 'model') mesh, optimizer
+  promptjax  exactly what `promptjax.training.trainer.train` jits (`trainer.setup` with the `MultiTask`
+             method): PromptableT5(get_config(size), PromptConfig('shallow', prompt_len)), params from
+             `Setup.init_state` on a 1-device ('data', 'model') mesh, optimizer
              `masked_optimizer(adafactor(learning_rate=1e-3), params, trainable)` (= clip_by_global_norm
              1.0 + optax.adafactor with decay_rate 0.8, update clipping 1.0, no parameter scaling,
              factoring only for dims >= 128), `make_train_step(model, opt, trainable=...,
@@ -177,29 +177,19 @@ def setup_promptjax(v: Variant, size: str, prompt_len: int, batch_np) -> None:
   import jax.numpy as jnp
   from promptjax.models import PromptableT5, get_config
   from promptjax.models.prompts import PromptConfig
-  from promptjax.training import optimizers as opt_lib
-  from promptjax.training import partitioning
-  from promptjax.training import train_step as ts
+  from promptjax.data.feeds import DatasetConfig
+  from promptjax.training import partitioning, trainer
+  from promptjax.training.method import MultiTask
 
   prompt = PromptConfig(kind='shallow', length=prompt_len) if prompt_len else PromptConfig()
   model = PromptableT5(get_config(size), prompt)
-  mesh = partitioning.create_mesh((1, 1))
-  rules = partitioning.standard_logical_axis_rules()
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          nn.meta.unbox(model.abstract_params()))
-  opt = opt_lib.masked_optimizer(opt_lib.adafactor(learning_rate=1e-3), abstract, v.trainable)
-  p_shard = partitioning.param_shardings(model, mesh, rules)
-  o_shard = partitioning.optimizer_state_shardings(opt, abstract, p_shard, mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  s_shard = ts.TrainState(step=replicated, params=p_shard, opt_state=o_shard)
-  params = partitioning.sharded_init(model, jax.random.PRNGKey(0), mesh, p_shard)
-  state = jax.jit(lambda p: ts.TrainState.create(p, opt), out_shardings=s_shard)(params)
-  del params
-  batch = partitioning.make_global_batch(batch_np, mesh)
-  step_fn = ts.make_train_step(model, opt, trainable=v.trainable, num_microbatches=v.microbatches,
-                               dropout_seed=None)
-  jitted = jax.jit(step_fn, in_shardings=(s_shard, partitioning.batch_sharding(mesh)),
-                   out_shardings=(s_shard, replicated), donate_argnums=(0,))
+  # Exactly what the trainer builds (its default optimizer: the papers' Adafactor, masked to `trainable`).
+  data = DatasetConfig('benchmark', {}, batch_size=len(batch_np['encoder_input_tokens']))
+  run = trainer.setup(model, MultiTask(data, v.microbatches), total_steps=1, trainable=v.trainable,
+                      mesh_shape=(1, 1), dropout_seed=None)
+  state = run.init_state(seed=0)
+  batch = partitioning.make_global_batch(batch_np, run.mesh)
+  jitted = run.step_fn
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch).compile()
   v.info['compile_s'] = time.perf_counter() - t0

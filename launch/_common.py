@@ -17,7 +17,7 @@ import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(REPO_DIR, 'gin_configs')
+GIN_DIR = os.path.join(REPO_DIR, 'promptjax', 'configs')
 EXIT_USAGE = 2
 
 # Data locations the tasks read (promptjax/tasks/config.py): launcher flag -> environment variable.
@@ -105,7 +105,7 @@ def split_train_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--gin_file', '--gin-file', dest='gin_file', action='append', default=[], metavar='FILE',
-                 help='gin file (repeatable), a path or relative to gin_configs/, e.g. '
+                 help='gin file (repeatable), a path or relative to promptjax/configs/, e.g. '
                       'paper/wu2022_large_mtl_prompt.gin (required)')
   p.add_argument('--model_dir', '--model-dir', dest='model_dir', metavar='DIR',
                  help="the run's directory, passed as --gin.MODEL_DIR=\"'DIR'\" (required)")
@@ -143,8 +143,8 @@ def positive_int(text: str, what: str) -> int:
 # Gin files.
 
 def find_gin_file(name: str, repo_dir: str = REPO_DIR) -> Optional[str]:
-  """The file the trainer would read for ``--gin_file=name`` (its search: cwd, gin_configs/, repo)."""
-  for base in ('', os.getcwd(), os.path.join(repo_dir, 'gin_configs'), repo_dir):
+  """The file the trainer would read for ``--gin_file=name`` (its search: cwd, promptjax/configs/, repo)."""
+  for base in ('', os.getcwd(), os.path.join(repo_dir, 'promptjax', 'configs'), repo_dir):
     path = os.path.join(base, name) if base else name
     if os.path.isfile(path):
       return os.path.abspath(path)
@@ -153,7 +153,7 @@ def find_gin_file(name: str, repo_dir: str = REPO_DIR) -> Optional[str]:
 
 def _trainer_lookup(name: str, repo_dir: str) -> Optional[str]:
   """The file ``--gin_file=name`` means to the trainer started in ``repo_dir`` (as the launchers do)."""
-  for base in (repo_dir, os.path.join(repo_dir, 'gin_configs'), repo_dir):
+  for base in (repo_dir, os.path.join(repo_dir, 'promptjax', 'configs'), repo_dir):
     path = os.path.join(base, name)
     if os.path.isfile(path):
       return os.path.realpath(path)
@@ -171,7 +171,7 @@ def gin_file_arg(name: str, repo_dir: str, shared_fs: bool) -> str:
   path = find_gin_file(name, repo_dir)
   if not path:
     raise LaunchError(f'gin file {name!r} not found (looked in the working directory, '
-                      f'{os.path.join(repo_dir, "gin_configs")} and {repo_dir})')
+                      f'{os.path.join(repo_dir, "promptjax", "configs")} and {repo_dir})')
   real = os.path.realpath(path)
   if not os.path.isabs(name) and _trainer_lookup(name, repo_dir) == real:
     return name
@@ -181,7 +181,7 @@ def gin_file_arg(name: str, repo_dir: str, shared_fs: bool) -> str:
   if shared_fs:
     return real
   raise LaunchError(f'gin file {name!r} is outside the repository ({repo_dir}), so the workers will not '
-                    f'have it: move it under gin_configs/ and run setup again')
+                    f'have it: move it under promptjax/configs/ and run setup again')
 
 
 _INCLUDE = re.compile(r'''^\s*include\s+['"](.+?)['"]\s*$''')
@@ -200,7 +200,7 @@ def _gin_lines(path: str, repo_dir: str, seen: Tuple[str, ...] = ()) -> Iterable
     m = _INCLUDE.match(line)
     if m:
       inc = m.group(1)
-      for base in (os.path.dirname(path), os.path.join(repo_dir, 'gin_configs'), repo_dir):
+      for base in (os.path.dirname(path), os.path.join(repo_dir, 'promptjax', 'configs'), repo_dir):
         cand = os.path.join(base, inc)
         if os.path.isfile(cand):
           yield from _gin_lines(os.path.abspath(cand), repo_dir, seen + (path,))

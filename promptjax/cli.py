@@ -1,7 +1,7 @@
 """``promptjax train|eval|fewshot|compare``: gin-configured entry points that speak T5X's flags.
 
-  promptjax train --gin_file=gin_configs/runs/train.gin --gin_file=gin_configs/models/t5_1_1_tiny.gin \\
-      --gin_file=gin_configs/mtl_prompt.gin --gin.MODEL_DIR="'/tmp/run'" \\
+  promptjax train --gin_file=promptjax/configs/runs/train.gin --gin_file=promptjax/configs/models/t5_1_1_tiny.gin \\
+      --gin_file=promptjax/configs/mtl_prompt.gin --gin.MODEL_DIR="'/tmp/run'" \\
       --gin.MIXTURE_OR_TASK_NAME="'mini_train'" --gin.TRAIN_STEPS=100
   python -m promptjax.train ...         # the same as `promptjax train ...`
   promptjax eval --gin_file=runs/eval.gin --gin_file=models/t5_1_1_tiny.gin --gin_file=mtl_prompt.gin \
@@ -15,7 +15,7 @@
 
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
 (shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the repository's
-``gin_configs/`` and its parent are always searched), ``--dry_run`` (shapes, shardings and memory only),
+``promptjax/configs/`` and its parent are always searched), ``--dry_run`` (shapes, shardings and memory only),
 and for multi-host runs ``--coordinator_address``, ``--process_count``, ``--process_index``, or
 ``--multiprocess`` to let JAX detect them (Cloud TPU pods, SLURM).
 
@@ -34,8 +34,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_DIR = os.path.join(REPO_DIR, 'gin_configs')
+from promptjax.errors import PromptjaxError
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')  # package data
 EXIT_USAGE = 2
 
 _registered = False
@@ -47,17 +48,21 @@ def register_gin_configurables() -> None:
   if _registered:
     return
   from promptjax import models
-  from promptjax.training import optimizers, partitioning, trainer
+  from promptjax.data import feeds, meta_sampler
+  from promptjax.meta import algorithms as meta_algorithms, method as meta_method
+  from promptjax.supmer import algorithm as supmer_algorithm, method as supmer_method
+  from promptjax.training import method, optimizers, partitioning, trainer
   gin.external_configurable(models.PromptableT5, module='promptjax.models')
   gin.external_configurable(models.PromptConfig, module='promptjax.models')
   gin.external_configurable(models.get_config, module='promptjax.models')
-  gin.external_configurable(trainer.DatasetConfig, module='promptjax.training')
+  gin.external_configurable(feeds.DatasetConfig, module='promptjax.training')
   gin.external_configurable(trainer.train, module='promptjax.training')
-  from promptjax.meta import algorithms as meta_algorithms, sampler as meta_sampler
+  gin.external_configurable(method.MultiTask, module='promptjax.training')
   gin.external_configurable(meta_algorithms.MetaConfig, module='promptjax.meta')
   gin.external_configurable(meta_sampler.MetaDataConfig, module='promptjax.meta')
-  from promptjax.meta import supmer as meta_supmer
-  gin.external_configurable(meta_supmer.SupmerConfig, module='promptjax.meta')
+  gin.external_configurable(meta_method.MetaLearning, module='promptjax.meta')
+  gin.external_configurable(supmer_algorithm.SupmerConfig, module='promptjax.supmer')
+  gin.external_configurable(supmer_method.Supmer, module='promptjax.supmer')
   from promptjax import evaluation
   gin.external_configurable(evaluation.evaluate, module='promptjax.evaluation')
   gin.external_configurable(evaluation.FewShotConfig, module='promptjax.evaluation')
@@ -83,7 +88,7 @@ def split_gin_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
   """Parses gin files and bindings; raises `CliError` with one readable line on any problem."""
-  for path in list(search_paths) + [GIN_DIR, REPO_DIR, os.getcwd()]:
+  for path in list(search_paths) + [GIN_DIR, os.getcwd()]:
     if path and os.path.isdir(path) and path not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
       gin.add_config_file_search_path(path)
   resolved = []
@@ -112,7 +117,7 @@ class _QuietGinSearch(logging.Filter):
 
 
 def _find_gin_file(f: str, search_paths: Sequence[str]) -> Optional[str]:
-  for base in ['', os.getcwd(), GIN_DIR, REPO_DIR] + list(search_paths):
+  for base in ['', os.getcwd(), GIN_DIR] + list(search_paths):
     path = os.path.join(base, f) if base else f
     if os.path.isfile(path):
       return path
@@ -303,11 +308,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)')
   args = parser.parse_args(argv)
 
-  from promptjax.tasks import DataError
-  from promptjax.training.partitioning import PartitioningError
-  from promptjax.training.trainer import TrainingError
-  from promptjax.meta.algorithms import MetaError
-  from promptjax.evaluation.rank_classification import EvaluationError
   if args.runs and args.command not in ('compare', 'similarity'):
     print(f'error: unexpected arguments {args.runs} (only `compare` and `similarity` take paths)', file=sys.stderr)
     return EXIT_USAGE
@@ -322,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return run_compare(args)
     if args.command == 'similarity':
       return run_similarity(args)
-  except (CliError, DataError, PartitioningError, TrainingError, MetaError, EvaluationError) as e:
+  except (CliError, PromptjaxError) as e:
     # gin appends "In call to configurable ..." to exceptions raised inside configurables: drop it.
     print(f"error: {str(e).split(chr(10) + '  In call to configurable')[0]}", file=sys.stderr)
     return EXIT_USAGE

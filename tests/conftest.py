@@ -16,10 +16,10 @@ SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..
 # worker running alone at the end. Longest-first keeps both busy (measured: a 22-minute run had its last
 # 8 minutes on mostly one worker). Files not listed keep their order after these.
 _LONG_FILES = (
-    'test_demo.py', 'training/test_trainer.py', 'meta/test_meta_training.py', 'meta/test_supmer_end_to_end.py',
-    'evaluation/test_eval_cli.py', 'training/test_multiprocess.py', 'meta/test_supmer_train.py',
-    'tasks/test_supmer_baselines.py', 'models/test_t5.py', 'meta/test_meta_gradients.py',
-    'evaluation/test_fewshot.py', 'meta/test_supmer.py', 'tasks/test_supmer_construct.py',
+    'test_demo.py', 'training/test_trainer.py', 'meta/test_meta_training.py', 'supmer/test_end_to_end.py',
+    'evaluation/test_eval_cli.py', 'training/test_multiprocess.py', 'supmer/test_train.py',
+    'supmer/test_baselines.py', 'models/test_t5.py', 'meta/test_meta_gradients.py',
+    'evaluation/test_fewshot.py', 'supmer/test_algorithm.py', 'supmer/test_construct.py',
     'evaluation/test_downstream.py', 'evaluation/test_rank_classification.py', 'tasks/test_mini.py',
 )
 

@@ -194,12 +194,12 @@ def test_tpu_run_train_argv_survives_the_ssh_quoting(fake_bin):
 
 
 def test_tpu_run_gin_model_dir_as_typed_and_single_host():
-  r = launch(TPU, 'run', *POD, '--accelerator-type', 'v3-8', '--gin_file', 'gin_configs/' + PAPER,
+  r = launch(TPU, 'run', *POD, '--accelerator-type', 'v3-8', '--gin_file', 'promptjax/configs/' + PAPER,
              "--gin.MODEL_DIR='gs://b/r'", '--gin.MESH_SHAPE=(8,1)', '--print')
   assert r.returncode == 0, r.stderr
   (ssh,) = commands(r.stdout)
   assert nohup_argv(ssh_command(ssh)) == ['.venv/bin/python', '-m', 'promptjax.train',
-                                          f'--gin_file=gin_configs/{PAPER}', "--gin.MODEL_DIR='gs://b/r'",
+                                          f'--gin_file=promptjax/configs/{PAPER}', "--gin.MODEL_DIR='gs://b/r'",
                                           '--gin.MESH_SHAPE=(8,1)']  # one host: no --process_count
 
 

@@ -286,8 +286,8 @@ def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = 
 
 def supmer_gradient_fn(model, phi, supmer_cfg) -> Callable:
   """The frozen ψ* of SUPMER on every prompt gradient (Pan et al. §3.4, Eq. 6): g ↦ ψ_φ*(g) with the gate's
-  H the mean encoder state of the step's batch at the current prompt (`promptjax.meta.supmer`)."""
-  from promptjax.meta import supmer as supmer_lib
+  H the mean encoder state of the step's batch at the current prompt (`promptjax.supmer.algorithm`)."""
+  from promptjax.supmer import algorithm as supmer_lib
 
   def fn(grad, transformer, prompt, batch):
     h = jax.lax.stop_gradient(supmer_lib.support_representation(model, inner.join_prompt(transformer, prompt), batch))

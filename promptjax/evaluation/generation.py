@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from promptjax.evaluation import crossfit_metrics
+from promptjax.tasks import crossfit_metrics
 from promptjax.evaluation.rank_classification import EvaluationError, _round_up
 from promptjax.models.model import shift_right
 

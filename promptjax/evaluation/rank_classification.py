@@ -29,11 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from promptjax.training import losses
-
-
-class EvaluationError(RuntimeError):
-  """A readable evaluation failure (bad task, missing data, mismatched prompt...)."""
+from promptjax.models import losses
+from promptjax.errors import EvaluationError
 
 
 def _round_up(n: int, multiple: int) -> int:

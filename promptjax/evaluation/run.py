@@ -25,61 +25,37 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import numpy as np
 
+from promptjax.checkpoints import restore
 from promptjax.evaluation import fewshot as fewshot_lib
 from promptjax.evaluation import rank_classification as rc
+from promptjax.supmer import algorithm as supmer_lib
 
 
 def load_params(model, checkpoint_path: Optional[str], *, use_prompt: bool = True, seed: int = 0):
-  """(model, params) ready to evaluate; see the module docstring for the prompt rules."""
-  from promptjax.models import PromptableT5, PromptConfig
-  if not use_prompt and model.prompt.kind != 'none':
-    model = PromptableT5(model.config, PromptConfig(kind='none'), loss_normalization=model.loss_normalization)
-  if checkpoint_path is None:
-    return model, model.init_params(jax.random.PRNGKey(seed))
-  from promptjax.checkpoints import load_checkpoint, is_hf_checkpoint
-  from promptjax.checkpoints import t5x
-  if not os.path.exists(checkpoint_path):
-    raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path!r} does not exist.')
+  """(model, params) ready to evaluate (`promptjax.checkpoints.restore.load_params`: the module docstring's
+  prompt rules), failures as `EvaluationError`."""
   try:
-    if is_hf_checkpoint(checkpoint_path):
-      loaded, _ = load_checkpoint(checkpoint_path, model.config)
-    else:
-      loaded = t5x.load_t5x_checkpoint(checkpoint_path)
-  except (FileNotFoundError, ValueError) as e:
-    raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path}: {e}') from e
-  transformer = {k: v for k, v in loaded.items() if k not in ('prompt', 'supmer')}   # SUPMER's φ: load_supmer
-  try:
-    model.check_params(transformer, include_prompt=False)
-  except ValueError as e:
-    raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path} does not fit the model: {e} Pick the model '
-                             f'gin file (and vocabulary size) the checkpoint was trained with.') from e
-  params = model.init_params(jax.random.PRNGKey(seed), transformer_params=transformer)
-  if model.prompt.kind != 'none' and 'prompt' in loaded:
-    try:
-      model.check_params({**transformer, 'prompt': loaded['prompt']})
-    except ValueError as e:
-      raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path}: its prompt does not fit the model\'s '
-                               f'PromptConfig ({e}). Use the prompt kind/length it was trained with, or '
-                               f'use_prompt=False.') from e
-    params = {**params, 'prompt': jax.tree.map(np.asarray, loaded['prompt'])}
-  return model, params
+    return restore.load_params(model, checkpoint_path, use_prompt=use_prompt, seed=seed)
+  except restore.RestoreError as e:
+    raise rc.EvaluationError(str(e)) from e
 
 
 def load_supmer(checkpoint_path: str):
-  """(φ, SupmerConfig) of a SUPMER checkpoint (`promptjax.meta.supmer`: the trainer's 'supmer' subtree), for
-  downstream prompt tuning with the frozen regularizer ψ* (Pan et al. §3.4). The config's transform is read
-  from φ's parameters ('affine' or 'official_mlp')."""
-  from promptjax.checkpoints import t5x
-  from promptjax.meta import supmer as supmer_lib
-  if checkpoint_path is None or not os.path.exists(checkpoint_path):
-    raise rc.EvaluationError(f'The frozen SUPMER regularizer needs CHECKPOINT_PATH of a SUPMER run; got '
-                             f'{checkpoint_path!r}.')
-  loaded = t5x.load_t5x_checkpoint(checkpoint_path)
-  if supmer_lib.SUPMER_KEY not in loaded:
+  """(φ, SupmerConfig) of a SUPMER checkpoint (the trainer's 'supmer' subtree), for downstream prompt tuning
+  with the frozen regularizer ψ* (Pan et al. 2023, §3.4). The config's transform is read from φ's
+  parameters ('affine' or 'official_mlp')."""
+  try:
+    sub = restore.load_subtree(checkpoint_path, supmer_lib.SUPMER_KEY)
+  except restore.RestoreError:
+    sub = None
+    if checkpoint_path is None or not os.path.exists(checkpoint_path):
+      raise rc.EvaluationError(f'The frozen SUPMER regularizer needs CHECKPOINT_PATH of a SUPMER run; got '
+                               f'{checkpoint_path!r}.') from None
+  if sub is None:
     raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path} has no SUPMER regularizer (no '
                              f"'{supmer_lib.SUPMER_KEY}' parameters): train it with supmer.gin, or set "
                              f'USE_SUPMER_REGULARIZER=False (plain prompt tuning from its prompt).')
-  phi = jax.tree.map(np.asarray, loaded[supmer_lib.SUPMER_KEY]['phi'])
+  phi = sub['phi']
   kind = 'affine' if 'kernel' in phi['transform'] else 'official_mlp'
   return phi, supmer_lib.SupmerConfig(transform=kind)
 

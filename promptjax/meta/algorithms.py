@@ -49,15 +49,12 @@ import optax
 
 from promptjax.meta import inner as inner_lib
 from promptjax.meta.inner import PROMPT, join_prompt, split_prompt
+from promptjax.errors import MetaError
 
 Params = Any
 Batch = Mapping[str, jax.Array]
 
 ALGORITHMS = ('fomaml', 'maml', 'reptile', 'mtl')
-
-
-class MetaError(ValueError):
-  """A meta-learning configuration that cannot run; the message names the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +150,7 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
     (mean query loss at the adapted prompt — for ``mtl`` the mean training loss over support and
     query —, gradient tree like `params` with zeros on frozen groups, metrics).
   """
-  from promptjax.training.losses import default_loss_weights
+  from promptjax.models.losses import default_loss_weights
   from promptjax.training.train_step import trainable_keys
   transformer, prompt = split_prompt(params)
   keys = trainable_keys(params, trainable)

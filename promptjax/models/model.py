@@ -12,7 +12,7 @@ A batch follows T5X's EncDecFeatureConverter:
   encoder_input_vectors          [b, V, embed] float (optional, with the next one)
   encoder_input_vector_positions [b, V] int32, -1 = unused (optional): the token embedding at each listed
     input position is replaced by its vector before the shallow prompt is prepended (SUPMER's centroid
-    template, `promptjax.tasks.supmer`); absent = plain token embeddings.
+    template, `promptjax.supmer.tasks`); absent = plain token embeddings.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from promptjax.models.config import T5Config
 from promptjax.models.prompts import PromptConfig, init_prompt_params
 from promptjax.models.t5 import Transformer
-from promptjax.training import losses
+from promptjax.models import losses
 
 Params = Dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -71,7 +71,7 @@ class PromptableT5:
   Attributes:
     config: architecture (`promptjax.models.get_config('small')`, ...).
     prompt: which prompt (none / shallow / deep), its length and initializer.
-    loss_normalization: see `promptjax.training.losses` ('num_real_target_tokens' by default).
+    loss_normalization: see `promptjax.models.losses` ('num_real_target_tokens' by default).
     z_loss: T5X's auxiliary log-partition loss coefficient (0 in the papers).
   """
   config: T5Config

@@ -11,6 +11,3 @@ from promptjax.tasks import p3
 p3._register_real_p3()
 from promptjax.tasks import crossfit, self_supervised
 from promptjax.tasks import mini
-from promptjax.tasks import supmer_downstream
-from promptjax.tasks import supmer
-from promptjax.tasks import supmer_baselines

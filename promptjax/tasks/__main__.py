@@ -33,11 +33,16 @@ def main(argv=None) -> int:
   for family in ('p3', 'crossfit', 'text', 'mini'):
     parser.add_argument(f'--{family}_dir', default=None)
   parser.add_argument('--t5_vocab', default=None)
+  parser.add_argument('--module', action='append', default=[],
+                      help="more modules registering tasks (repeatable), e.g. --module=promptjax.supmer")
   args = parser.parse_args(argv)
 
   import seqio
+  import importlib
   import promptjax.tasks as T
   from promptjax.tasks import utils
+  for module in args.module:
+    importlib.import_module(module)
 
   T.configure_data(p3_dir=args.p3_dir, crossfit_dir=args.crossfit_dir, text_dir=args.text_dir,
                    mini_dir=args.mini_dir, t5_vocab=args.t5_vocab)

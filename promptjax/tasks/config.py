@@ -26,6 +26,7 @@ from typing import Dict, Optional
 
 import gin
 import seqio
+from promptjax.errors import DataError
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 
@@ -43,23 +44,23 @@ WHAT = {
     'text': 'a document corpus (OpenWebText-style: *.txt one document per file, or *.jsonl with a "text" field)',
     'mini': 'the bundled mini benchmark (promptjax/tasks/data)',
 }
-# SUPMER's downstream evaluation data (promptjax.tasks.supmer_downstream).
+# SUPMER's downstream evaluation data (promptjax.supmer.datasets).
 FAMILIES += ('supmer_downstream',)
 ENV_VARS['supmer_downstream'] = 'PROMPTJAX_SUPMER_DOWNSTREAM_DIR'
 WHAT['supmer_downstream'] = ('the SUPMER downstream releases (LM-BFF data/original SST-2 sst-5 mr cr subj trec, '
                              'SuperGLUE CB RTE WiC, GLUE MRPC QNLI QQP, DoCoGen reviews.json)')
 
-# SUPMER anchor meta-tasks: the output of `python -m promptjax.tasks.supmer_construct` (promptjax.tasks.supmer).
+# SUPMER anchor meta-tasks: the output of `python -m promptjax.supmer.construct` (promptjax.supmer.tasks).
 FAMILIES += ('supmer',)
 ENV_VARS['supmer'] = 'PROMPTJAX_SUPMER_DIR'
 WHAT['supmer'] = ('the output of the SUPMER anchor meta-task construction (python -m '
-                  'promptjax.tasks.supmer_construct --corpus_dir=... --output_dir=...: manifest.json, '
+                  'promptjax.supmer.construct --corpus_dir=... --output_dir=...: manifest.json, '
                   'centroids.npy, <format>/<split>-*.tfrecord)')
 
-# MetaPT's Yelp-5 cluster tasks: the output of `python -m promptjax.tasks.supmer_baselines metapt`.
+# MetaPT's Yelp-5 cluster tasks: the output of `python -m promptjax.supmer.baselines metapt`.
 FAMILIES += ('metapt',)
 ENV_VARS['metapt'] = 'PROMPTJAX_METAPT_DIR'
-WHAT['metapt'] = ('the MetaPT Yelp-5 cluster tasks (python -m promptjax.tasks.supmer_baselines metapt '
+WHAT['metapt'] = ('the MetaPT Yelp-5 cluster tasks (python -m promptjax.supmer.baselines metapt '
                   '--yelp_dir=... --output_dir=...: manifest.json, <split>/cluster-*.tfrecord)')
 
 VOCAB_ENV_VARS = {'t5': 'PROMPTJAX_T5_VOCAB', 'mini': 'PROMPTJAX_MINI_VOCAB'}
@@ -71,10 +72,6 @@ EXTRA_IDS = 100
 
 _data_dirs: Dict[str, str] = {}
 _vocab_paths: Dict[str, str] = {}
-
-
-class DataError(ValueError):
-  """Bad or missing data: the message names the task / path and how to fix it."""
 
 
 def _check_family(family: str, known) -> None:

@@ -388,13 +388,13 @@ def postprocess_references(text, example=None, is_target=False):
 
 
 def crossfit_metric_fn(metric: str) -> Callable[..., Dict[str, float]]:
-  """The seqio metric function of a CrossFit metric (`promptjax.evaluation.crossfit_metrics.metric_fn`),
+  """The seqio metric function of a CrossFit metric (`promptjax.tasks.crossfit_metrics.metric_fn`),
   imported when called so that registering tasks does not load scikit-learn / scipy / rouge-score."""
   if metric not in METRICS:
     raise ValueError(f'CrossFit metric {metric!r} is not one of {METRICS}.')
 
   def fn(targets, predictions):
-    from promptjax.evaluation import crossfit_metrics  # pylint: disable=import-outside-toplevel
+    from promptjax.tasks import crossfit_metrics  # pylint: disable=import-outside-toplevel
     return crossfit_metrics.metric_fn(metric)(targets, predictions)
 
   fn.__name__ = fn.__qualname__ = 'crossfit_' + re.sub(r'[^0-9a-z]+', '_', metric.lower())

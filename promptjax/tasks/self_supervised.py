@@ -7,8 +7,8 @@ next sentence selection; released code thu-coai/PPT ``tools/preprocess_pretrain_
 which are also what the PPT / Unified-PPT baselines of SUPMER pre-train on. This module
 builds those two formats as seqio Tasks (streamed from the corpus, for PPT-style multi-task training); SUPMER's
 clustering-based formats and its meta-tasks are built offline by the Beam pipeline
-`promptjax.tasks.supmer_construct` (which reuses this module's corpus, splitting, labels and samplers) and
-read by `promptjax.tasks.supmer`.
+`promptjax.supmer.construct` (which reuses this module's corpus, splitting, labels and samplers) and
+read by `promptjax.supmer.tasks`.
 
 Corpus (`DocumentCorpus`)
 -------------------------
@@ -502,7 +502,7 @@ FORMATS: Dict[str, Callable[..., TextFormat]] = {}
 
 SUPMER's clustering-based anchor formats (§3.2, App. A.2, Eqs. 16-19: same-cluster sentence pair,
 multiple-choice same-cluster, cluster-centroid classification) need the K-means clusters of the whole
-corpus, so they are not streamed formats here: `promptjax.tasks.supmer_construct` builds them (and the
+corpus, so they are not streamed formats here: `promptjax.supmer.construct` builds them (and the
 meta-tasks grouped by the anchor's cluster) in a Beam pipeline, reusing `TextFormat`, `BalancedLabels`
 and `NegativeSampler` (`PLANNED_CLUSTER_FORMATS` names them; they are not in `FORMATS`).
 """

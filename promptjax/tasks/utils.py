@@ -1,4 +1,4 @@
-"""Looking tasks up and reading them with readable errors, and turning them into model batches."""
+"""Looking tasks up and reading them with readable errors (model batches: `promptjax.data.feeds`)."""
 
 from __future__ import annotations
 
@@ -53,21 +53,3 @@ def find_bad_records(name: str, split: str = 'train', limit: int = 10):
   if not isinstance(task, seqio.Task) or not hasattr(task.source, 'find_bad_records'):
     raise DataError(f'{name!r}: record scanning is supported for P3-format tasks only.')
   return task.source.find_bad_records(split, limit=limit)
-
-
-def model_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
-                  split: str = 'train', shuffle: bool = False, seed: Optional[int] = None,
-                  num_epochs: Optional[int] = 1, shard_info: Optional[seqio.ShardInfo] = None,
-                  drop_remainder: bool = False) -> Iterator[Mapping[str, np.ndarray]]:
-  """Model-ready batches of a task or mixture through seqio's `EncDecFeatureConverter` (no packing).
-
-  Yields dicts with ``encoder_input_tokens``, ``decoder_input_tokens``, ``decoder_target_tokens`` and
-  ``decoder_loss_weights`` ([batch, length] int32), the batch format of `PromptableT5.loss_fn`.
-  """
-  get_task_or_mixture(name)
-  ds = seqio.get_dataset(
-      name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
-      num_epochs=num_epochs, seed=seed, shard_info=shard_info, use_cached=False,
-      feature_converter=seqio.EncDecFeatureConverter(pack=False))
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  return iterate(ds, name)

@@ -45,6 +45,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from promptjax.models.prompts import init_prompt_params
+from promptjax.errors import PartitioningError
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ LogicalRules = Tuple[Tuple[str, Optional[Union[str, Tuple[str, ...]]]], ...]
 PyTree = Any
 
 _MESH_FIX = 'gin: partitioning.mesh_shape / partitioning.num_partitions'
-
-
-class PartitioningError(ValueError):
-  """A mesh, rule or batch that cannot work with the devices; the message names the fix."""
 
 
 # --------------------------------------------------------------------------------------------------

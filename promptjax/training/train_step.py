@@ -55,14 +55,7 @@ def trainable_keys(params: Params, trainable: str) -> Tuple[str, ...]:
 
 
 def _normalizer(model: PromptableT5, aux: Mapping[str, jax.Array]) -> jax.Array:
-  norm = model.loss_normalization
-  if norm == 'num_real_target_tokens':
-    return jnp.maximum(aux['num_tokens'], 1e-8)
-  if norm == 'num_examples':
-    return jnp.maximum(aux['num_examples'], 1e-8)
-  if norm == 'none':
-    return jnp.asarray(1.0, jnp.float32)
-  return jnp.asarray(float(norm), jnp.float32)
+  return losses.normalizer(model.loss_normalization, aux['num_tokens'], aux['num_examples'])
 
 
 def _split_microbatches(batch: Batch, n: int) -> Batch:

@@ -10,7 +10,7 @@ import pytest
 import seqio
 
 import promptjax.tasks  # noqa: F401  (registers the bundled tasks)
-from promptjax.evaluation import crossfit_metrics, generation
+from promptjax.tasks import crossfit_metrics, generation
 from promptjax.evaluation.rank_classification import EvaluationError
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.tasks import config as task_config

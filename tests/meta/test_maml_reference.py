@@ -18,7 +18,7 @@ statistics, attention logits/softmax, the relative-position and mask biases, the
 on and float64 parameters it still computes in mixed float32 precision: a float64 FD check of it
 is impossible. The references therefore run on a *test-local* float64 shim: inside `jax.enable_x64`
 the `jnp` module seen by `promptjax.models.layers`, `promptjax.models.t5` and
-`promptjax.training.losses` is swapped (monkeypatch, restored afterwards) for a proxy whose
+`promptjax.models.losses` is swapped (monkeypatch, restored afterwards) for a proxy whose
 ``float32`` is ``float64``; `test_shim_is_float64_and_matches_hf` proves the traced loss then has no
 f32 value at all and equals HF float64. `promptjax.meta` itself is not touched. The real float32
 path (no shim) is checked separately against the torch float64 reference, with the same TOL.
@@ -41,7 +41,7 @@ import optax
 
 import promptjax.models.layers as layers_mod
 import promptjax.models.t5 as t5_mod
-import promptjax.training.losses as losses_mod
+import promptjax.models.losses as losses_mod
 from promptjax.checkpoints import hf as hf_ckpt
 from promptjax.meta.algorithms import MetaConfig, meta_gradient
 from promptjax.models import PromptConfig, PromptableT5, get_config

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from promptjax.meta import MetaConfig
-from promptjax.meta.sampler import MetaDataConfig
+from promptjax.meta import MetaConfig, MetaLearning
+from promptjax.data.meta_sampler import MetaDataConfig
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import trainer
 from tests.training.common import dry_run_reports
@@ -48,7 +48,7 @@ DATA = MetaDataConfig('none', {'inputs': N, 'targets': L}, meta_batch_size=M, in
 
 def run(model_dir, meta, steps, trainable='all', mesh=(1, 1), batches=None, kind='shallow'):
   return trainer.train(model_dir=model_dir, model=small_model(kind), total_steps=steps, trainable=trainable,
-                       meta=meta, meta_data_cfg=DATA, batches=iter(batches or meta_batches(steps)),
+                       method=MetaLearning(meta, DATA), batches=iter(batches or meta_batches(steps)),
                        mesh_shape=mesh, progress=False, async_checkpointing=False, checkpoint_period=2)
 
 
@@ -102,7 +102,7 @@ def test_meta_run_resumes_bit_identically(tmp_path):
 def test_meta_run_refuses_a_model_without_prompt_and_mismatched_settings(tmp_path):
   model = PromptableT5(get_config('tiny', vocab_size=VOCAB), PromptConfig(kind='none'))
   with pytest.raises(trainer.TrainingError, match='adapts a prompt'):
-    trainer.train(model_dir=str(tmp_path), model=model, total_steps=1, meta=WU_FOMAML, meta_data_cfg=DATA,
+    trainer.train(model_dir=str(tmp_path), model=model, total_steps=1, method=MetaLearning(WU_FOMAML, DATA),
                   batches=iter([]), progress=False)
   bad = MetaConfig('fomaml', inner_steps=T + 1)
   with pytest.raises(trainer.TrainingError, match='INNER_STEPS'):
@@ -164,7 +164,7 @@ def test_cli_bad_sampler_setting_is_one_error_line(tmp_path):
 
 
 def test_dry_run_of_every_meta_paper_config():
-  names = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper'))
+  names = sorted(f for f in os.listdir(os.path.join(REPO, 'promptjax', 'configs', 'paper'))
                  if any(m in f for m in ('fomaml', 'reptile', 'maml', 'mtl_prompt_only')))
   assert len(names) == 12
   for name, report in dry_run_reports(names):

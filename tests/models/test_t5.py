@@ -10,7 +10,7 @@ import transformers
 import reference_t5 as ref
 from promptjax.checkpoints import hf as hf_ckpt
 from promptjax.models import PromptConfig, PromptableT5, get_config
-from promptjax.training import losses
+from promptjax.models import losses
 
 
 def _paths(tree):

@@ -11,6 +11,7 @@ import seqio
 import tensorflow as tf
 
 import promptjax.tasks as T
+from promptjax.data import feeds
 from promptjax.tasks import config as cfg
 from promptjax.tasks import mini, p3, utils
 
@@ -122,7 +123,7 @@ def test_batches_feed_a_model_with_the_mini_vocabulary():
   import jax
   from promptjax.models import PromptableT5, PromptConfig, get_config
   vocab = T.get_vocabulary('mini')
-  batch = next(utils.model_batches('mini_train', {'inputs': 48, 'targets': 8}, batch_size=4))
+  batch = next(feeds.model_batches('mini_train', {'inputs': 48, 'targets': 8}, batch_size=4))
   assert batch['encoder_input_tokens'].shape == (4, 48)
   assert int(batch['encoder_input_tokens'].max()) < vocab.vocab_size
   model = PromptableT5(get_config('tiny', vocab_size=vocab.vocab_size), PromptConfig(kind='deep', length=2))

@@ -101,7 +101,11 @@ def _score_eval_groups(recs):
 
 
 def test_regeneration_is_byte_identical(tmp_path):
-  from promptjax.tasks import make_mini_benchmark
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'make_mini_benchmark', os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'make_mini_benchmark.py'))
+  make_mini_benchmark = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(make_mini_benchmark)
   out = tmp_path / 'data'
   make_mini_benchmark.main(['--out', str(out)])
   committed, fresh = _files(DATA), _files(str(out))

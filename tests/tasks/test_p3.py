@@ -10,6 +10,7 @@ import pytest
 from conftest import SHARED_DATA
 
 import promptjax.tasks as T
+from promptjax.data import feeds
 from promptjax.tasks import config as cfg
 from promptjax.tasks import facts, p3, utils
 
@@ -330,7 +331,7 @@ def test_feature_converter_batches_feed_the_model(configured):
   from promptjax.models import PromptableT5, get_config
   from promptjax.models.prompts import PromptConfig
   lengths = {'inputs': 32, 'targets': 8}
-  batch = next(utils.model_batches(OBQA, lengths, batch_size=4, split='validation'))
+  batch = next(feeds.model_batches(OBQA, lengths, batch_size=4, split='validation'))
   assert set(batch) == {'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                         'decoder_loss_weights'}
   tgt = batch['decoder_target_tokens']

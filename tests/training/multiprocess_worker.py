@@ -19,10 +19,11 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import common
   from promptjax.training import trainer
+  from promptjax.training.method import MultiTask
   model, cfg, batches = common.setup()
   per = cfg.batch_size // count
   local = (b if count == 1 else {k: v[index * per:(index + 1) * per] for k, v in b.items()} for b in batches)
-  result = trainer.train(model_dir=model_dir, model=model, train_dataset_cfg=cfg, total_steps=common.STEPS,
+  result = trainer.train(model_dir=model_dir, model=model, method=MultiTask(cfg), total_steps=common.STEPS,
                          mesh_shape=(4, 2), batches=local, progress=False, async_checkpointing=False)
   if index == 0:
     with open(out, 'w') as f:

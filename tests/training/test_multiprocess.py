@@ -21,8 +21,9 @@ def _free_port():
 
 def test_two_processes_match_one(tmp_path):
   from promptjax.training import trainer
+  from promptjax.training.method import MultiTask
   model, cfg, batches = common.setup()
-  single = trainer.train(model_dir=str(tmp_path / 'single'), model=model, train_dataset_cfg=cfg,
+  single = trainer.train(model_dir=str(tmp_path / 'single'), model=model, method=MultiTask(cfg),
                          total_steps=common.STEPS, mesh_shape=(4, 2), batches=iter(batches), progress=False,
                          async_checkpointing=False)
   port = str(_free_port())

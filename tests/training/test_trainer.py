@@ -13,6 +13,7 @@ import pytest
 
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import optimizers, trainer
+from promptjax.training.method import MultiTask
 from tests.training.common import dry_run_reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,7 +104,7 @@ def test_each_method_changes_only_its_trainable_group(tmp_path, trainable, kind)
   model = PromptableT5(get_config('tiny', vocab_size=VOCAB), PromptConfig(kind=kind, length=4))
   cfg = trainer.DatasetConfig('none', {'inputs': 16, 'targets': 4}, batch_size=8)
   before = model.init_params(jax.random.PRNGKey(0))
-  result = trainer.train(model_dir=str(tmp_path), model=model, train_dataset_cfg=cfg, total_steps=3,
+  result = trainer.train(model_dir=str(tmp_path), model=model, method=MultiTask(cfg), total_steps=3,
                          trainable=trainable, batches=iter(_batches()), progress=False, async_checkpointing=False)
   after = jax.device_get(result.state.params)
   trained = {'transformer': {'token_embedder', 'encoder', 'decoder'}, 'prompt': {'prompt'},
@@ -124,9 +125,9 @@ def test_mesh_4x2_matches_one_device():
   for name, mesh in (('one', (1, 1)), ('mesh', (4, 2))):
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-      runs[name] = trainer.train(model_dir=d, model=model, train_dataset_cfg=cfg, total_steps=5, mesh_shape=mesh,
-                                 batches=iter(_batches(5)), progress=False, async_checkpointing=False,
-                                 num_microbatches=2 if name == 'mesh' else 1)
+      runs[name] = trainer.train(model_dir=d, model=model, method=MultiTask(cfg, 2 if name == "mesh" else 1),
+                                 total_steps=5,
+                                 mesh_shape=mesh, batches=iter(_batches(5)), progress=False, async_checkpointing=False)
   a, b = runs['one'].losses, runs['mesh'].losses
   assert sorted(a) == list(range(1, 6))
   np.testing.assert_allclose([a[i] for i in a], [b[i] for i in a], atol=1e-5, rtol=0)
@@ -227,7 +228,7 @@ def test_checkpoint_of_another_model_size_and_nan_loss_leave_checkpoints_intact(
 
 
 def test_dry_run_of_every_paper_config_prints_memory():
-  papers = sorted(f for f in os.listdir(os.path.join(REPO, 'gin_configs', 'paper')) if f.startswith('wu2022'))
+  papers = sorted(f for f in os.listdir(os.path.join(REPO, 'promptjax', 'configs', 'paper')) if f.startswith('wu2022'))
   assert len(papers) == 16  # {large, xl} x {t0, ppt, mtl_prompt, mtl_prompt_deep, fomaml(_deep), reptile(_deep)}
   for name, report in dry_run_reports(papers):
     assert 'per-device memory' in report and "mesh: {'data'" in report, name
@@ -244,7 +245,7 @@ def test_initial_checkpoint_loads_the_transformer_and_initializes_a_fresh_prompt
   hf.export_hf(source, config, str(tmp_path / 'hf'))
   model = PromptableT5(config, PromptConfig(kind='shallow', length=4))
   cfg = trainer.DatasetConfig('none', {'inputs': 16, 'targets': 4}, batch_size=8)
-  result = trainer.train(model_dir=str(tmp_path / 'run'), model=model, train_dataset_cfg=cfg, total_steps=0,
+  result = trainer.train(model_dir=str(tmp_path / 'run'), model=model, method=MultiTask(cfg), total_steps=0,
                          trainable='prompt', initial_checkpoint_path=str(tmp_path / 'hf'),
                          batches=iter(_batches()), progress=False)
   params = jax.device_get(result.state.params)
@@ -258,7 +259,7 @@ def test_initial_checkpoint_loads_the_transformer_and_initializes_a_fresh_prompt
   # A checkpoint of another size is refused with the fix named.
   other = PromptableT5(get_config('tiny', vocab_size=VOCAB, emb_dim=16, head_dim=8))
   with pytest.raises(trainer.TrainingError, match='does not fit the model.*model gin file'):
-    trainer.train(model_dir=str(tmp_path / 'run2'), model=other, train_dataset_cfg=cfg, total_steps=0,
+    trainer.train(model_dir=str(tmp_path / 'run2'), model=other, method=MultiTask(cfg), total_steps=0,
                   initial_checkpoint_path=str(tmp_path / 'hf'), batches=iter(_batches()), progress=False)
 
 

@@ -1,0 +1,97 @@
+"""The one path from a checkpoint (HF, T5X, or a promptjax MODEL_DIR / ``checkpoint_<step>``) to parameters.
+
+`load_transformer` gives the transformer weights a training run starts from (``INITIAL_CHECKPOINT_PATH``);
+`load_params` gives (model, params) ready to evaluate, with the prompt rules of ``promptjax eval``;
+`load_subtree` reads a method's extra parameter subtree (e.g. SUPMER's φ under 'supmer'). Every failure
+is a `RestoreError` whose message names the path and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import numpy as np
+
+from promptjax.checkpoints import is_hf_checkpoint, load_checkpoint, t5x
+from promptjax.errors import PromptjaxError
+from promptjax.models import PromptableT5, PromptConfig
+
+NON_MODEL_KEYS = ('prompt', 'supmer')   # subtrees that are not transformer weights
+
+
+class RestoreError(PromptjaxError, ValueError):
+  """A checkpoint that cannot be read, or does not fit the model (``mismatch``)."""
+
+  def __init__(self, message: str, mismatch: bool = False):
+    super().__init__(message)
+    self.mismatch = mismatch
+
+
+def load_transformer(model: PromptableT5, path: str) -> Dict[str, Any]:
+  """Transformer weights (T5X names) from `path`, checked against `model` (no prompt is read)."""
+  try:
+    params, _ = load_checkpoint(path, relative_attention_max_distance=model.config.relative_attention_max_distance)
+  except (FileNotFoundError, ValueError) as e:
+    raise RestoreError(str(e)) from e
+  try:
+    model.check_params(params, include_prompt=False)
+  except ValueError as e:
+    raise RestoreError(f'does not fit the model: {e}', mismatch=True) from e
+  return params
+
+
+def _read(model: PromptableT5, path: str) -> Dict[str, Any]:
+  if not os.path.exists(path):
+    raise RestoreError(f'CHECKPOINT_PATH={path!r} does not exist.')
+  try:
+    if is_hf_checkpoint(path):
+      loaded, _ = load_checkpoint(path, model.config)
+    else:
+      loaded = t5x.load_t5x_checkpoint(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise RestoreError(f'CHECKPOINT_PATH={path}: {e}') from e
+  return loaded
+
+
+def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prompt: bool = True,
+                seed: int = 0) -> Tuple[PromptableT5, Dict[str, Any]]:
+  """(model, params) ready to evaluate.
+
+  ``use_prompt=True`` keeps the checkpoint's prompt when it has one and the model asks for one; a model
+  with a prompt whose checkpoint has none (T0-style MTL-T✓P✗, a plain LM-adapted T5) gets a fresh prompt
+  (``PromptConfig.init``, from the loaded embedding). ``use_prompt=False`` drops any prompt. Without a
+  checkpoint the parameters are a seeded random init.
+  """
+  if not use_prompt and model.prompt.kind != 'none':
+    model = PromptableT5(model.config, PromptConfig(kind='none'), loss_normalization=model.loss_normalization)
+  if checkpoint_path is None:
+    return model, model.init_params(jax.random.PRNGKey(seed))
+  loaded = _read(model, checkpoint_path)
+  transformer = {k: v for k, v in loaded.items() if k not in NON_MODEL_KEYS}
+  try:
+    model.check_params(transformer, include_prompt=False)
+  except ValueError as e:
+    raise RestoreError(f'CHECKPOINT_PATH={checkpoint_path} does not fit the model: {e} Pick the model '
+                       f'gin file (and vocabulary size) the checkpoint was trained with.', mismatch=True) from e
+  params = model.init_params(jax.random.PRNGKey(seed), transformer_params=transformer)
+  if model.prompt.kind != 'none' and 'prompt' in loaded:
+    try:
+      model.check_params({**transformer, 'prompt': loaded['prompt']})
+    except ValueError as e:
+      raise RestoreError(f'CHECKPOINT_PATH={checkpoint_path}: its prompt does not fit the model\'s '
+                         f'PromptConfig ({e}). Use the prompt kind/length it was trained with, or '
+                         f'use_prompt=False.', mismatch=True) from e
+    params = {**params, 'prompt': jax.tree.map(np.asarray, loaded['prompt'])}
+  return model, params
+
+
+def load_subtree(checkpoint_path: Optional[str], key: str) -> Optional[Dict[str, Any]]:
+  """The top-level parameter subtree `key` of a promptjax checkpoint as numpy (None when it has none)."""
+  if checkpoint_path is None or not os.path.exists(checkpoint_path):
+    raise RestoreError(f'CHECKPOINT_PATH={checkpoint_path!r} does not exist.')
+  loaded = t5x.load_t5x_checkpoint(checkpoint_path)
+  if key not in loaded:
+    return None
+  return jax.tree.map(np.asarray, loaded[key])

@@ -1,0 +1,3 @@
+"""Every batch feed side by side: seqio tasks → model batches (`feeds`), meta-batches (`meta_sampler`)."""
+
+from promptjax.data.feeds import FEATURES, VECTOR_FEATURES, DatasetConfig, dataset_batches, model_batches

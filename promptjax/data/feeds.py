@@ -1,0 +1,90 @@
+"""Batches for the model from seqio tasks and mixtures: the one feature tuple, the one place task modules are
+imported, and the training feed with exact resume.
+
+Every feed yields dicts of T5X's feature names (`FEATURES`, [batch, length] int32), the batch format of
+`PromptableT5.loss_fn`; SUPMER's centroid formats add `VECTOR_FEATURES`. The meta-batch feed is
+`promptjax.data.meta_sampler`; SUPMER's anchor meta-tasks are read by `promptjax.supmer.tasks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Dict, Iterator, Mapping, Optional
+
+import jax
+import numpy as np
+import seqio
+
+from promptjax.errors import DataError
+from promptjax.tasks import utils as task_utils
+
+FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
+VECTOR_FEATURES = ('encoder_input_vectors', 'encoder_input_vector_positions')
+
+
+def import_task_module(module: Optional[str]) -> None:
+  """Imports `module` to fill seqio's registries (T5X's ``MIXTURE_OR_TASK_MODULE``), with a readable error."""
+  if not module:
+    return
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    raise DataError(f'MIXTURE_OR_TASK_MODULE={module!r} cannot be imported ({e}). Give an importable module '
+                    "that registers your tasks, e.g. 'promptjax.tasks' or 'promptjax.supmer'.") from e
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+  """Which seqio task/mixture to read and how (T5X's ``utils.DatasetConfig``).
+
+  Attributes:
+    mixture_or_task_name: a registered seqio task or mixture (``MIXTURE_OR_TASK_NAME``).
+    task_feature_lengths: e.g. ``{'inputs': 769, 'targets': 193}`` (``TASK_FEATURE_LENGTHS``).
+    split: dataset split.
+    batch_size: the global batch size (``BATCH_SIZE``), split evenly over processes.
+    shuffle: shuffle the data (seeded, so resumable).
+    seed: the data seed.
+    module: a module to import to register the task (``MIXTURE_OR_TASK_MODULE``).
+  """
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = 'train'
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: Optional[int] = 0
+  module: Optional[str] = 'promptjax.tasks'
+
+
+def model_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
+                  split: str = 'train', shuffle: bool = False, seed: Optional[int] = None,
+                  num_epochs: Optional[int] = 1, shard_info: Optional[seqio.ShardInfo] = None,
+                  drop_remainder: bool = False, start_batch: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Model-ready batches (`FEATURES`) of a task or mixture through seqio's `EncDecFeatureConverter` (no
+  packing), skipping the first `start_batch` batches."""
+  task_utils.get_task_or_mixture(name)
+  ds = seqio.get_dataset(
+      name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
+      num_epochs=num_epochs, seed=seed, shard_info=shard_info, use_cached=False,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False))
+  ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES})
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if start_batch:
+    ds = ds.skip(start_batch)
+  return task_utils.iterate(ds, name)
+
+
+def dataset_batches(cfg: DatasetConfig, *, start_batch: int = 0, num_epochs: Optional[int] = None,
+                    process_index: Optional[int] = None, process_count: Optional[int] = None
+                    ) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's share of each global batch of `cfg`, as numpy, starting after `start_batch` batches
+  (the data pipeline is deterministic given its seed, so a resumed run continues exactly)."""
+  import_task_module(cfg.module)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if cfg.batch_size % process_count:
+    raise DataError(f'BATCH_SIZE={cfg.batch_size} is not divisible by the {process_count} processes.')
+  shard_info = seqio.ShardInfo(process_index, process_count) if process_count > 1 else None
+  return model_batches(cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size // process_count,
+                       split=cfg.split, shuffle=cfg.shuffle, seed=cfg.seed, num_epochs=num_epochs,
+                       shard_info=shard_info, drop_remainder=True, start_batch=start_batch)

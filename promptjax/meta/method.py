@@ -1,0 +1,86 @@
+"""Meta-learning as a training method of the generic loop (`promptjax.training.method.Method`).
+
+Each step is one meta-batch: M clones, each T prompt-only inner steps on its support batches and a query
+batch (Wu et al. 2022 App. B; Qin et al. 2023 §4.3); the meta-gradient feeds the outer optimizer. Clones
+are sharded over the mesh's 'data' axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterator
+
+from promptjax.data import meta_sampler
+from promptjax.data.feeds import DatasetConfig
+from promptjax.errors import TrainingError
+from promptjax.meta import algorithms
+from promptjax.training.method import masked_default_optimizer
+
+
+@dataclasses.dataclass
+class MetaLearning:
+  """FOMAML / MAML / Reptile / MTL over meta-batches (see `promptjax.meta.algorithms`).
+
+  Attributes:
+    config: the algorithm and its inner loop (`MetaConfig`).
+    data_cfg: the meta-batch sampler's configuration (`MetaDataConfig`).
+  """
+  config: algorithms.MetaConfig
+  data_cfg: meta_sampler.MetaDataConfig
+
+  def check(self, model, trainable, mesh) -> None:
+    del trainable
+    meta, data = self.config, self.data_cfg
+    if model.prompt.kind == 'none':
+      raise TrainingError(f'{meta.algorithm} adapts a prompt in its inner loop, but the model has none: use a '
+                          'method gin file with a prompt (PromptConfig.kind = "shallow" or "deep").')
+    if data.inner_steps != meta.inner_steps:
+      raise TrainingError(f'The meta-batch sampler draws {data.inner_steps} support batches per clone but the '
+                          f'algorithm runs inner_steps={meta.inner_steps}; bind both to the INNER_STEPS macro.')
+    chunk = meta.chunk_size or data.meta_batch_size
+    if data.meta_batch_size % chunk:
+      raise TrainingError(f'META_BATCH_SIZE={data.meta_batch_size} is not a multiple of the clone chunk size '
+                          f'{chunk} (MetaConfig.chunk_size).')
+    data_axis = dict(mesh.shape)['data']
+    if data.meta_batch_size % data_axis:
+      raise TrainingError(
+          f'META_BATCH_SIZE={data.meta_batch_size} clones do not divide over the mesh\'s data axis '
+          f'({data_axis}): clones are sharded over \'data\'. Use a meta-batch that is a multiple of '
+          f'it, or MESH_SHAPE=(d, -1) with d dividing the meta-batch (e.g. (1, -1) for one clone per step).')
+
+  def data(self) -> DatasetConfig:
+    data = self.data_cfg
+    chunk = self.config.chunk_size or data.meta_batch_size
+    return DatasetConfig(data.mixture_or_task_name, data.task_feature_lengths,
+                         batch_size=chunk * max(data.support_batch_size, data.query_batch_size),
+                         seed=data.seed, module=data.module)
+
+  def extra_params(self, model, rng) -> Dict[str, Any]:
+    del model, rng
+    return {}
+
+  def optimizer(self, optimizer, abstract_params, trainable, total_steps):
+    del total_steps
+    return masked_default_optimizer(optimizer, abstract_params, trainable)
+
+  def make_step(self, model, optimizer, *, trainable, dropout_seed, learning_rate_fn):
+    return algorithms.make_meta_train_step(model, optimizer, self.config, trainable=trainable,
+                                           dropout_seed=dropout_seed, learning_rate_fn=learning_rate_fn)
+
+  def batches(self, start_step: int) -> Iterator[Dict[str, Any]]:
+    return meta_sampler.meta_batches(self.data_cfg, start_step=start_step)
+
+  def signature(self) -> Dict[str, Any]:
+    return {'meta': self.config.algorithm}
+
+  def summary(self) -> str:
+    meta, data = self.config, self.data_cfg
+    chunk = 1 if meta.carry_inner_state else (meta.chunk_size or data.meta_batch_size)
+    return '\n'.join([
+        f'meta-learning: {meta.algorithm}, inner steps {meta.inner_steps}, inner lr {meta.inner_learning_rate}, '
+        f'inner clip {meta.inner_global_norm_clip}',
+        f'  meta-batch {data.meta_batch_size} clones x (support {data.support_batch_size} x '
+        f'{data.inner_steps} steps [{data.support_mode}] + query {data.query_batch_size}), '
+        f'task per {data.task_per}, sampling {data.task_sampling}',
+        f'  clones per chunk {chunk} ({data.meta_batch_size // chunk} chunks); the activation estimate '
+        f'above is for one chunk\'s {chunk} x {max(data.support_batch_size, data.query_batch_size)} rows'])

@@ -1,0 +1,78 @@
+"""SUPMER (Pan et al. 2023, Alg. 1) as a training method of the generic loop
+(`promptjax.training.method.Method`): only the prompt θ and the regularizer φ train; φ and the curriculum
+state live in a top-level 'supmer' parameter subtree, checkpointed and resumed with the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterator
+
+import optax
+
+from promptjax.data.feeds import DatasetConfig
+from promptjax.errors import TrainingError
+from promptjax.supmer import algorithm as supmer_lib
+from promptjax.training import optimizers as opt_lib
+
+
+@dataclasses.dataclass
+class Supmer:
+  """SUPMER's meta-step over anchor meta-tasks.
+
+  Attributes:
+    config: the meta-step (`SupmerConfig`).
+    data_cfg: the anchor meta-tasks (`promptjax.supmer.tasks.SupmerDataConfig`), or a `MetaDataConfig`
+      with inner_steps 1 to read any seqio mixture through the generic meta-batch sampler.
+  """
+  config: supmer_lib.SupmerConfig
+  data_cfg: Any
+
+  def check(self, model, trainable, mesh) -> None:
+    del mesh
+    try:
+      supmer_lib.check_model(model)
+    except ValueError as e:
+      raise TrainingError(str(e)) from e
+    if opt_lib.canonical_group(trainable) != 'prompt':
+      raise TrainingError(f'SUPMER tunes only the prompt (and φ), but TRAINABLE={trainable!r}: use '
+                          "TRAINABLE = 'prompt' (supmer.gin sets it).")
+
+  def data(self) -> DatasetConfig:
+    """The data described for the checkpoint info and the dry run's activation estimate."""
+    cfg = self.data_cfg
+    m = getattr(cfg, 'meta_batch_size', 1)
+    rows = max(getattr(cfg, 'support_batch_size', 1), getattr(cfg, 'query_batch_size', 1))
+    return DatasetConfig(getattr(cfg, 'mixture_or_task_name', 'supmer_batches'),
+                         dict(getattr(cfg, 'task_feature_lengths', {}) or {}), batch_size=m * rows,
+                         seed=getattr(cfg, 'seed', 0), module=getattr(cfg, 'module', None))
+
+  def extra_params(self, model, rng) -> Dict[str, Any]:
+    return {supmer_lib.SUPMER_KEY: supmer_lib.init_supmer_params(self.config, model, rng)}
+
+  def optimizer(self, optimizer, abstract_params, trainable, total_steps):
+    del abstract_params, trainable
+    if optimizer is None:
+      optimizer = opt_lib.adamw(optax.linear_schedule(0.1, 0.0, total_steps))  # Table 6
+    return supmer_lib.outer_optimizer(optimizer, self.config.optimizer_for_phi)
+
+  def make_step(self, model, optimizer, *, trainable, dropout_seed, learning_rate_fn):
+    del trainable, dropout_seed
+    return supmer_lib.make_train_step(model, optimizer, self.config, learning_rate_fn=learning_rate_fn)
+
+  def batches(self, start_step: int) -> Iterator[Dict[str, Any]]:
+    if self.data_cfg is None:
+      raise TrainingError('A SUPMER run needs its data (Supmer.data_cfg), or batches=... .')
+    try:
+      return supmer_lib.default_batches(self.data_cfg, start_step=start_step)
+    except ValueError as e:
+      raise TrainingError(str(e)) from e
+
+  def signature(self) -> Dict[str, Any]:
+    return {'meta': 'supmer', 'supmer': self.config.signature()}
+
+  def summary(self) -> str:
+    cfg = self.config
+    return (f'SUPMER: transform {cfg.transform}, inner lr {cfg.inner_learning_rate}, reg λ {cfg.reg_coefficient}, '
+            f'mixup α {cfg.mixup_alpha}, curve m {cfg.curve}, similarity {cfg.similarity}/{cfg.similarity_query}, '
+            f'{"second" if cfg.second_order else "first"} order; task augmentation {cfg.task_augmentation}, '
+            f'curriculum {cfg.curriculum}, ψ {cfg.gradient_regularization}')

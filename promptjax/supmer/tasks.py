@@ -1,0 +1,403 @@
+"""SUPMER anchor meta-tasks as seqio Tasks, and the meta-batch sampler that feeds the SUPMER algorithm.
+
+SUPMER (Pan et al., `papers/003_*` §3.2, App. A.2, Alg. 1–2, Table 6) meta-trains a soft prompt on
+*anchor* meta-tasks built offline from unlabeled text by `promptjax.supmer.construct` (a Beam
+pipeline: sentences → T5-encoder embeddings → K-means → five formats → tasks). This module reads its output
+directory (data family ``supmer``: ``PROMPTJAX_SUPMER_DIR`` / ``set_data_dir('supmer', ...)`` /
+``configure_data.supmer_dir``)::
+
+  manifest.json                       formats, counts per label, tasks, K, the construction config
+  centroids.npy                       [K, d] float32 K-means centroids
+  <format>/<split>-SSSSS-of-NNNNN.tfrecord    tf.train.Example records, one per sample
+
+Formats (`FORMAT_NAMES`; SUPMER Eq. 17–19, verbalizers in `VERBALIZERS`):
+
+  ``nsp_yes_maybe_no``      (a) sentence pair, next / same document / other document (PPT NSP)
+  ``sp_same_cluster``       (b) sentence pair, same cluster yes / no
+  ``mc_next_segment``       (c) multiple choice, the next sentence among 4 (PPT next sentence selection)
+  ``mc_same_cluster``       (d) multiple choice, the sentence of the anchor's cluster among 4
+  ``cls_cluster_centroid``  (e) single sentence, 4-way: which centroid is the sentence's cluster
+
+Record features: ``inputs_pretokenized``, ``targets_pretokenized``, ``answer_choices``, ``meta_task``
+(string id), ``role`` (``support`` / ``query``), ``format``, ``label`` (index into answer_choices),
+``anchor`` and ``anchor_cluster`` (the anchor sentence and its K-means cluster), and for (e)
+``option_clusters`` [4], ``encoder_input_vectors`` [4·d] (the centroids of the options, A..D) and
+``encoder_input_vector_positions`` [4] (their token positions in the tokenized inputs, no EOS; each holds
+the placeholder token `VECTOR_PLACEHOLDER`, whose embedding the model replaces by the vector, see
+`promptjax.models.t5.insert_input_vectors`).
+
+Tasks. `register_supmer_tasks` registers one seqio Task per format, ``<prefix>_<format>`` (default
+``supmer_*`` on vocabulary ``t5`` and ``mini_supmer_*`` on vocabulary ``mini``, both over
+``get_data_dir('supmer')``; the manifest names the vocabulary the positions were computed with and a task
+of another vocabulary refuses to read it). Preprocessors: rekey ``inputs``/``targets`` from the
+pretokenized text, tokenize, append EOS after trim; every other feature passes through.
+
+Meta-batches. `supmer_meta_batches(cfg)` (`SupmerDataConfig`) yields, per meta-step, one FLAT dict of
+numpy arrays::
+
+  'support/<f>'    [M, S, ...]      the support set of task τ_i
+  'query/<f>'      [M, Q, ...]      its query set
+  'mix_query/<f>'  [M, Q, ...]      the query set of another task τ_j ~ p(T) (Alg. 2 line 8)
+
+for f in ``encoder_input_tokens`` [.., L], ``decoder_input_tokens`` / ``decoder_target_tokens`` /
+``decoder_loss_weights`` [.., T] (int32, exactly as ``seqio.EncDecFeatureConverter(pack=False)`` makes
+them), ``encoder_input_vectors`` float32 [.., V=4, d] (zeros where unused) and
+``encoder_input_vector_positions`` int32 [.., V] (-1 where unused, also where truncation to L cut the
+placeholder off). M = ``meta_batch_size`` (Table 6: 4). p(T) is uniform over the tasks of the selected
+``formats`` (all five by default; one format = the "only one format" ablation of Table 4), or with
+``task_sampling='per_format'`` uniform over formats, then over that format's tasks. τ_j ≠ τ_i. The
+choices of step k come from ``numpy.random.default_rng([seed, k])`` (as `promptjax.data.meta_sampler`), so a
+run resumes exactly with ``start_step``. All examples of the split are read once (tokenized) into memory.
+
+Public API: `FORMAT_NAMES`, `VERBALIZERS`, `VECTOR_PLACEHOLDER`, `register_supmer_tasks`,
+`SupmerDataConfig`, `supmer_meta_batches`, `load_manifest`, `SupmerSource`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+import seqio
+
+from promptjax.tasks import config
+from promptjax.tasks.config import DataError
+
+FORMAT_NAMES = ('nsp_yes_maybe_no', 'sp_same_cluster', 'mc_next_segment', 'mc_same_cluster',
+                'cls_cluster_centroid')
+VECTOR_FORMAT = 'cls_cluster_centroid'
+LETTERS = ('A', 'B', 'C', 'D')
+VERBALIZERS = {
+    'nsp_yes_maybe_no': ('yes', 'no', 'maybe'),
+    'sp_same_cluster': ('yes', 'no'),
+    'mc_next_segment': LETTERS,
+    'mc_same_cluster': LETTERS,
+    'cls_cluster_centroid': LETTERS,
+}
+VECTOR_PLACEHOLDER = '<extra_id_99>'
+NUM_VECTORS = 4
+SPLITS = ('train', 'validation')
+ROLES = ('support', 'query')
+MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
+                  'decoder_loss_weights')
+VECTOR_FEATURES = ('encoder_input_vectors', 'encoder_input_vector_positions')
+MANIFEST = 'manifest.json'
+CONSTRUCT_HINT = ('python -m promptjax.supmer.construct --corpus_dir=... --output_dir=DIR, then '
+                  f'{config.ENV_VARS["supmer"]}=DIR (or promptjax.tasks.set_data_dir("supmer", DIR))')
+
+
+def load_manifest(root: str, task: str = 'supmer') -> dict:
+  """The construction manifest of ``root``; a `DataError` naming the fix when it is missing."""
+  import tensorflow as tf
+  if not tf.io.gfile.isdir(root):
+    raise DataError(f'Task {task!r}: SUPMER data directory {root} does not exist. Build it with {CONSTRUCT_HINT}.')
+  path = f'{root.rstrip("/")}/{MANIFEST}'
+  if not tf.io.gfile.exists(path):
+    raise DataError(f'Task {task!r}: {root} has no {MANIFEST}, so it is not (or not yet completely) the output of '
+                    f'the SUPMER construction. Build it with {CONSTRUCT_HINT}.')
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def placeholder_id(vocab) -> int:
+  """The id of `VECTOR_PLACEHOLDER` (one sentinel piece) in a seqio vocabulary with extra ids."""
+  ids = list(vocab.encode(VECTOR_PLACEHOLDER))
+  if len(ids) != 1:
+    raise DataError(f'{VECTOR_PLACEHOLDER} is not one piece of vocabulary {vocab} (got {ids}); it needs seqio '
+                    f'extra ids (100, as promptjax.tasks.config.get_vocabulary gives).')
+  return ids[0]
+
+
+def _default_dir() -> str:
+  return config.get_data_dir('supmer')
+
+
+class SupmerSource(seqio.DataSource):
+  """One format's records from ``<data_dir_fn()>/<format>/<split>-*.tfrecord`` (resolved when read)."""
+
+  def __init__(self, fmt: str, data_dir_fn: Callable[[], str], task_name: str, vocab_name: str):
+    if fmt not in FORMAT_NAMES:
+      raise ValueError(f'unknown SUPMER format {fmt!r}; formats: {FORMAT_NAMES}')
+    self.fmt, self.data_dir_fn, self.task_name, self.vocab_name = fmt, data_dir_fn, task_name, vocab_name
+    super().__init__(splits=SPLITS, num_input_examples=None, caching_permitted=True)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def root(self) -> str:
+    try:
+      return self.data_dir_fn()
+    except DataError as e:
+      raise DataError(f'Task {self.task_name!r}: {e} Build the data with {CONSTRUCT_HINT}.') from None
+
+  def manifest(self) -> dict:
+    m = load_manifest(self.root(), self.task_name)
+    if m.get('vocab_name') != self.vocab_name:
+      raise DataError(f'Task {self.task_name!r} uses vocabulary {self.vocab_name!r}, but {self.root()} was built '
+                      f'with {m.get("vocab_name")!r} (its vector positions index that tokenization). Use the '
+                      f'tasks of that vocabulary or rebuild with --vocab_name={self.vocab_name}.')
+    return m
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    import tensorflow as tf
+    if split not in SPLITS:
+      raise DataError(f'Task {self.task_name!r}: unknown split {split!r}; splits are {SPLITS}.')
+    m = self.manifest()
+    if self.fmt not in m['formats']:
+      raise DataError(f'Task {self.task_name!r}: {self.root()} was built without format {self.fmt!r} '
+                      f'(formats: {", ".join(m["formats"])}); rebuild with it or use another format.')
+    pattern = f'{self.root().rstrip("/")}/{self.fmt}/{split}-*.tfrecord'
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+      raise DataError(f'Task {self.task_name!r}: no files {pattern}; the construction output is incomplete. '
+                      f'Rebuild it with {CONSTRUCT_HINT}.')
+    return files
+
+  def feature_description(self, dim: int):
+    import tensorflow as tf
+    desc = {
+        'inputs_pretokenized': tf.io.FixedLenFeature([], tf.string),
+        'targets_pretokenized': tf.io.FixedLenFeature([], tf.string),
+        'answer_choices': tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+        'meta_task': tf.io.FixedLenFeature([], tf.string),
+        'role': tf.io.FixedLenFeature([], tf.string),
+        'format': tf.io.FixedLenFeature([], tf.string),
+        'label': tf.io.FixedLenFeature([], tf.int64),
+        'anchor': tf.io.FixedLenFeature([], tf.string),
+        'anchor_cluster': tf.io.FixedLenFeature([], tf.int64),
+    }
+    if self.fmt == VECTOR_FORMAT:
+      desc.update({
+          'option_clusters': tf.io.FixedLenFeature([NUM_VECTORS], tf.int64),
+          'encoder_input_vectors': tf.io.FixedLenFeature([NUM_VECTORS, dim], tf.float32),
+          'encoder_input_vector_positions': tf.io.FixedLenFeature([NUM_VECTORS], tf.int64),
+      })
+    return desc
+
+  def get_dataset(self, split: str = 'train', shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1):
+    import tensorflow as tf
+    files = list(self.list_shards(split))
+    if shard_info is not None and shard_info.num_shards > 1:
+      files = files[shard_info.index::shard_info.num_shards]
+    desc = self.feature_description(int(self.manifest()['embedding_dim']))
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=str))
+    if shuffle:
+      ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=4, deterministic=True)
+
+    def parse(record):
+      ex = tf.io.parse_single_example(record, desc)
+      for k in ('label', 'anchor_cluster', 'option_clusters', 'encoder_input_vector_positions'):
+        if k in ex:
+          ex[k] = tf.cast(ex[k], tf.int32)
+      return ex
+
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _rekey(dataset):
+  def f(ex):
+    ex = dict(ex)
+    ex['inputs'] = ex['inputs_pretokenized']
+    ex['targets'] = ex['targets_pretokenized']
+    return ex
+  return dataset.map(f)
+
+
+def register_supmer_tasks(name_prefix: str = 'supmer', data_dir_fn: Callable[[], str] = _default_dir,
+                          vocab_name: str = 't5', formats: Sequence[str] = FORMAT_NAMES,
+                          shuffle_buffer_size: int = 10_000) -> Dict[str, seqio.Task]:
+  """Registers ``f'{name_prefix}_{format}'`` per format over ``data_dir_fn()`` (read lazily)."""
+  tasks = {}
+  for fmt in formats:
+    name = f'{name_prefix}_{fmt}'
+    seqio.TaskRegistry.remove(name)
+    tasks[fmt] = seqio.TaskRegistry.add(
+        name, source=SupmerSource(fmt, data_dir_fn, name, vocab_name),
+        preprocessors=[_rekey, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features=config.output_features(vocab_name), metric_fns=[],
+        shuffle_buffer_size=shuffle_buffer_size)
+  return tasks
+
+
+# ---------------------------------------------------------------------------------------------------
+# Meta-batches.
+
+TASK_SAMPLING = ('uniform', 'per_format')
+
+
+@gin.configurable(module='promptjax.supmer.tasks')
+@dataclasses.dataclass
+class SupmerDataConfig:
+  """What `supmer_meta_batches` reads (see the module docstring).
+
+  Attributes:
+    task_feature_lengths: ``{'inputs': L, 'targets': T}`` (Table 6: max sequence length 512).
+    meta_batch_size: M, tasks per meta-step (Table 6: 4).
+    formats: formats p(T) covers (None: every format of the manifest).
+    task_prefix: ``supmer`` (vocabulary t5) or ``mini_supmer`` (vocabulary mini).
+    split: ``train`` or ``validation``.
+    task_sampling: ``uniform`` over tasks, or ``per_format`` (uniform format, then task).
+    seed: the seed of the task choices.
+    module: imported first to register the tasks.
+  """
+  task_feature_lengths: Mapping[str, int] = dataclasses.field(
+      default_factory=lambda: {'inputs': 512, 'targets': 8})
+  meta_batch_size: int = 4
+  formats: Optional[Sequence[str]] = None
+  task_prefix: str = 'supmer'
+  split: str = 'train'
+  task_sampling: str = 'uniform'
+  seed: int = 0
+  module: Optional[str] = 'promptjax.tasks'
+
+  def __post_init__(self):
+    if not isinstance(self.meta_batch_size, int) or self.meta_batch_size < 1:
+      raise DataError(f'SupmerDataConfig.meta_batch_size must be a positive int, got {self.meta_batch_size!r}.')
+    if self.task_sampling not in TASK_SAMPLING:
+      raise DataError(f'SupmerDataConfig.task_sampling={self.task_sampling!r}; use one of {TASK_SAMPLING}.')
+    if self.split not in SPLITS:
+      raise DataError(f'SupmerDataConfig.split={self.split!r}; use one of {SPLITS}.')
+    unknown = [f for f in (self.formats or ()) if f not in FORMAT_NAMES]
+    if unknown:
+      raise DataError(f'SupmerDataConfig.formats has unknown format(s) {unknown}; formats: {FORMAT_NAMES}.')
+    missing = [k for k in ('inputs', 'targets') if k not in dict(self.task_feature_lengths)]
+    if missing:
+      raise DataError(f'SupmerDataConfig.task_feature_lengths lacks {missing}; e.g. {{"inputs": 512, "targets": 8}}.')
+
+
+@dataclasses.dataclass
+class _FormatData:
+  arrays: Dict[str, np.ndarray]       # feature -> [n, ...]
+  tasks: List[Tuple[str, np.ndarray, np.ndarray]]  # (meta_task, support rows, query rows)
+
+
+_CACHE: Dict[tuple, _FormatData] = {}
+
+
+def _read_format(task: seqio.Task, split: str, lengths: Mapping[str, int], dim: int) -> _FormatData:
+  """All examples of one format and split, converted, as arrays [n, ...] plus the task index (cached per
+  task, split, lengths and the manifest's content, so a resumed or repeated sampler reads once)."""
+  import tensorflow as tf
+  from promptjax.tasks import utils as task_utils
+  key = (task.name, split, tuple(sorted(lengths.items())), task.source.root(),
+         json.dumps(task.source.manifest(), sort_keys=True))
+  if key in _CACHE:
+    return _CACHE[key]
+  ds = task.get_dataset(sequence_length=dict(lengths), split=split, shuffle=False, num_epochs=1,
+                        use_cached=False)
+  conv = seqio.EncDecFeatureConverter(pack=False)(ds, dict(lengths))
+  extra = ds.map(lambda ex: {k: ex[k] for k in ('meta_task', 'role', 'encoder_input_vectors',
+                                                 'encoder_input_vector_positions') if k in ex})
+  placeholder = placeholder_id(task.output_features['inputs'].vocabulary)
+  parts: Dict[str, list] = {}
+  for c, e in task_utils.iterate(tf.data.Dataset.zip((conv, extra)).batch(1024), task.name):
+    for k in MODEL_FEATURES:
+      parts.setdefault(k, []).append(np.asarray(c[k], np.int32))
+    for k in ('meta_task', 'role'):
+      parts.setdefault(k, []).append(np.asarray([x.decode() for x in e[k]]))
+    n = len(e['meta_task'])
+    if 'encoder_input_vectors' in e:
+      pos = np.asarray(e['encoder_input_vector_positions'], np.int32).copy()
+      vec = np.asarray(e['encoder_input_vectors'], np.float32).copy()
+      toks = np.asarray(c['encoder_input_tokens'])
+      L = toks.shape[1]
+      at = np.take_along_axis(toks, np.clip(pos, 0, L - 1), axis=1)
+      cut = (pos < 0) | (pos >= L) | (at != placeholder)  # truncated away (EOS took its place)
+      pos[cut] = -1
+      vec[cut] = 0.0
+    else:
+      pos = np.full((n, NUM_VECTORS), -1, np.int32)
+      vec = np.zeros((n, NUM_VECTORS, dim), np.float32)
+    parts.setdefault('encoder_input_vectors', []).append(vec)
+    parts.setdefault('encoder_input_vector_positions', []).append(pos)
+  if not parts:
+    raise DataError(f'Task {task.name!r} split {split!r} has no examples; rebuild with a larger corpus or smaller '
+                    f'support/query sizes ({CONSTRUCT_HINT}).')
+  arrays = {k: np.concatenate(v) for k, v in parts.items()}
+  by_task: Dict[str, Dict[str, List[int]]] = {}
+  for i, (t, r) in enumerate(zip(arrays.pop('meta_task'), arrays.pop('role'))):
+    by_task.setdefault(str(t), {'support': [], 'query': []})[str(r)].append(i)
+  tasks = [(t, np.asarray(v['support']), np.asarray(v['query'])) for t, v in sorted(by_task.items())]
+  for old in [k for k in _CACHE if k[3:] != key[3:]]:
+    del _CACHE[old]  # Hold one construction (data directory) in memory at a time.
+  _CACHE[key] = _FormatData(arrays, tasks)
+  return _CACHE[key]
+
+
+def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Meta-batches from step `start_step` on (see the module docstring for the layout)."""
+  import importlib
+  if cfg.module:
+    importlib.import_module(cfg.module)
+  lengths = {'inputs': int(cfg.task_feature_lengths['inputs']),
+             'targets': int(cfg.task_feature_lengths['targets'])}
+  names = {f: f'{cfg.task_prefix}_{f}' for f in FORMAT_NAMES}
+  probe = seqio.get_mixture_or_task(names[FORMAT_NAMES[0]])
+  manifest = probe.source.manifest()
+  formats = tuple(cfg.formats or manifest['formats'])
+  absent = [f for f in formats if f not in manifest['formats']]
+  if absent:
+    raise DataError(f'SUPMER data in {probe.source.root()} has no format(s) {absent} (built: '
+                    f'{manifest["formats"]}); rebuild with them or choose others in SupmerDataConfig.formats.')
+  dim = int(manifest['embedding_dim'])
+  data = {f: _read_format(seqio.get_mixture_or_task(names[f]), cfg.split, lengths, dim) for f in formats}
+  S, Q = int(manifest['config']['support_size']), int(manifest['config']['query_size'])
+  pool = [(f, k) for f in formats for k in range(len(data[f].tasks))]
+  if len(pool) < 2:
+    raise DataError(f'SUPMER data in {probe.source.root()} has {len(pool)} {cfg.split} task(s) of formats {formats}; '
+                    f'the mixed query needs at least 2. Rebuild with a larger corpus or smaller support/query sizes.')
+  for f in formats:
+    for t, s, q in data[f].tasks:
+      if len(s) != S or len(q) != Q:
+        raise DataError(f'SUPMER task {t!r} has {len(s)} support / {len(q)} query examples, the manifest says '
+                        f'{S} / {Q}; the data directory mixes constructions. Rebuild it.')
+  offsets = np.cumsum([0] + [len(data[f].tasks) for f in formats])
+
+  def draw(rng) -> int:
+    if cfg.task_sampling == 'uniform':
+      return int(rng.integers(len(pool)))
+    fi = int(rng.integers(len(formats)))
+    return int(offsets[fi] + rng.integers(len(data[formats[fi]].tasks)))
+
+  def gather(indices: List[int], role: str) -> Dict[str, np.ndarray]:
+    out = {}
+    for k in MODEL_FEATURES + VECTOR_FEATURES:
+      parts = []
+      for i in indices:
+        f, t = pool[i]
+        rows = data[f].tasks[t][1 if role == 'support' else 2]
+        parts.append(data[f].arrays[k][rows])
+      out[k] = np.stack(parts)
+    return out
+
+  step = int(start_step)
+  while True:
+    rng = np.random.default_rng([int(cfg.seed), step])
+    first = [draw(rng) for _ in range(cfg.meta_batch_size)]
+    mix = []
+    for i in first:
+      j = draw(rng)
+      while j == i:
+        j = draw(rng)
+      mix.append(j)
+    batch = {}
+    for prefix, idx, role in (('support', first, 'support'), ('query', first, 'query'),
+                              ('mix_query', mix, 'query')):
+      for k, v in gather(idx, role).items():
+        batch[f'{prefix}/{k}'] = v
+    yield batch
+    step += 1
+
+
+SUPMER_TASKS = register_supmer_tasks()
+"""``supmer_<format>`` over `get_data_dir('supmer')`, vocabulary t5."""
+MINI_SUPMER_TASKS = register_supmer_tasks('mini_supmer', vocab_name='mini')
+"""``mini_supmer_<format>`` over `get_data_dir('supmer')`, vocabulary mini (the mini construction)."""

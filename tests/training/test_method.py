@@ -1,0 +1,65 @@
+"""The `Method` protocol as an extension point: the README's example method runs through the generic loop."""
+
+import os
+import re
+
+import jax
+import numpy as np
+
+from promptjax.models import PromptableT5, PromptConfig, get_config
+from promptjax.training import trainer
+from promptjax.training.method import Method, MultiTask
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'README.md')
+VOCAB = 300
+
+
+def _example_class():
+  blocks = re.findall(r'```python\n(.*?)```', open(README, encoding='utf-8').read(), re.S)
+  block = next(b for b in blocks if 'class ClippedMultiTask' in b)
+  ns = {}
+  exec(compile(block.replace("module='my_methods'", "module='test_method_readme'"), 'README.md[method]',
+               'exec'), ns)
+  return ns['ClippedMultiTask']
+
+
+def _batches(n=3, batch=8):
+  rng = np.random.RandomState(0)
+  out = []
+  for _ in range(n):
+    enc = rng.randint(3, VOCAB - 100, size=(batch, 16)).astype(np.int32)
+    tgt = rng.randint(3, VOCAB - 100, size=(batch, 4)).astype(np.int32)
+    tgt[:, -1] = 1
+    out.append({'encoder_input_tokens': enc, 'decoder_target_tokens': tgt})
+  return out
+
+
+def _run(tmp_path, name, method, model):
+  return trainer.train(model_dir=str(tmp_path / name), model=model, method=method, total_steps=3,
+                       trainable='all', batches=iter(_batches()), mesh_shape=(1, 1), progress=False,
+                       async_checkpointing=False)
+
+
+def test_readme_example_method_runs_through_the_loop(tmp_path):
+  cls = _example_class()
+  model = PromptableT5(get_config('tiny', vocab_size=VOCAB, dropout_rate=0.0), PromptConfig(kind='shallow', length=4))
+  cfg = trainer.DatasetConfig('none', {'inputs': 16, 'targets': 4}, batch_size=8)
+  assert isinstance(cls(cfg), Method) and isinstance(MultiTask(cfg), Method)
+  plain = _run(tmp_path, 'mtl', MultiTask(cfg), model)
+  # A cap above every loss changes nothing: the same losses and parameters as MultiTask (the independent
+  # reference here is the MTL gradient of `train_step.loss_and_grads`, a different code path).
+  loose = _run(tmp_path, 'loose', cls(cfg, max_loss=1e9), model)
+  np.testing.assert_allclose([loose.losses[i] for i in (1, 2, 3)], [plain.losses[i] for i in (1, 2, 3)], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(jax.device_get(loose.state.params)), jax.tree.leaves(jax.device_get(plain.state.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # A cap below the loss makes it constant: zero gradient, so no parameter moves and the loss is the cap.
+  tight = _run(tmp_path, 'tight', cls(cfg, max_loss=0.5), model)
+  assert all(v == np.float32(0.5) for v in tight.losses.values())
+  before = model.init_params(jax.random.PRNGKey(0))
+  for a, b in zip(jax.tree.leaves(jax.device_get(tight.state.params)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+  # Its signature is recorded, so resuming that run with plain MTL is refused.
+  import pytest
+  with pytest.raises(trainer.TrainingError, match='different model or method'):
+    trainer.train(model_dir=str(tmp_path / 'tight'), model=model, method=MultiTask(cfg), total_steps=4,
+                  batches=iter(_batches()), mesh_shape=(1, 1), progress=False)
