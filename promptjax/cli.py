@@ -51,7 +51,7 @@ def register_gin_configurables() -> None:
   from promptjax.data import feeds, meta_sampler
   from promptjax.meta import algorithms as meta_algorithms, method as meta_method
   from promptjax.supmer import algorithm as supmer_algorithm, method as supmer_method
-  from promptjax.training import method, optimizers, partitioning, trainer
+  from promptjax.training import method, optimizers, trainer
   gin.external_configurable(models.PromptableT5, module='promptjax.models')
   gin.external_configurable(models.PromptConfig, module='promptjax.models')
   gin.external_configurable(models.get_config, module='promptjax.models')
@@ -68,7 +68,19 @@ def register_gin_configurables() -> None:
   gin.external_configurable(evaluation.FewShotConfig, module='promptjax.evaluation')
   gin.external_configurable(evaluation.downstream_run, name='downstream_run', module='promptjax.evaluation')
   gin.external_configurable(evaluation.DownstreamConfig, module='promptjax.evaluation')
-  del optimizers, partitioning  # they declare their own configurables
+  for fn in (optimizers.constant_schedule, optimizers.rsqrt_decay_schedule,
+             optimizers.warmup_linear_decay_schedule, optimizers.warmup_cosine_decay_schedule):
+    gin.external_configurable(fn, module='promptjax.training.optimizers')
+  gin.external_configurable(optimizers.create_optimizer, module='promptjax.training.optimizers',
+                            allowlist=optimizers.FACTORY_ALLOWLIST)
+  from promptjax import tasks
+  from promptjax.supmer import datasets as supmer_datasets, tasks as supmer_tasks
+  gin.external_configurable(tasks.configure_data, module='promptjax.tasks')
+  gin.external_configurable(supmer_tasks.SupmerDataConfig, module='promptjax.supmer.tasks')
+  # gin macros cannot build strings: these turn DATASET / DATA_SEED macros into task names, lengths, shots.
+  for fn in (supmer_datasets.rank_task, supmer_datasets.domain_task, supmer_datasets.rank_mixture,
+             supmer_datasets.feature_lengths, supmer_datasets.num_train_examples):
+    gin.external_configurable(fn, module='promptjax.supmer.datasets')
   _registered = True
 
 

@@ -87,7 +87,6 @@ import sys
 import zlib
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import gin
 import numpy as np
 
 from promptjax.tasks import config as task_config
@@ -101,7 +100,6 @@ EOS_ID = 1
 EXTRA_IDS = task_config.EXTRA_IDS
 
 
-@gin.configurable(module='promptjax.supmer.construct')
 @dataclasses.dataclass
 class ConstructConfig:
   """Everything the construction reads (see the module docstring); recorded in the manifest.
@@ -726,10 +724,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--gin_bindings', action='append', default=[],
                       help='e.g. "promptjax.supmer.construct.ConstructConfig.num_clusters = 100"')
   args, beam_args = parser.parse_known_args(argv)
-  if args.gin_file or args.gin_bindings:
+  bound = {}
+  if args.gin_file or args.gin_bindings:   # gin at this edge only: ConstructConfig's bindings
+    import gin
+    try:
+      gin.external_configurable(ConstructConfig, module='promptjax.supmer.construct')
+    except ValueError:
+      pass   # registered by an earlier call in this process
     gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
-  given = {k: v for k, v in vars(args).items()
-           if v is not None and k not in ('mini', 'formats', 'overwrite', 'gin_file', 'gin_bindings')}
+    bound = dict(gin.get_bindings('promptjax.supmer.construct.ConstructConfig'))
+  given = {**bound, **{k: v for k, v in vars(args).items()
+                       if v is not None and k not in ('mini', 'formats', 'overwrite', 'gin_file', 'gin_bindings')}}
   if args.formats:
     given['formats'] = tuple(f.strip() for f in args.formats.split(',') if f.strip())
   if args.overwrite:

@@ -131,7 +131,6 @@ import os
 import string
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -777,27 +776,23 @@ def register_tasks(*, seeds: Sequence[int] = SEEDS, k: int = K_PER_LABEL, sample
 # build strings, so these turn DATASET / SEED macros into names, lengths and shot counts.
 
 
-@gin.configurable(module='promptjax.supmer.datasets')
-def rank_task(dataset: str = gin.REQUIRED, seed: int = 100) -> str:
+def rank_task(dataset: str, seed: int = 100) -> str:
   """The rank-classification task of a dataset (``sst2``) or domain (``domain_books``) and seed."""
   return task_name(dataset, seed, rank=True)
 
 
-@gin.configurable(module='promptjax.supmer.datasets')
-def domain_task(domain: str = gin.REQUIRED) -> str:
+def domain_task(domain: str) -> str:
   """``domain_<domain>``, the DATASET value of a sentiment domain (`DOMAINS`)."""
   if domain not in DOMAINS:
     raise DataError(f'Unknown SUPMER domain {domain!r}; known: {", ".join(DOMAINS)}.')
   return f'domain_{domain}'
 
 
-@gin.configurable(module='promptjax.supmer.datasets')
-def rank_mixture(group: str = gin.REQUIRED, seed: int = 100) -> str:
+def rank_mixture(group: str, seed: int = 100) -> str:
   return mixture_name(group, seed)
 
 
-@gin.configurable(module='promptjax.supmer.datasets')
-def feature_lengths(dataset: str = gin.REQUIRED) -> Dict[str, int]:
+def feature_lengths(dataset: str) -> Dict[str, int]:
   """SUPMER's input length for the dataset (App. C.1), targets [<extra_id_0>, word, EOS]."""
   if dataset.startswith('domain_') or dataset == 'domain':
     return {'inputs': DOMAIN_SPEC.max_seq_length, 'targets': 3}
@@ -805,8 +800,7 @@ def feature_lengths(dataset: str = gin.REQUIRED) -> Dict[str, int]:
   return dict(FEATURE_LENGTHS[dataset])
 
 
-@gin.configurable(module='promptjax.supmer.datasets')
-def num_train_examples(dataset: str = gin.REQUIRED, seed: int = 100) -> int:
+def num_train_examples(dataset: str, seed: int = 100) -> int:
   """The size of the few-shot train split (16 per label, fewer for a label with < 32 rows): reads the data."""
   return seqio.get_mixture_or_task(task_name(dataset, seed)).source.num_input_examples('train')
 

@@ -60,7 +60,6 @@ import json
 import os
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import gin
 import numpy as np
 import seqio
 
@@ -233,7 +232,6 @@ def register_supmer_tasks(name_prefix: str = 'supmer', data_dir_fn: Callable[[],
 TASK_SAMPLING = ('uniform', 'per_format')
 
 
-@gin.configurable(module='promptjax.supmer.tasks')
 @dataclasses.dataclass
 class SupmerDataConfig:
   """What `supmer_meta_batches` reads (see the module docstring).

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
-import gin
 import seqio
 from promptjax.errors import DataError
 
@@ -164,7 +163,6 @@ class ConfiguredVocabulary(seqio.SentencePieceVocabulary):
     return hash((self._name, self._extra_ids))
 
 
-@gin.configurable(module='promptjax.tasks')
 def configure_data(p3_dir: Optional[str] = None, crossfit_dir: Optional[str] = None,
                    text_dir: Optional[str] = None, mini_dir: Optional[str] = None,
                    t5_vocab: Optional[str] = None, mini_vocab: Optional[str] = None,

@@ -54,7 +54,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
-import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -289,13 +288,11 @@ def adamw(learning_rate: ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999
 # --------------------------------------------------------------------------------------------------
 # Learning-rate schedules (callables of the optimizer's update count, starting at 0).
 
-@gin.configurable
 def constant_schedule(value: float = 1e-3) -> optax.Schedule:
   """A constant learning rate (Wu et al. Appendix C: 1e-3; T5X's `constant` factor)."""
   return optax.constant_schedule(value)
 
 
-@gin.configurable
 def rsqrt_decay_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000, *,
                          linear_warmup: bool = False, continue_from_step: int = 0) -> optax.Schedule:
   """T5X's 'constant * rsqrt_decay' (the T5 pre-training default): lr = base / sqrt(max(step, warmup)).
@@ -317,7 +314,6 @@ def rsqrt_decay_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10
   return schedule
 
 
-@gin.configurable
 def warmup_linear_decay_schedule(peak_value: float, warmup_steps: int, total_steps: int,
                                  init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
   """Linear warm-up from `init_value` to `peak_value` over `warmup_steps`, then linear decay to
@@ -332,7 +328,6 @@ def warmup_linear_decay_schedule(peak_value: float, warmup_steps: int, total_ste
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-@gin.configurable
 def warmup_cosine_decay_schedule(peak_value: float, warmup_steps: int, total_steps: int,
                                  init_value: float = 0.0, end_value: float = 0.0) -> optax.Schedule:
   """Linear warm-up to `peak_value`, then cosine decay to `end_value` at `total_steps` (counted from
@@ -354,11 +349,10 @@ def _options(builder: Callable[..., Any]) -> Tuple[str, ...]:
   return tuple(p for p in inspect.signature(builder).parameters if p != 'learning_rate')
 
 
-_FACTORY_ALLOWLIST = sorted({'name', 'learning_rate', 'trainable'}.union(
+FACTORY_ALLOWLIST = sorted({'name', 'learning_rate', 'trainable'}.union(
     *(_options(b) for b in OPTIMIZERS.values())))
 
 
-@gin.configurable(allowlist=_FACTORY_ALLOWLIST)
 def create_optimizer(name: str = 'adafactor', learning_rate: ScalarOrSchedule = 1e-3,
                      trainable: str = 'all', params: Optional[Params] = None,
                      **kwargs) -> optax.GradientTransformation:
