@@ -4,7 +4,7 @@ Subcommands (all on the T5-small-shaped config of train_step.py unless --size/--
 
   ab      A/B timing of promptjax *variants* compiled in one process and timed interleaved (round-robin,
           order reversed every other round), optionally next to the HF runners of train_step.py:
-            python benchmarks/profile_promptjax.py ab --variants current,dense2d --with hf_flax,pytorch
+            python benchmarks/profile_promptjax.py ab --variants dense3d,current --with hf_flax,pytorch
           Before timing, each variant's loss and gradients are compared with the first variant's.
   parts   Times pieces of the step: forward loss, value_and_grad, full step, Adafactor alone, the
           lm_head + cross-entropy alone; prints XLA's cost_analysis of forward / grad / step.
@@ -13,19 +13,12 @@ Subcommands (all on the T5-small-shaped config of train_step.py unless --size/--
           shapes and source op names. Per-op times overlap when XLA runs independent ops concurrently
           (Eigen dots run asynchronously), so use `ab` for decisions and `trace` for orientation.
 
-Variants are monkeypatches of `promptjax.models.layers` / `promptjax.models.losses` that keep the
-parameter tree and the math; they exist to measure proposed library changes before making them:
+Variants are monkeypatches of `promptjax.models.layers` that keep the parameter tree and the math:
 
-  current     the library as it is.
-  dense3d     layers.Dense as `jnp.dot(x[..., in], kernel)` on the N-d input (the original formulation).
-  dense2d     layers.Dense flattening the input to [tokens, in] around the matmul (proposed; bitwise-
-              identical gradients, ~15% faster full step on a 2-core CPU: XLA then computes the weight
-              gradients x^T @ dy without materializing transposed copies of dy).
-  bhqd        attention with q/k/v explicitly transposed to [b, h, len, d] (no gain measured).
-  fused_mlp   wi_0 and wi_1 applied as one [embed, 2*mlp] matmul (no gain on top of dense2d).
-  fused_qkv   q|k|v (self-attention) / k|v (cross-attention) as one matmul (no gain on top of dense2d).
-  ce_onehot   target logit picked with a one-hot product instead of take_along_axis (no gain).
-Combine with '+', e.g. `dense2d+fused_mlp`.
+  current     the library as it is (`layers.Dense` flattens the input to [tokens, in] around the matmul).
+  dense3d     layers.Dense as `jnp.dot(x[..., in], kernel)` on the N-d input (the original formulation;
+              bitwise-identical gradients, but XLA then materializes transposed copies of dy for the
+              weight gradients x^T @ dy: ~15% slower full step on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -33,7 +26,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import functools
 import glob
 import gzip
 import json
@@ -61,7 +53,7 @@ from promptjax.models import PromptableT5, get_config, layers  # noqa: E402
 from promptjax.models import losses  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
-# Variants (same parameter tree and initializers as the library modules they replace).
+# Variants (same parameter tree and initializers as the library module they replace).
 
 _param = layers._param  # pylint: disable=protected-access
 
@@ -79,170 +71,21 @@ class Dense3D(nn.Module):
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-# The library's Dense now is the 2-D variant; the name stays for the A/B variant list.
-Dense2D = layers.Dense
-
-
-class _Kernel(nn.Module):
-  """Creates `kernel` [in, out] under this module's name (as layers.Dense does) without applying it."""
-  in_features: int
-  features: int
-  axes: tuple
-  kernel_init: object = layers.default_kernel_init
-
-  @nn.compact
-  def __call__(self):
-    return _param(self, 'kernel', self.kernel_init, (self.in_features, self.features), self.axes)
-
-
-def _dot_tokens(x, kernel):
-  y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
-  return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
-
-
-class FusedMlpBlock(nn.Module):
-  mlp_dim: int
-  dtype: object = jnp.float32
-  dropout_rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, deterministic=True):
-    emb = x.shape[-1]
-    k0 = _Kernel(emb, self.mlp_dim, ('embed', 'mlp'), name='wi_0')()
-    k1 = _Kernel(emb, self.mlp_dim, ('embed', 'mlp'), name='wi_1')()
-    h = _dot_tokens(x.astype(self.dtype), jnp.concatenate([k0, k1], axis=1).astype(self.dtype))
-    hidden = jax.nn.gelu(h[..., :self.mlp_dim], approximate=True) * h[..., self.mlp_dim:]
-    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
-    return layers.Dense(emb, axes=('mlp', 'embed'), dtype=self.dtype, name='wo')(hidden)
-
-
-class _AttentionBase(nn.Module):
-  num_heads: int
-  head_dim: int
-  dtype: object = jnp.float32
-  dropout_rate: float = 0.0
-
-  def _inits(self):
-    d = self.head_dim
-    return (nn.initializers.variance_scaling(1.0 / d, 'fan_in', 'normal'),
-            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'))
-
-  def _attend(self, query, key, value, bias, prefix, deterministic, bhqd):
-    """query [b,q,h,d], key/value [b,k,h,d] -> [b, q, h*d]."""
-    b, ql, h, d = query.shape
-    if prefix is not None:
-      pk, pv = prefix
-      plen = pk.shape[-2]
-      pk = jnp.broadcast_to(pk.astype(self.dtype).reshape(plen, h, d), (b, plen, h, d))
-      pv = jnp.broadcast_to(pv.astype(self.dtype).reshape(plen, h, d), (b, plen, h, d))
-      key = jnp.concatenate([pk, key], axis=1)
-      value = jnp.concatenate([pv, value], axis=1)
-    if bhqd:
-      query, key, value = (a.transpose(0, 2, 1, 3) for a in (query, key, value))
-      logits = jnp.einsum('bhqd,bhkd->bhqk', query, key)
-    else:
-      logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
-    weights = jax.nn.softmax(logits.astype(jnp.float32) + bias, axis=-1).astype(self.dtype)
-    if not deterministic and self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    if bhqd:
-      out = jnp.einsum('bhqk,bhkd->bhqd', weights, value).transpose(0, 2, 1, 3)
-    else:
-      out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    return out.reshape(b, ql, h * d)
-
-
-class AttentionBHQD(_AttentionBase):
-  @nn.compact
-  def __call__(self, inputs_q, inputs_kv, bias, prefix=None, deterministic=True):
-    h, d = self.num_heads, self.head_dim
-    q_init, kv_init = self._inits()
-    dense = functools.partial(layers.Dense, features=h * d, axes=('embed', 'joined_kv'),
-                              dtype=self.dtype)
-    b, ql = inputs_q.shape[:2]
-    kl = inputs_kv.shape[1]
-    query = dense(kernel_init=q_init, name='query')(inputs_q).reshape(b, ql, h, d)
-    key = dense(kernel_init=kv_init, name='key')(inputs_kv).reshape(b, kl, h, d)
-    value = dense(kernel_init=kv_init, name='value')(inputs_kv).reshape(b, kl, h, d)
-    out = self._attend(query, key, value, bias, prefix, deterministic, bhqd=True)
-    return layers.Dense(inputs_q.shape[-1], axes=('joined_kv', 'embed'), kernel_init=kv_init,
-                        dtype=self.dtype, name='out')(out)
-
-
-class FusedQKVAttention(_AttentionBase):
-  @nn.compact
-  def __call__(self, inputs_q, inputs_kv, bias, prefix=None, deterministic=True):
-    h, d = self.num_heads, self.head_dim
-    emb = inputs_q.shape[-1]
-    q_init, kv_init = self._inits()
-    kern = lambda name, init: _Kernel(emb, h * d, ('embed', 'joined_kv'), init, name=name)()
-    kq, kk, kv = kern('query', q_init), kern('key', kv_init), kern('value', kv_init)
-    b, ql = inputs_q.shape[:2]
-    kl = inputs_kv.shape[1]
-    dt = self.dtype
-    if inputs_q is inputs_kv:
-      qkv = _dot_tokens(inputs_q.astype(dt), jnp.concatenate([kq, kk, kv], axis=1).astype(dt))
-      query, key, value = jnp.split(qkv, 3, axis=-1)
-    else:
-      query = _dot_tokens(inputs_q.astype(dt), kq.astype(dt))
-      key, value = jnp.split(
-          _dot_tokens(inputs_kv.astype(dt), jnp.concatenate([kk, kv], axis=1).astype(dt)), 2, axis=-1)
-    out = self._attend(query.reshape(b, ql, h, d), key.reshape(b, kl, h, d),
-                       value.reshape(b, kl, h, d), bias, prefix, deterministic, bhqd=False)
-    return layers.Dense(emb, axes=('joined_kv', 'embed'), kernel_init=kv_init, dtype=dt,
-                        name='out')(out)
-
-
-def _cross_entropy_onehot(logits, targets, weights=None, normalization='num_real_target_tokens',
-                          z_loss=0.0):
-  """losses.cross_entropy_loss with the target logit picked by a one-hot product."""
-  if weights is None:
-    weights = losses.default_loss_weights(targets)
-  weights = weights.astype(jnp.float32)
-  logits = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype), axis=-1)
-  token_ce = (lse - picked) * weights
-  token_z = z_loss * jnp.square(lse) * weights
-  total = jnp.sum(token_ce) + jnp.sum(token_z)
-  num_tokens = jnp.sum(weights)
-  num_examples = jnp.sum(jnp.any(weights > 0, axis=-1).astype(jnp.float32))
-  assert normalization == 'num_real_target_tokens'
-  loss = total / jnp.maximum(num_tokens, 1e-8)
-  return loss, {'cross_ent_sum': jnp.sum(token_ce), 'z_loss_sum': jnp.sum(token_z),
-                'num_tokens': num_tokens, 'num_examples': num_examples}
-
-
-VARIANTS = ('current', 'dense3d', 'dense2d', 'bhqd', 'fused_mlp', 'fused_qkv', 'ce_onehot')
+VARIANTS = ('current', 'dense3d')
 
 
 @contextlib.contextmanager
-def patched(spec: str):
-  """Applies the '+'-separated variants while tracing (restores the library afterwards)."""
-  saved = (layers.Dense, layers.MlpBlock, layers.MultiHeadDotProductAttention,
-           losses.cross_entropy_loss)
+def patched(variant: str):
+  """Applies the variant while tracing (restores the library afterwards)."""
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; choose from {VARIANTS}')
+  saved = layers.Dense
   try:
-    for name in spec.split('+'):
-      if name == 'current':
-        pass
-      elif name == 'dense3d':
-        layers.Dense = Dense3D
-      elif name == 'dense2d':
-        layers.Dense = Dense2D
-      elif name == 'bhqd':
-        layers.MultiHeadDotProductAttention = AttentionBHQD
-      elif name == 'fused_mlp':
-        layers.MlpBlock = FusedMlpBlock
-      elif name == 'fused_qkv':
-        layers.MultiHeadDotProductAttention = FusedQKVAttention
-      elif name == 'ce_onehot':
-        losses.cross_entropy_loss = _cross_entropy_onehot
-      else:
-        raise ValueError(f'unknown variant {name!r}; choose from {VARIANTS}')
+    if variant == 'dense3d':
+      layers.Dense = Dense3D
     yield
   finally:
-    (layers.Dense, layers.MlpBlock, layers.MultiHeadDotProductAttention,
-     losses.cross_entropy_loss) = saved
+    layers.Dense = saved
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,17 +280,17 @@ def main(argv=None):
   common.add_argument('--input_len', type=int, default=256)
   common.add_argument('--target_len', type=int, default=64)
   a = sub.add_parser('ab', parents=[common], help='interleaved A/B timing of variants')
-  a.add_argument('--variants', default='current,dense2d',
-                 help=f'comma-separated; each a "+"-combination of {VARIANTS}')
+  a.add_argument('--variants', default='dense3d,current',
+                 help=f'comma-separated, the first is the reference; choose from {VARIANTS}')
   a.add_argument('--with', dest='with_', default='',
                  help='also time these train_step.py runners in the same rounds (hf_flax,pytorch)')
   a.add_argument('--rounds', type=int, default=8)
   a.add_argument('--output', default='')
   b = sub.add_parser('parts', parents=[common], help='time pieces of the step')
-  b.add_argument('--variant', default='current')
+  b.add_argument('--variant', default='current', choices=VARIANTS)
   b.add_argument('--steps', type=int, default=5)
   t = sub.add_parser('trace', parents=[common], help='per-op profile of the step')
-  t.add_argument('--variant', default='current')
+  t.add_argument('--variant', default='current', choices=VARIANTS)
   t.add_argument('--steps', type=int, default=2)
   t.add_argument('--top', type=int, default=30)
   t.add_argument('--trace_dir', default='')

@@ -9,7 +9,8 @@
 5. exports the tuned prompt (.npy / .npz) and the transformer as a Hugging Face directory, re-imports
    it, and checks the logits are unchanged.
 
-Later issues grow this into the paper's main job (continued pretraining + zero/few-shot evaluation).
+The full jobs (continued pretraining, meta-learning, zero-/few-shot evaluation) are `promptjax train`,
+`promptjax eval` and `promptjax fewshot`.
 """
 
 from __future__ import annotations

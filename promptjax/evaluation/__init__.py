@@ -1,4 +1,4 @@
-"""Evaluation the way the papers do it (issue 6).
+"""Evaluation the way the papers do it.
 
 * `rank_classification`: zero-shot rank classification (summed or length-normalized scores), per-instance
   predictions written as JSON lines;

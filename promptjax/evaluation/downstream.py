@@ -1,4 +1,4 @@
-"""Qin et al. 2023's downstream prompt-tuning protocol on CrossFit target tasks (`papers/002_*` §4.2, §5.3).
+"""Qin et al. 2023's downstream prompt-tuning protocol on CrossFit target tasks (§4.2, §5.3).
 
 "For prompt tuning, we select the learning rate from {5e-1, 4e-1, 3e-1, 2e-1} based on the validation
 performance ... We set the batch size, total training steps and evaluation interval to 8, 3000 and 50"

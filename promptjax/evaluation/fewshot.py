@@ -1,7 +1,7 @@
 """Few-shot prompt tuning of many templates in one compiled program (Wu et al. 2022 §4, Appendix C).
 
 "In few-shot finetuning, we train on one batch of 16 randomly selected examples for 100 epochs (the
-same batch throughout training) ... we do not manually balance the label distribution" (`papers/000_*`
+same batch throughout training) ... we do not manually balance the label distribution" (Wu et al. 2022,
 Appendix C). Per evaluation template: choose `num_shots` training instances with a recorded seed, tune
 only the prompt (shallow or deep; from the continued-pretraining checkpoint, or a fresh one) on that one
 batch for `epochs` steps with the transformer frozen, then rank-classify the evaluation split.

@@ -1,6 +1,6 @@
 """Average Relative Gain (ARG) and paired-bootstrap significance, as the papers define them.
 
-ARG, Wu et al. 2022 (`papers/000_*` §4): "averaging across all templates the relative accuracy
+ARG, Wu et al. 2022 (§4): "averaging across all templates the relative accuracy
 improvement over a random baseline":
 
     RG_t = (acc_t − random_t) / random_t,        ARG = mean_t RG_t          (`average_relative_gain`)
@@ -8,7 +8,7 @@ improvement over a random baseline":
 The official script (better-promptability ``scripts/bootstrap.py``, ``macro_avg``) averages the RGs
 within each dataset first and then over datasets: ``within_dataset=True`` with a template → dataset map.
 
-ARG, Qin et al. 2023 (`papers/002_*` §4.2): the relative gain of each target task over a *baseline run*
+ARG, Qin et al. 2023 (§4.2): the relative gain of each target task over a *baseline run*
 (prompt tuning from a random prompt), averaged over target tasks:
 
     RG_k = (score_k − baseline_k) / baseline_k,  ARG = mean_k RG_k          (`arg_vs_baseline`)

@@ -1,6 +1,6 @@
 """Zero-shot rank classification: score every answer choice by its target log-likelihood, pick the argmax.
 
-Wu et al. 2022 (`papers/000_*` §2) predict ``argmax_{y'} LM(f(x), f(y'))`` and report accuracy per
+Wu et al. 2022 (§2) predict ``argmax_{y'} LM(f(x), f(y'))`` and report accuracy per
 template. The score is the summed log-likelihood of the choice's target tokens (EOS included), as in
 T0 / T5X rank classification — the paper's definition and the default here. The official Wu et al. code
 divides it by the number of target tokens including EOS: ``length_normalize=True``.

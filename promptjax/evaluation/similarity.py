@@ -1,6 +1,6 @@
 """Task similarity from tuned soft prompts (Qin et al. 2023, Appendix A.6–A.7).
 
-Qin et al. (`papers/002_*` §6, A.6, A.7) "regard the soft prompt as the task embedding (Zhou et al., 2022)
+Qin et al. 2023 (§6, A.6, A.7) "regard the soft prompt as the task embedding (Zhou et al., 2022)
 and obtain its subspace by Singular Value Decomposition (SVD) following Saha et al. (2021)", then score a
 target task against each source task by "the correlation between input subspaces (the norm of projected
 subspace onto the other subspace)" following Lin et al. (2022); A.7 tunes MPT from "5 source tasks with the

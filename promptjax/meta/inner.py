@@ -1,7 +1,7 @@
 """The one inner loop every meta-learning algorithm of promptjax reuses: prompt-only updates.
 
-Wu et al. 2022 (`papers/000_*` §3, Appendix B, Algorithms 1-2) and Qin et al. 2023 (`papers/002_*`
-§3.2, §4.3) both adapt *only the prompt* in the inner loop: a clone of the model runs ``inner_steps``
+Wu et al. 2022 (§3, Appendix B, Algorithms 1-2) and Qin et al. 2023 (§3.2, §4.3) both adapt *only the
+prompt* in the inner loop: a clone of the model runs ``inner_steps``
 optimizer steps on support batches, updating ``params['prompt']`` while the transformer stays fixed.
 Clones therefore share the transformer; only the prompt copies are vmapped (`vmap` over the
 meta-batch axis with the transformer broadcast).

@@ -1,6 +1,6 @@
 """Soft prompts: shallow (input-level prompt tuning) and deep (per-layer prefix tuning).
 
-Wu et al. (2022) §2 and Appendix C (`papers/000_*`): a shallow prompt is an [L, d] table prepended to the
+Wu et al. (2022) §2 and Appendix C: a shallow prompt is an [L, d] table prepended to the
 embedded encoder input (source side only, L = 20); a deep prompt adds L key/value vectors to every
 attention layer, on the source *and* the target side: encoder self-attention, decoder self-attention and
 decoder cross-attention. Prefix positions are always visible (also under the causal mask) and get zero

@@ -18,7 +18,7 @@ Parameter tree (T5X / flaxformer t5_1_1 layout; kernels are 2-D [in, out]):
   decoder/logits_dense/kernel                                [embed, vocab]
   prompt/...                                                 see `promptjax.models.prompts`
 
-Inserted input vectors (SUPMER's cluster-centroid template, `papers/003_*` App. A.2 Eq. 19): `encode`
+Inserted input vectors (SUPMER's cluster-centroid template, Pan et al. 2023, App. A.2 Eq. 19): `encode`
 optionally takes ``encoder_input_vectors`` [b, V, embed] and ``encoder_input_vector_positions`` [b, V]
 (int, -1 = unused); the token embedding at each listed input position is replaced by its vector before a
 shallow prompt is prepended, so positions index the text inputs (see `insert_input_vectors`).

@@ -1,4 +1,4 @@
-"""SUPMER (Pan et al. 2023, `papers/003_*`): meta-prompt learning with meta-gradient regularization and
+"""SUPMER (Pan et al. 2023): meta-prompt learning with meta-gradient regularization and
 curriculum-based task augmentation (§3.3-3.5, Appendix A.1, A.3, A.4 Algorithms 1-2, Table 6).
 
 Only the shallow soft prompt θ [L, d] and the regularizer parameters φ are trained; the transformer is

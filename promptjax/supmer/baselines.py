@@ -1,4 +1,4 @@
-"""The prompt-initialization baselines SUPMER compares with (Pan et al. 2023, `papers/003_*` §4.2, App. B,
+"""The prompt-initialization baselines SUPMER compares with (Pan et al. 2023, §4.2, App. B,
 C.2): PPT, Unified-PPT and MetaPT as seqio tasks / mixtures for ``promptjax train`` (vanilla PT needs no
 data: ``promptjax/configs/paper/pan2023_base_pt.gin`` prompt-tunes a fresh prompt with the downstream protocol).
 

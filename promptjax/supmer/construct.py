@@ -1,6 +1,6 @@
 """SUPMER anchor meta-task construction as an Apache Beam pipeline (``python -m promptjax.supmer.construct``).
 
-Implements SUPMER (Pan et al., `papers/003_*`) §3.2 and Appendix A.2 ("Constructing Anchor Meta Tasks"),
+Implements SUPMER (Pan et al. 2023) §3.2 and Appendix A.2 ("Constructing Anchor Meta Tasks"),
 with the Table 6 defaults (K = 250 clusters per format, support 32 + query 32 per task):
 
 1. Read documents (a `promptjax.tasks.self_supervised.DocumentCorpus`: ``*.txt`` / ``*.jsonl``, local or

@@ -1,4 +1,4 @@
-"""SUPMER's downstream evaluation data as seqio Tasks (Pan et al. 2023, `papers/003_*` §4.1, App. B, C).
+"""SUPMER's downstream evaluation data as seqio Tasks (Pan et al. 2023, §4.1, App. B, C).
 
 Two settings (§4.1):
 

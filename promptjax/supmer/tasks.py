@@ -1,6 +1,6 @@
 """SUPMER anchor meta-tasks as seqio Tasks, and the meta-batch sampler that feeds the SUPMER algorithm.
 
-SUPMER (Pan et al., `papers/003_*` §3.2, App. A.2, Alg. 1–2, Table 6) meta-trains a soft prompt on
+SUPMER (Pan et al. 2023, §3.2, App. A.2, Alg. 1–2, Table 6) meta-trains a soft prompt on
 *anchor* meta-tasks built offline from unlabeled text by `promptjax.supmer.construct` (a Beam
 pipeline: sentences → T5-encoder embeddings → K-means → five formats → tasks). This module reads its output
 directory (data family ``supmer``: ``PROMPTJAX_SUPMER_DIR`` / ``set_data_dir('supmer', ...)`` /

@@ -1,6 +1,6 @@
 """CrossFit few-shot tasks as seqio Tasks and Mixtures (Qin et al. 2023 §5.1, Appendix A.1 Table 9).
 
-Qin et al. (2023, `papers/002_*`) meta-train soft prompts on CrossFit (Ye et al. 2021): 160 few-shot
+Qin et al. (2023) meta-train soft prompts on CrossFit (Ye et al. 2021): 160 few-shot
 tasks, each sampled five times (seeds 100, 13, 21, 42, 87) into a train, a dev and a test file; "16
 samples per class ... for classification tasks, and 32 samples per set for non-classification tasks"
 (§5.1). This module registers those tasks and the ten source/target partitions of §5.1 Table 1.

@@ -1,4 +1,4 @@
-"""P3 (Public Pool of Prompts) as seqio Tasks and Mixtures: Wu et al. 2022 (`papers/000_*`, Appendix A).
+"""P3 (Public Pool of Prompts) as seqio Tasks and Mixtures: Wu et al. 2022 (Appendix A).
 
 On-disk format (the P3 release, bigscience/P3 ``data/``, itself a seqio cache): one directory per subset
 (dataset × template), holding for each split

@@ -1,6 +1,6 @@
 """Self-supervised sentence-pair and multiple-choice tasks built from unlabeled documents (PPT, SUPMER).
 
-SUPMER (Pan et al., `papers/003_*` §3.2 and Appendix A.2; baselines in Appendix B / C.2) meta-trains a soft
+SUPMER (Pan et al. 2023, §3.2 and Appendix A.2; baselines in Appendix B / C.2) meta-trains a soft
 prompt on *anchor* tasks built from unlabeled OpenWebText; two of its formats are the document-structure
 formats of PPT (Gu et al., 2022, "PPT: Pre-trained Prompt Tuning": 3-class next sentence prediction and
 next sentence selection; released code thu-coai/PPT ``tools/preprocess_pretrain_data_{nsp,nss}.py``),

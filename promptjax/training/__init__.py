@@ -1,1 +1,1 @@
-"""Training: losses (this issue); partitioning, optimizers, train state and the trainer come later."""
+"""Training: optimizers, partitioning, the train step, the training methods and the trainer."""

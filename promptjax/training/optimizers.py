@@ -3,7 +3,7 @@
 Everything here returns a plain `optax.GradientTransformation`; nothing is hand-written that optax
 already provides.
 
-Adafactor (Wu et al. 2022, `papers/000_*` Appendix C; Shazeer & Stern 2018). The continued-pretraining
+Adafactor (Wu et al. 2022, Appendix C; Shazeer & Stern 2018). The continued-pretraining
 runs "follow Raffel et al. (2020) and Sanh et al. (2022) and use Adafactor with a 0.001 learning rate
 [...] We clip gradients to unit norm", i.e. the T5/T5X Adafactor: no parameter scaling
 (`multiply_by_parameter_scale=False`), second-moment decay β2_t = 1 − t^(−0.8), ε1 = 1e-30, update
@@ -45,8 +45,8 @@ leaves only (the norm of the gradient of what is being trained; gradients of fro
 or NaN, never touch the update). To clip by the norm of the full gradient instead, chain
 `optax.clip_by_global_norm` outside the masked optimizer and pass `global_norm_clip=None`.
 
-Other optimizers: `sgd` for inner loops (Qin et al. 2023, `papers/002_*` §5.3: inner learning rate
-3e-5), `adamw` for SUPMER (`papers/003_*` Table 6: Adam, linear schedule, no warm-up).
+Other optimizers: `sgd` for inner loops (Qin et al. 2023, §5.3: inner learning rate
+3e-5), `adamw` for SUPMER (Pan et al. 2023, Table 6: Adam, linear schedule, no warm-up).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ PROMPT_KEY = 'prompt'
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
 
-# Trainable groups and the papers' names for them (Wu et al. 2022 §3, `papers/README.md`):
+# Trainable groups and the papers' names for them (Wu et al. 2022 §3):
 # MTL-T✓P✓ trains both (the recommended recipe), MTL-T✓P✗ the transformer only (T0; a model with no
 # prompt at all is also 'all'), MTL-T✗P✓ the prompt only (Gu et al.'s PPT; Qin et al.'s MPT and
 # SUPMER's prompt also train only the prompt).

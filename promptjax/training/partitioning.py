@@ -20,9 +20,6 @@ Typical use by a trainer (one jitted step over the mesh):
   step = jax.jit(train_step, in_shardings=(p_shard, o_shard, batch_sharding(mesh)),
                  out_shardings=(p_shard, o_shard, ...))
 
-Or, from gin, ``partitioning()`` (gin name ``partitioning``) returns a `Partitioning` holding the
-mesh and the rules, with the same functions as methods.
-
 A dimension whose size is not divisible by the size of the mesh axis (or axes) its rule assigns
 (e.g. vocab 32128 over model=3) is replicated instead of sharded along that dimension: the rest of
 the array keeps its sharding, and the fallback is logged once per logical axis.
@@ -31,7 +28,6 @@ the array keeps its sharding, and the fallback is logged once per logical axis.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import logging
 import math
@@ -39,7 +35,6 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 import flax.linen as nn
 from flax.core import meta
-import gin
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -53,7 +48,7 @@ MESH_AXES = ('data', 'model')
 LogicalRules = Tuple[Tuple[str, Optional[Union[str, Tuple[str, ...]]]], ...]
 PyTree = Any
 
-_MESH_FIX = 'gin: partitioning.mesh_shape / partitioning.num_partitions'
+_MESH_FIX = 'gin: MESH_SHAPE'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def standard_logical_axis_rules(
   if a not in (1, 2) or p not in (1, 2):
     raise PartitioningError(
         f'activation_partitioning_dims and parameter_partitioning_dims must be 1 or 2, got {a} and '
-        f'{p} (gin: partitioning.activation_partitioning_dims / parameter_partitioning_dims).')
+        f'{p}.')
   rules = [('batch', 'data'), ('vocab', 'model')]
   if p == 2 and a == 1:
     rules.append(('embed', 'data'))
@@ -591,152 +586,3 @@ def make_global_batch(host_batch: Mapping[str, Any], mesh: Mesh) -> Dict[str, ja
       global_shape = (b // local_shards * data,) + tuple(np.shape(x)[1:])
       out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(x), global_shape)
   return out
-
-
-def with_logical_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]], mesh: Mesh,
-                            rules: Optional[LogicalRules] = None) -> jax.Array:
-  """`jax.lax.with_sharding_constraint` of an activation by logical names (use under jit), e.g.
-  `with_logical_constraint(h, ('batch', 'length', 'embed'), mesh)`; non-divisible dims replicate."""
-  spec = logical_to_mesh_spec(P(*logical_axes), np.shape(x), mesh, rules)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
-# --------------------------------------------------------------------------------------------------
-# Memory estimate.
-
-
-def _shard_shape(shape: Sequence[int], sharding) -> Tuple[int, ...]:
-  """Largest per-device shard shape (ceil division, so uneven shardings are bounded too)."""
-  shape = tuple(shape)
-  if isinstance(sharding, NamedSharding):
-    spec = tuple(sharding.spec)
-    return tuple(-(-s // _axis_size(sharding.mesh, spec[i] if i < len(spec) else None))
-                 for i, s in enumerate(shape))
-  return tuple(sharding.shard_shape(shape))
-
-
-def _bytes_per_device(abstract: PyTree, shardings: PyTree, dtype=None) -> Tuple[int, int]:
-  """(per-device bytes, global element count) of a tree of arrays / ShapeDtypeStructs."""
-  is_sharding = lambda s: isinstance(s, jax.sharding.Sharding)
-  leaves, tree = jax.tree_util.tree_flatten(abstract)
-  shards, s_tree = jax.tree_util.tree_flatten(shardings, is_leaf=is_sharding)
-  if tree != s_tree:
-    raise PartitioningError(f'The sharding tree does not match the array tree ({len(shards)} '
-                            f'shardings for {len(leaves)} arrays).')
-  total, count = 0, 0
-  for x, s in zip(leaves, shards):
-    itemsize = np.dtype(dtype or x.dtype).itemsize
-    total += math.prod(_shard_shape(x.shape, s)) * itemsize
-    count += math.prod(x.shape)
-  return total, count
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryEstimate:
-  """Per-device memory of the training state, from shapes and shardings only.
-
-  Attributes:
-    num_params: parameter count (all parameters).
-    num_trainable_params: parameters that receive gradients.
-    param_bytes: per-device bytes of the parameters (their dtype).
-    grad_bytes: per-device bytes of the gradients (float32, sharded like the trainable parameters).
-    opt_state_bytes: per-device bytes of the optimizer state.
-    num_opt_state_elements: global element count of the optimizer state.
-  Activations, XLA temporaries and the input pipeline are not included.
-  """
-  num_params: int
-  num_trainable_params: int
-  param_bytes: int
-  grad_bytes: int
-  opt_state_bytes: int
-  num_opt_state_elements: int
-
-  @property
-  def total_bytes(self) -> int:
-    return self.param_bytes + self.grad_bytes + self.opt_state_bytes
-
-  def summary(self) -> str:
-    gib = lambda b: f'{b / 2**30:.3f} GiB'
-    return (f'parameters: {self.num_params:,} ({self.num_trainable_params:,} trainable); '
-            f'per device: params {gib(self.param_bytes)}, grads {gib(self.grad_bytes)}, '
-            f'optimizer state {gib(self.opt_state_bytes)}, total {gib(self.total_bytes)} '
-            '(without activations)')
-
-
-def estimate_memory(abstract_params: PyTree, param_shardings: PyTree,
-                    abstract_opt_state: Optional[PyTree] = None,
-                    opt_shardings: Optional[PyTree] = None,
-                    trainable: Optional[PyTree] = None) -> MemoryEstimate:
-  """Per-device bytes of params, gradients and optimizer state; nothing is allocated.
-
-  Args:
-    abstract_params: parameter tree of ShapeDtypeStructs / arrays (boxed is fine).
-    param_shardings: matching NamedShardings.
-    abstract_opt_state: `abstract_optimizer_state(optimizer, abstract_params)` or None.
-    opt_shardings: `optimizer_state_shardings(...)` (required with `abstract_opt_state`).
-    trainable: optional tree of bools with the parameters' structure (e.g. only the prompt for
-      prompt tuning); gradients are counted for True leaves only. Default: all parameters.
-  """
-  abstract_params = _unbox(abstract_params)
-  is_sharding = lambda s: isinstance(s, jax.sharding.Sharding)
-  param_bytes, num_params = _bytes_per_device(abstract_params, param_shardings)
-  if trainable is None:
-    grads, grad_shardings = abstract_params, param_shardings
-  else:
-    mask = jax.tree_util.tree_leaves(trainable)
-    leaves = jax.tree_util.tree_leaves(abstract_params)
-    shards = jax.tree_util.tree_leaves(param_shardings, is_leaf=is_sharding)
-    if len(mask) != len(leaves):
-      raise PartitioningError('trainable must be a tree of bools with the parameters\' structure.')
-    grads = [x for x, m in zip(leaves, mask) if m]
-    grad_shardings = [s for s, m in zip(shards, mask) if m]
-  grad_bytes, num_trainable = _bytes_per_device(grads, grad_shardings, dtype=np.float32)
-  opt_bytes = opt_count = 0
-  if abstract_opt_state is not None:
-    if opt_shardings is None:
-      raise PartitioningError('estimate_memory needs opt_shardings with abstract_opt_state.')
-    opt_bytes, opt_count = _bytes_per_device(abstract_opt_state, opt_shardings)
-  return MemoryEstimate(num_params, num_trainable, param_bytes, grad_bytes, opt_bytes, opt_count)
-
-
-# --------------------------------------------------------------------------------------------------
-# gin entry point.
-
-
-@dataclasses.dataclass(frozen=True)
-class Partitioning:
-  """A mesh and its logical axis rules, with the functions of this module bound to them."""
-  mesh: Mesh
-  rules: LogicalRules
-
-  def param_shardings(self, model_or_logical_axes: Any, **kwargs) -> PyTree:
-    return param_shardings(model_or_logical_axes, self.mesh, self.rules, **kwargs)
-
-  def sharded_init(self, model, rng: jax.Array, transformer_params: Optional[PyTree] = None):
-    return sharded_init(model, rng, self.mesh, self.rules, transformer_params)
-
-  def optimizer_state_shardings(self, optimizer, abstract_params, shardings: PyTree) -> PyTree:
-    return optimizer_state_shardings(optimizer, abstract_params, shardings, self.mesh)
-
-  def batch_sharding(self) -> NamedSharding:
-    return batch_sharding(self.mesh)
-
-  def make_global_batch(self, host_batch: Mapping[str, Any]) -> Dict[str, jax.Array]:
-    return make_global_batch(host_batch, self.mesh)
-
-  def with_logical_constraint(self, x: jax.Array, logical_axes) -> jax.Array:
-    return with_logical_constraint(x, logical_axes, self.mesh, self.rules)
-
-
-@gin.configurable('partitioning', module='promptjax.training')
-def partitioning(mesh_shape: Optional[Sequence[int]] = None, num_partitions: int = 1,
-                 activation_partitioning_dims: int = 1, parameter_partitioning_dims: int = 1,
-                 additional_rules: Sequence[Tuple[str, Any]] = (),
-                 rule_overrides: Optional[Mapping[str, Any]] = None,
-                 devices: Optional[Sequence[Any]] = None) -> Partitioning:
-  """Builds the mesh (`create_mesh`) and rules (`standard_logical_axis_rules`) from gin, e.g.
-  ``partitioning.mesh_shape = (4, 2)`` or ``partitioning.num_partitions = 2``."""
-  mesh = create_mesh(mesh_shape, num_partitions=num_partitions, devices=devices)
-  rules = standard_logical_axis_rules(activation_partitioning_dims, parameter_partitioning_dims,
-                                      additional_rules, rule_overrides)
-  return Partitioning(mesh, rules)
