@@ -1,8 +1,9 @@
-"""The training loop: seqio data → one jitted, sharded train step → orbax checkpoints, with exact resume.
+"""The training loop: a method's batches → its jitted, sharded step → orbax checkpoints, with exact resume.
 
-Implements the continued pretraining of Wu et al. 2022 (`papers/000_*` §3, Appendix C): multi-task
-learning over a seqio mixture with the transformer (T) and the prompt (P) each trained or frozen
-(``trainable`` = 'transformer' for MTL-T✓P✗ / T0, 'prompt' for MTL-T✗P✓ / PPT, 'all' for MTL-T✓P✓).
+The loop names no algorithm: a `promptjax.training.method.Method` (multi-task learning, Wu et al. 2022
+§3; meta-learning, `promptjax.meta.MetaLearning`; SUPMER, `promptjax.supmer.Supmer`) gives the checks,
+extra parameters, optimizer, step and data; `setup` builds the mesh, shapes, shardings and jitted step,
+and `train` owns the state, resume, preemption, logging and the NaN guard.
 
 Layout of MODEL_DIR (T5X's): ``checkpoint_<step>/`` (orbax: ``state`` = step, params, optimizer state;
 ``meta`` = JSON with the data position and the model signature), ``train/`` (TensorBoard summaries),

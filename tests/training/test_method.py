@@ -9,9 +9,9 @@ import numpy as np
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import trainer
 from promptjax.training.method import Method, MultiTask
+from tests.training.test_trainer import VOCAB, _batches
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'README.md')
-VOCAB = 300
 
 
 def _example_class():
@@ -21,17 +21,6 @@ def _example_class():
   exec(compile(block.replace("module='my_methods'", "module='test_method_readme'"), 'README.md[method]',
                'exec'), ns)
   return ns['ClippedMultiTask']
-
-
-def _batches(n=3, batch=8):
-  rng = np.random.RandomState(0)
-  out = []
-  for _ in range(n):
-    enc = rng.randint(3, VOCAB - 100, size=(batch, 16)).astype(np.int32)
-    tgt = rng.randint(3, VOCAB - 100, size=(batch, 4)).astype(np.int32)
-    tgt[:, -1] = 1
-    out.append({'encoder_input_tokens': enc, 'decoder_target_tokens': tgt})
-  return out
 
 
 def _run(tmp_path, name, method, model):
