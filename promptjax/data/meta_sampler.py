@@ -48,14 +48,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import math
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from promptjax.data import feeds
 from promptjax.errors import SamplerError
 
-FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
+FEATURES = feeds.FEATURES
 SUPPORT_MODES = ('different', 'same', 'split')
 TASK_PER = ('batch', 'clone')
 TASK_SAMPLING = ('rate', 'uniform')
@@ -208,8 +209,7 @@ def task_plan(cfg: MetaDataConfig) -> TaskPlan:
   import seqio
   from promptjax.tasks import utils as task_utils
   from promptjax.tasks.config import DataError
-  if cfg.module:
-    importlib.import_module(cfg.module)
+  feeds.import_task_module(cfg.module)
   obj = task_utils.get_task_or_mixture(cfg.mixture_or_task_name)
   if isinstance(obj, seqio.Task):
     tasks, rates = [obj], [1.0]

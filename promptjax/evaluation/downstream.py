@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from promptjax.data import feeds
 from promptjax.evaluation import generation
 from promptjax.meta import inner
 from promptjax.training import optimizers as opt_lib
@@ -303,10 +304,8 @@ def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks:
 
   `use_supmer_regularizer`: apply the checkpoint's frozen SUPMER regularizer ψ* to every prompt gradient
   (the checkpoint must come from a SUPMER run)."""
-  import importlib
   from promptjax.evaluation.run import load_params
-  if module:
-    importlib.import_module(module)
+  feeds.import_task_module(module)
   if model.prompt.kind == 'none':
     raise generation.EvaluationError('Downstream prompt tuning needs a prompt: set PromptConfig.kind.')
   gradient_fn = None

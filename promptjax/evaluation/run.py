@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from promptjax.checkpoints import restore
+from promptjax.data import feeds
 from promptjax.evaluation import fewshot as fewshot_lib
 from promptjax.evaluation import rank_classification as rc
 from promptjax.supmer import algorithm as supmer_lib
@@ -81,9 +82,7 @@ def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_
   """Zero-shot (``fewshot=None``) or few-shot rank classification of every rank-classification task, and
   (zero-shot) greedy generation scored by ``seqio.Evaluator`` of every task with seqio ``metric_fns``;
   returns the summary (``generative``: {task: {metric: value}} for the latter)."""
-  if module:
-    import importlib
-    importlib.import_module(module)
+  feeds.import_task_module(module)
   tasks = rc.task_names(mixture_or_task_name)
   generative = []
   for task in tasks:   # fail before any work on a task that cannot be evaluated

@@ -112,8 +112,6 @@ transformation g ↦ ψ_φ*(g) taking the support representation H as an extra a
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 import jax
@@ -121,7 +119,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from promptjax.data import meta_sampler
+from promptjax.data import feeds, meta_sampler
 from promptjax.errors import MetaError
 from promptjax.meta.inner import PROMPT, join_prompt, split_prompt
 from promptjax.models import losses
@@ -137,7 +135,7 @@ SIMILARITIES = ('regulated', 'raw')
 SIMILARITY_QUERIES = ('initial', 'adapted')
 BETA_FORMS = ('alg2', 'increasing')
 SETS = ('support', 'query', 'mix_query')
-VECTOR_FEATURES = ('encoder_input_vectors', 'encoder_input_vector_positions')
+VECTOR_FEATURES = feeds.VECTOR_FEATURES
 _EPS = 1e-12
 
 
@@ -314,15 +312,9 @@ def cosine_similarity(a: Params, b: Params) -> jax.Array:
 # ------------------------------------------------------------------------------------------------
 # Losses on encoder states.
 
-@functools.lru_cache(maxsize=None)
-def _encode_accepts(cls) -> Tuple[str, ...]:
-  params = inspect.signature(cls.encode).parameters
-  return tuple(f for f in VECTOR_FEATURES if f in params)
-
-
 def encode(model, params: Params, batch: Batch) -> Tuple[jax.Array, jax.Array]:
-  """model.encode, passing the inserted-vector features when the model's encode accepts them."""
-  kwargs = {f: batch[f] for f in _encode_accepts(type(model)) if f in batch}
+  """model.encode, with the inserted-vector features when the batch has them (SUPMER's centroid format)."""
+  kwargs = {f: batch[f] for f in VECTOR_FEATURES if f in batch}
   return model.encode(params, batch['encoder_input_tokens'], **kwargs)
 
 

@@ -63,6 +63,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 import numpy as np
 import seqio
 
+from promptjax.data import feeds
 from promptjax.tasks import config
 from promptjax.tasks.config import DataError
 
@@ -81,9 +82,8 @@ VECTOR_PLACEHOLDER = '<extra_id_99>'
 NUM_VECTORS = 4
 SPLITS = ('train', 'validation')
 ROLES = ('support', 'query')
-MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
-                  'decoder_loss_weights')
-VECTOR_FEATURES = ('encoder_input_vectors', 'encoder_input_vector_positions')
+MODEL_FEATURES = feeds.FEATURES
+VECTOR_FEATURES = feeds.VECTOR_FEATURES
 MANIFEST = 'manifest.json'
 CONSTRUCT_HINT = ('python -m promptjax.supmer.construct --corpus_dir=... --output_dir=DIR, then '
                   f'{config.ENV_VARS["supmer"]}=DIR (or promptjax.tasks.set_data_dir("supmer", DIR))')
@@ -332,9 +332,7 @@ def _read_format(task: seqio.Task, split: str, lengths: Mapping[str, int], dim: 
 
 def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
   """Meta-batches from step `start_step` on (see the module docstring for the layout)."""
-  import importlib
-  if cfg.module:
-    importlib.import_module(cfg.module)
+  feeds.import_task_module(cfg.module)
   lengths = {'inputs': int(cfg.task_feature_lengths['inputs']),
              'targets': int(cfg.task_feature_lengths['targets'])}
   names = {f: f'{cfg.task_prefix}_{f}' for f in FORMAT_NAMES}
