@@ -74,3 +74,20 @@ def test_the_package_speaks_of_papers_not_of_our_planning(word):
   for dirpath, _, files in os.walk(os.path.join(ROOT, 'configs')):
     hits += [os.path.join(dirpath, f) for f in files if word in open(os.path.join(dirpath, f), encoding='utf-8').read()]
   assert not hits, f'{word!r} in {hits}'
+
+
+def test_gin_files_ship_inside_the_package():
+  # An installed wheel finds runs/train.gin: the CLI searches the package's configs/, and setup.py's
+  # package_data patterns cover every gin file there.
+  import fnmatch
+  import re
+  from promptjax import cli
+  assert os.path.commonpath([cli.GIN_DIR, ROOT]) == ROOT
+  assert os.path.isfile(os.path.join(cli.GIN_DIR, 'runs', 'train.gin'))
+  setup_py = open(os.path.join(os.path.dirname(ROOT), 'setup.py'), encoding='utf-8').read()
+  patterns = re.search(r"'promptjax': \[([^\]]*)\]", setup_py).group(1)
+  patterns = [p.strip().strip("'") for p in patterns.split(',') if p.strip()]
+  for dirpath, _, files in os.walk(cli.GIN_DIR):
+    for f in files:
+      rel = os.path.relpath(os.path.join(dirpath, f), ROOT).replace(os.sep, '/')
+      assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel
