@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from promptjax.models import losses
 from promptjax.models.model import PromptableT5
 
 Params = Any

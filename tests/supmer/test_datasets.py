@@ -424,16 +424,16 @@ def test_gin_files_resolve_dataset_and_seed(data):
     cli.parse_gin(['runs/supmer_fewshot.gin', 'models/t5_1_1_tiny.gin'],
                   ["DATASET = 'cb'", 'DATA_SEED = 42', "CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/y'"],
                   [])
-    assert sd.rank_task() == 'supmer_cb_42_rank_classification'
-    assert sd.feature_lengths() == {'inputs': 256, 'targets': 3}
-    assert sd.num_train_examples() == 37
+    assert gin.get_configurable(sd.rank_task)() == 'supmer_cb_42_rank_classification'
+    assert gin.get_configurable(sd.feature_lengths)() == {'inputs': 256, 'targets': 3}
+    assert gin.get_configurable(sd.num_train_examples)() == 37
     assert gin.query_parameter('%EVAL_SPLIT') == 'test'
     gin.clear_config()
     cli.parse_gin(['paper/pan2023_base_domain.gin'], ["DOMAIN = 'books'", 'DATA_SEED = 13',
                                                       "CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/y'"], [])
-    assert sd.rank_task() == 'supmer_domain_books_13_rank_classification'
-    assert sd.feature_lengths() == {'inputs': 256, 'targets': 3}
-    assert sd.num_train_examples() == 32
+    assert gin.get_configurable(sd.rank_task)() == 'supmer_domain_books_13_rank_classification'
+    assert gin.get_configurable(sd.feature_lengths)() == {'inputs': 256, 'targets': 3}
+    assert gin.get_configurable(sd.num_train_examples)() == 32
     assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100
   finally:
     gin.clear_config()

@@ -16,6 +16,8 @@ SPIECE = os.path.join(SHARED_DATA, 't5', 'spiece.model')
 
 @pytest.fixture(autouse=True)
 def _reset():
+  from promptjax import cli
+  cli.register_gin_configurables()   # gin lives at the edge: the CLI registers configure_data
   yield
   for family in cfg.FAMILIES:
     T.set_data_dir(family, None)
@@ -51,7 +53,7 @@ def test_unknown_family_is_an_error():
 def test_gin_configure_data_sets_dirs_and_vocab(tmp_path):
   gin.parse_config([f'promptjax.tasks.configure_data.p3_dir = "{tmp_path}"',
                     f'promptjax.tasks.configure_data.t5_vocab = "{tmp_path}/v.model"'])
-  T.configure_data()
+  gin.get_configurable(T.configure_data)()
   assert T.get_data_dir('p3') == str(tmp_path)
   assert T.get_vocabulary_path('t5') == f'{tmp_path}/v.model'
 

@@ -386,6 +386,8 @@ def test_schedules_closed_form():
 
 @pytest.fixture
 def clean_gin():
+  from promptjax import cli
+  cli.register_gin_configurables()   # gin lives at the edge: the CLI registers the factory
   gin.clear_config()
   yield
   gin.clear_config()
@@ -410,7 +412,7 @@ def test_gin_binds_the_factory(clean_gin):
       create_optimizer.trainable = 'T✗P✓'
       create_optimizer.global_norm_clip = 1.0
   """)
-  tx = opt_lib.create_optimizer()
+  tx = gin.get_configurable(opt_lib.create_optimizer)()
   assert isinstance(tx, optax.GradientTransformation)
   params = _toy_params()
   grads, updates = _first_prompt_step(tx, params)
@@ -426,7 +428,7 @@ def test_gin_binds_the_factory(clean_gin):
       rsqrt_decay_schedule.base_learning_rate = 1.0
       rsqrt_decay_schedule.warmup_steps = 100
   """)
-  grads, updates = _first_prompt_step(opt_lib.create_optimizer(), params)  # trainable='all'
+  grads, updates = _first_prompt_step(gin.get_configurable(opt_lib.create_optimizer)(), params)  # trainable='all'
   for u, g in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(grads)):
     np.testing.assert_allclose(u, -0.1 * np.sign(g), rtol=1e-6)
 
@@ -436,7 +438,7 @@ def test_gin_binds_the_factory(clean_gin):
       create_optimizer.learning_rate = 3e-5
       create_optimizer.trainable = 'prompt'
   """)
-  grads, updates = _first_prompt_step(opt_lib.create_optimizer(params=params), params)
+  grads, updates = _first_prompt_step(gin.get_configurable(opt_lib.create_optimizer)(params=params), params)
   np.testing.assert_allclose(updates['prompt']['prompt'], -3e-5 * grads['prompt']['prompt'],
                              rtol=1e-6)
 
@@ -449,11 +451,11 @@ def test_gin_unknown_bindings_raise(clean_gin):
       create_optimizer.decay_rate = 0.8
   """)
   with pytest.raises(ValueError, match=r"'sgd' has no option\(s\) \['decay_rate'\]"):
-    opt_lib.create_optimizer()
+    gin.get_configurable(opt_lib.create_optimizer)()
   gin.clear_config()
   gin.parse_config("create_optimizer.name = 'lion'")
   with pytest.raises(ValueError, match="Unknown optimizer 'lion'"):
-    opt_lib.create_optimizer()
+    gin.get_configurable(opt_lib.create_optimizer)()
 
 
 def test_library_functions_work_without_gin(clean_gin):
