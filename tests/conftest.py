@@ -1,5 +1,8 @@
+import json
 import os
 import sys
+
+import pytest
 
 # Make tests/reference_t5.py importable as `reference_t5` and keep JAX on the CPU in tests.
 sys.path.insert(0, os.path.dirname(__file__))
@@ -9,6 +12,35 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
 SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+
+
+def shared_path(*parts):
+  """`SHARED_DATA/parts...`, or skip the calling test with the reason when it is absent (a clone without
+  ../shared)."""
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'needs {path} (../shared/data beside the checkout)')
+  return path
+
+
+@pytest.fixture(scope='session')
+def supmer_construction(tmp_path_factory, worker_id):
+  """(output_dir, manifest) of the mini SUPMER anchor-task construction (Beam DirectRunner on the bundled
+  corpus, support = query = 4): built once per run and read by tests/supmer/*. Under xdist the workers share
+  one build through a file lock in the run's common temporary directory."""
+  pytest.importorskip('apache_beam', reason='Apache Beam is not installed (setup.py: the beam extra)')
+  from promptjax.supmer import construct as sc
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != 'master':
+    root = root.parent          # shared by the xdist workers of this run
+  out = str(root / 'supmer_construction')
+  done = os.path.join(out, 'manifest.json')
+  import filelock
+  with filelock.FileLock(str(root / 'supmer_construction.lock')):
+    if not os.path.exists(done):
+      sc.construct(sc.mini_config(out, support_size=4, query_size=4))
+  with open(done) as f:
+    return out, json.load(f)
 
 
 # The longest test files first: `make test` runs `pytest -n 2 --dist loadfile`, which hands files to the two
