@@ -45,14 +45,32 @@ def supmer_construction(tmp_path_factory, worker_id):
 
 # The longest test files first: `make test` runs `pytest -n 2 --dist loadfile`, which hands files to the two
 # workers in collection order, so long files collected last (tests/training sorts after the rest) leave one
-# worker running alone at the end. Longest-first keeps both busy (measured: a 22-minute run had its last
-# 8 minutes on mostly one worker). Files not listed keep their order after these.
+# worker running alone at the end. Longest-first keeps both busy. The order is by the per-file times of a
+# `--durations` run (2 cores; seconds in the comments). Files not listed keep their order after these.
 _LONG_FILES = (
-    'test_demo.py', 'training/test_trainer.py', 'meta/test_meta_training.py', 'supmer/test_end_to_end.py',
-    'evaluation/test_eval_cli.py', 'training/test_multiprocess.py', 'supmer/test_train.py',
-    'supmer/test_baselines.py', 'models/test_t5.py', 'meta/test_meta_gradients.py',
-    'evaluation/test_fewshot.py', 'supmer/test_algorithm.py', 'supmer/test_construct.py',
-    'evaluation/test_downstream.py', 'evaluation/test_rank_classification.py', 'tasks/test_mini.py',
+    'training/test_trainer.py',                 # ~410
+    'meta/test_meta_training.py',               # ~315
+    'test_demo.py',                             # ~175
+    'evaluation/test_eval_cli.py',              # ~140
+    'training/test_multiprocess.py',            # ~110
+    'supmer/test_end_to_end.py',                # ~90 (+ the shared SUPMER construction when first)
+    'models/test_t5.py',                        # ~105
+    'supmer/test_train.py',                     # ~95
+    'evaluation/test_fewshot.py',               # ~80
+    'supmer/test_baselines.py',                 # ~75
+    'evaluation/test_downstream.py',            # ~70
+    'models/test_prompts.py',                   # ~70
+    'evaluation/test_rank_classification.py',   # ~60
+    'supmer/test_algorithm.py',                 # ~60
+    'meta/test_maml_reference.py',              # ~55
+    'test_readme.py',                           # ~40
+    'meta/test_meta_gradients.py',              # ~35
+    'tasks/test_mini.py',                       # ~35
+    'supmer/test_downstream_protocol.py',       # ~30
+    'models/test_input_vectors.py',             # ~30
+    'supmer/test_construct.py',                 # ~30
+    'checkpoints/test_load.py',                 # ~25
+    'test_tour.py',                             # ~25
 )
 
 
