@@ -1,5 +1,8 @@
+import json
 import os
 import sys
+
+import pytest
 
 # Make tests/reference_t5.py importable as `reference_t5` and keep JAX on the CPU in tests.
 sys.path.insert(0, os.path.dirname(__file__))
@@ -11,16 +14,63 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
 SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 
 
+def shared_path(*parts):
+  """`SHARED_DATA/parts...`, or skip the calling test with the reason when it is absent (a clone without
+  ../shared)."""
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'needs {path} (../shared/data beside the checkout)')
+  return path
+
+
+@pytest.fixture(scope='session')
+def supmer_construction(tmp_path_factory, worker_id):
+  """(output_dir, manifest) of the mini SUPMER anchor-task construction (Beam DirectRunner on the bundled
+  corpus, support = query = 4): built once per run and read by tests/supmer/*. Under xdist the workers share
+  one build through a file lock in the run's common temporary directory."""
+  pytest.importorskip('apache_beam', reason='Apache Beam is not installed (setup.py: the beam extra)')
+  from promptjax.supmer import construct as sc
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != 'master':
+    root = root.parent          # shared by the xdist workers of this run
+  out = str(root / 'supmer_construction')
+  done = os.path.join(out, 'manifest.json')
+  import filelock
+  with filelock.FileLock(str(root / 'supmer_construction.lock')):
+    if not os.path.exists(done):
+      sc.construct(sc.mini_config(out, support_size=4, query_size=4))
+  with open(done) as f:
+    return out, json.load(f)
+
+
 # The longest test files first: `make test` runs `pytest -n 2 --dist loadfile`, which hands files to the two
 # workers in collection order, so long files collected last (tests/training sorts after the rest) leave one
-# worker running alone at the end. Longest-first keeps both busy (measured: a 22-minute run had its last
-# 8 minutes on mostly one worker). Files not listed keep their order after these.
+# worker running alone at the end. Longest-first keeps both busy. The order is by the per-file times of a
+# `--durations` run (2 cores; seconds in the comments). Files not listed keep their order after these.
 _LONG_FILES = (
-    'test_demo.py', 'training/test_trainer.py', 'meta/test_meta_training.py', 'supmer/test_end_to_end.py',
-    'evaluation/test_eval_cli.py', 'training/test_multiprocess.py', 'supmer/test_train.py',
-    'supmer/test_baselines.py', 'models/test_t5.py', 'meta/test_meta_gradients.py',
-    'evaluation/test_fewshot.py', 'supmer/test_algorithm.py', 'supmer/test_construct.py',
-    'evaluation/test_downstream.py', 'evaluation/test_rank_classification.py', 'tasks/test_mini.py',
+    'training/test_trainer.py',                 # ~410
+    'meta/test_meta_training.py',               # ~315
+    'test_demo.py',                             # ~175
+    'evaluation/test_eval_cli.py',              # ~140
+    'training/test_multiprocess.py',            # ~110
+    'supmer/test_end_to_end.py',                # ~90 (+ the shared SUPMER construction when first)
+    'models/test_t5.py',                        # ~105
+    'supmer/test_train.py',                     # ~95
+    'evaluation/test_fewshot.py',               # ~80
+    'supmer/test_baselines.py',                 # ~75
+    'evaluation/test_downstream.py',            # ~70
+    'models/test_prompts.py',                   # ~70
+    'evaluation/test_rank_classification.py',   # ~60
+    'supmer/test_algorithm.py',                 # ~60
+    'meta/test_maml_reference.py',              # ~55
+    'test_readme.py',                           # ~40
+    'meta/test_meta_gradients.py',              # ~35
+    'tasks/test_mini.py',                       # ~35
+    'supmer/test_downstream_protocol.py',       # ~30
+    'models/test_input_vectors.py',             # ~30
+    'supmer/test_construct.py',                 # ~30
+    'checkpoints/test_load.py',                 # ~25
+    'test_tour.py',                             # ~25
 )
 
 

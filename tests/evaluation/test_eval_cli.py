@@ -4,25 +4,16 @@ their readable errors (one `error:` line, exit status 2, nothing written or lost
 import json
 import os
 
-import gin
 import numpy as np
 import pytest
 
-from promptjax import cli
 from promptjax.evaluation import metrics as metrics_lib, report
+from tests.helpers import cli as _cli
 
 VOCAB = 1664
 TASK = 'mini_heldout_rank_classification'
 MODEL = ['--gin_file=models/t5_1_1_tiny.gin', f'--gin.promptjax.models.get_config.vocab_size={VOCAB}',
          '--gin.promptjax.models.PromptConfig.length=4']
-
-
-def _cli(args):
-  gin.clear_config()
-  try:
-    return cli.main(args)
-  finally:
-    gin.clear_config()
 
 
 @pytest.fixture(scope='module')

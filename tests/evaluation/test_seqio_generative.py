@@ -10,11 +10,12 @@ import pytest
 import seqio
 
 import promptjax.tasks  # noqa: F401  (registers the bundled tasks)
-from promptjax.tasks import crossfit_metrics, generation
+from promptjax.evaluation import generation
+from promptjax.tasks import crossfit_metrics
 from promptjax.evaluation.rank_classification import EvaluationError
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.tasks import config as task_config
-from tests.evaluation.test_eval_cli import _cli
+from tests.helpers import cli as _cli
 
 QA = 'crossfit_mini_closed_book_qa_13'     # EM; some dev lines carry two references
 TOPIC = 'crossfit_mini_topic_13'           # Classification-F1

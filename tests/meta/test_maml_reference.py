@@ -16,7 +16,7 @@ and `meta_gradient(..., MetaConfig('maml', ...), trainable='prompt')['prompt']` 
 Float64. promptjax's model pins float32 in several places whatever `T5Config.dtype` says (RMSNorm
 statistics, attention logits/softmax, the relative-position and mask biases, the loss), so with x64
 on and float64 parameters it still computes in mixed float32 precision: a float64 FD check of it
-is impossible. The references therefore run on a *test-local* float64 shim: inside `jax.enable_x64`
+is impossible. The references therefore run on a *test-local* float64 shim (tests/helpers.py): inside `jax.enable_x64`
 the `jnp` module seen by `promptjax.models.layers`, `promptjax.models.t5` and
 `promptjax.models.losses` is swapped (monkeypatch, restored afterwards) for a proxy whose
 ``float32`` is ``float64``; `test_shim_is_float64_and_matches_hf` proves the traced loss then has no
@@ -40,11 +40,9 @@ import jax.numpy as jnp
 import optax
 
 import promptjax.models.layers as layers_mod
-import promptjax.models.t5 as t5_mod
-import promptjax.models.losses as losses_mod
 from promptjax.checkpoints import hf as hf_ckpt
 from promptjax.meta.algorithms import MetaConfig, meta_gradient
-from promptjax.models import PromptConfig, PromptableT5, get_config
+from tests.helpers import float64_model, padded_batch, tiny_prompt_model
 
 TOL = 1e-4          # relative error of the full prompt gradient vector (the brief's bound)
 ALPHA = 1.0         # inner SGD learning rate: makes the second-order term large on this tiny model
@@ -61,25 +59,9 @@ def _rel(got, want):
   return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-class _Jnp64:
-  """`jax.numpy` with `float32` meaning `float64` (the model's pinned float32 casts become float64)."""
-
-  def __getattr__(self, name):
-    return jnp.float64 if name == 'float32' else getattr(jnp, name)
-
-
-def _batch(rng, b=B, n=ENC_LEN, t=TGT_LEN):
+def _batch(rng):
   """Right-padded encoder inputs and targets ending in EOS=1, random lengths (at least one row full)."""
-  enc = np.zeros((b, n), np.int32)
-  tgt = np.zeros((b, t), np.int32)
-  for i in range(b):
-    ln = n if i == 0 else rng.randint(2, n + 1)
-    enc[i, :ln - 1] = rng.randint(2, VOCAB, ln - 1)
-    enc[i, ln - 1] = 1
-    lt = t if i == 1 else rng.randint(2, t + 1)
-    tgt[i, :lt - 1] = rng.randint(2, VOCAB, lt - 1)
-    tgt[i, lt - 1] = 1
-  return {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt}
+  return padded_batch(rng, (B,), ENC_LEN, TGT_LEN, VOCAB)
 
 
 def _stack(batches):
@@ -97,11 +79,10 @@ def _meta_batch(seed, steps):
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   """float32 model + params (the production path), and the same weights as an HF float64 model."""
-  config = get_config('tiny', vocab_size=VOCAB, num_encoder_layers=1, num_decoder_layers=1)
-  model = PromptableT5(config, PromptConfig(kind='shallow', length=L, init='uniform', init_range=1.0))
+  model = tiny_prompt_model(VOCAB, L)
   params = model.init_params(jax.random.PRNGKey(0))
   out = str(tmp_path_factory.mktemp('hf'))
-  hf_ckpt.export_hf(params, config, out)
+  hf_ckpt.export_hf(params, model.config, out)
   import transformers
   hf = transformers.T5ForConditionalGeneration.from_pretrained(out, attn_implementation='eager')
   hf = hf.double().eval().requires_grad_(False)
@@ -113,12 +94,8 @@ def f64(setup):
   """Per test: x64 on and the float64 shim installed, both undone afterwards (tests without this
   fixture run the unmodified float32 model); yields (float64 model, float64 params)."""
   model, params, _ = setup
-  with jax.enable_x64(True), pytest.MonkeyPatch.context() as mp:
-    for mod in (layers_mod, t5_mod, losses_mod):
-      mp.setattr(mod, 'jnp', _Jnp64())
-    model64 = PromptableT5(model.config.replace(dtype='float64'), model.prompt)
-    params64 = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
-    yield model64, params64
+  with float64_model(model, params) as model_and_params:
+    yield model_and_params
 
 
 # --------------------------------------------------------------------------------------------------

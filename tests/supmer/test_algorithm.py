@@ -14,7 +14,8 @@
    step); the train step's curriculum state (Alg. 1 line 18) and the next step's b.
 
 Float64: the model pins float32 in its norms, attention and loss, so the FD references run with the same
-test-local shim as tests/meta/test_maml_reference.py (`jnp.float32` means float64 in the model modules).
+test-local shim as tests/meta/test_maml_reference.py (tests/helpers.py: `jnp.float32` means float64 in the
+model modules).
 """
 
 import functools
@@ -27,12 +28,9 @@ import pytest
 
 from promptjax.supmer import algorithm as supmer
 from promptjax.meta.algorithms import MetaConfig, meta_gradient
-from promptjax.models import PromptableT5, PromptConfig, get_config
-from promptjax.models import layers as layers_mod
-from promptjax.models import t5 as t5_mod
 from promptjax.models.model import shift_right
-from promptjax.models import losses as losses_mod
 from promptjax.training import train_step as ts
+from tests.helpers import float64_model, padded_batch, tiny_prompt_model
 
 M, S, Q = 2, 2, 2
 L, VOCAB, ENC_LEN, TGT_LEN = 3, 64, 6, 3
@@ -42,24 +40,8 @@ FD_STEP = 1e-5
 _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
-class _Jnp64:
-  def __getattr__(self, name):
-    return jnp.float64 if name == 'float32' else getattr(jnp, name)
-
-
 def _batch(rng, lead):
-  n = int(np.prod(lead))
-  enc = np.zeros((n, ENC_LEN), np.int32)
-  tgt = np.zeros((n, TGT_LEN), np.int32)
-  for i in range(n):
-    ln = ENC_LEN if i == 0 else rng.randint(3, ENC_LEN + 1)
-    enc[i, :ln - 1] = rng.randint(2, VOCAB, ln - 1)
-    enc[i, ln - 1] = 1
-    lt = TGT_LEN if i == 1 else rng.randint(2, TGT_LEN + 1)
-    tgt[i, :lt - 1] = rng.randint(2, VOCAB, lt - 1)
-    tgt[i, lt - 1] = 1
-  return {'encoder_input_tokens': enc.reshape(lead + (ENC_LEN,)),
-          'decoder_target_tokens': tgt.reshape(lead + (TGT_LEN,)),
+  return {**padded_batch(rng, lead, ENC_LEN, TGT_LEN, VOCAB, min_enc_len=3),
           'encoder_input_vectors': np.zeros(lead + (1, 8), np.float32),
           'encoder_input_vector_positions': -np.ones(lead + (1,), np.int32)}
 
@@ -71,11 +53,6 @@ def _sets(seed=0):
 
 def _task(tree, i):
   return jax.tree.map(lambda x: x[i], tree)
-
-
-def _model():
-  config = get_config('tiny', vocab_size=VOCAB, num_encoder_layers=1, num_decoder_layers=1)
-  return PromptableT5(config, PromptConfig(kind='shallow', length=L, init='uniform', init_range=1.0))
 
 
 def _phi(cfg, seed=1, scale=1.0):
@@ -91,18 +68,14 @@ def _phi(cfg, seed=1, scale=1.0):
 
 @pytest.fixture(scope='module')
 def base():
-  model = _model()
+  model = tiny_prompt_model(VOCAB, L)
   return model, model.init_params(jax.random.PRNGKey(0))
 
 
 @pytest.fixture
 def f64(base):
-  model, params = base
-  with jax.enable_x64(True), pytest.MonkeyPatch.context() as mp:
-    for mod in (layers_mod, t5_mod, losses_mod):
-      mp.setattr(mod, 'jnp', _Jnp64())
-    model64 = PromptableT5(model.config.replace(dtype='float64'), model.prompt)
-    yield model64, jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+  with float64_model(*base) as model_and_params:
+    yield model_and_params
 
 
 # ------------------------------------------------------------------------------------------------

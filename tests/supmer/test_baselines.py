@@ -21,21 +21,16 @@ import seqio
 import promptjax.tasks as T
 from promptjax import cli
 from promptjax.supmer import baselines as sb
-from tests.evaluation.test_eval_cli import _cli
-from tests.supmer.test_construct import _records, built  # noqa: F401  (a fixture)
+from tests.helpers import cli as _cli
+from tests.helpers import read_records as _records
 
 LENGTHS = {'inputs': 256, 'targets': 8}
 
 
-@pytest.fixture(scope='module')
-def construction(built):
-  return built[0]   # the mini construction (tests/tasks/test_supmer_construct.py's `built`)
-
-
 @pytest.fixture
-def supmer_dir(construction):
-  T.set_data_dir('supmer', construction)
-  yield construction
+def supmer_dir(supmer_construction):
+  T.set_data_dir('supmer', supmer_construction[0])   # the mini construction (tests/conftest.py)
+  yield supmer_construction[0]
   T.set_data_dir('supmer', None)
 
 

@@ -21,6 +21,7 @@ from promptjax.tasks import config as cfg
 from promptjax.tasks import self_supervised as ss
 from promptjax.supmer import tasks as supmer
 from promptjax.tasks.config import DataError
+from tests.helpers import read_records as _records
 
 SPIECE = os.path.join(SHARED_DATA, 't5', 'spiece.model')
 S = Q = 4
@@ -28,13 +29,9 @@ _CORPUS = ss.DocumentCorpus(os.path.join(cfg.BUNDLED_DIR, 'text'))
 SENTENCES = {split: {s for d in _CORPUS.documents(split) for s in d.segments} for split in ('train', 'validation')}
 
 
-@pytest.fixture(scope='module')
-def built(tmp_path_factory):
-  pytest.importorskip('apache_beam', reason='Apache Beam is not installed (setup.py: the beam extra)')
-  from promptjax.supmer import construct as sc
-  out = str(tmp_path_factory.mktemp('supmer') / 'out')
-  manifest = sc.construct(sc.mini_config(out, support_size=S, query_size=Q))
-  return out, manifest
+@pytest.fixture
+def built(supmer_construction):
+  return supmer_construction   # (output_dir, manifest): tests/conftest.py, S = Q = 4
 
 
 @pytest.fixture
@@ -42,18 +39,6 @@ def data_dir(built):
   T.set_data_dir('supmer', built[0])
   yield built[0]
   T.set_data_dir('supmer', None)
-
-
-def _records(out, fmt, split='train'):
-  import tensorflow as tf
-  recs = []
-  for path in sorted(tf.io.gfile.glob(f'{out}/{fmt}/{split}-*.tfrecord')):
-    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      ex = tf.train.Example.FromString(raw).features.feature
-      r = {k: (list(v.bytes_list.value) or list(v.int64_list.value) or list(v.float_list.value))
-           for k, v in ex.items()}
-      recs.append({k: ([x.decode() for x in v] if v and isinstance(v[0], bytes) else v) for k, v in r.items()})
-  return recs
 
 
 def _by_task(recs):
@@ -270,11 +255,11 @@ def test_format_restriction_and_readable_errors(data_dir, tmp_path):
   assert (b['query/encoder_input_vector_positions'] == -1).all()
   # Missing / not-constructed data dirs name the construction command.
   T.set_data_dir('supmer', str(tmp_path / 'nowhere'))
-  with pytest.raises(DataError, match='supmer_construct') as e:
+  with pytest.raises(DataError, match=r'promptjax\.supmer\.construct') as e:
     next(supmer.supmer_meta_batches(one))
   assert 'does not exist' in str(e.value)
   T.set_data_dir('supmer', str(tmp_path))
-  with pytest.raises(DataError, match=r'no manifest\.json.*supmer_construct'):
+  with pytest.raises(DataError, match=r'no manifest\.json.*promptjax\.supmer\.construct'):
     next(supmer.supmer_meta_batches(one))
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.evaluation.test_eval_cli import _cli
+from tests.helpers import cli as _cli
 from tests.supmer.test_datasets import SPIECE, _make_release, needs_vocab
 
 import promptjax.tasks as T

@@ -14,19 +14,15 @@ import promptjax.tasks as T
 from promptjax.evaluation import downstream
 from promptjax.evaluation.run import load_params, load_supmer
 from promptjax.models import PromptConfig, PromptableT5, get_config
-from tests.evaluation.test_eval_cli import _cli
+from tests.helpers import cli as _cli
 
 MINI = ['--gin_file=models/t5_1_1_mini.gin', '--gin.promptjax.models.PromptConfig.length=4']
 
 
 @pytest.fixture(scope='module')
-def supmer_run(tmp_path_factory):
-  pytest.importorskip('apache_beam', reason='Apache Beam is not installed (setup.py: the beam extra)')
-  from promptjax.supmer import construct as sc
+def supmer_run(tmp_path_factory, supmer_construction):
   root = tmp_path_factory.mktemp('supmer')
-  data = str(root / 'anchor')
-  sc.construct(sc.mini_config(data))
-  T.set_data_dir('supmer', data)
+  T.set_data_dir('supmer', supmer_construction[0])   # the mini construction (tests/conftest.py)
   model_dir = str(root / 'run')
   rc = _cli(['train', '--gin_file=runs/train.gin', *MINI, '--gin_file=supmer.gin', f"--gin.MODEL_DIR='{model_dir}'",
              '--gin.TRAIN_STEPS=2', '--gin.CHECKPOINT_PERIOD=2', "--gin.SUPMER_TASK_PREFIX='mini_supmer'",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import warnings
 
 import numpy as np
@@ -19,7 +18,7 @@ from rouge_score import rouge_scorer
 from scipy import stats
 from sklearn import metrics as sk
 
-from conftest import SHARED_DATA
+from conftest import shared_path
 from promptjax.tasks import crossfit_metrics as cm
 
 
@@ -166,7 +165,7 @@ def test_length_mismatch_and_empty():
 
 
 def test_metric_names_cover_crossfit_tasks():
-  with open(os.path.join(SHARED_DATA, 'crossfit_tasks.json')) as f:
+  with open(shared_path('crossfit_tasks.json')) as f:
     used = {t['metric'] for t in json.load(f)['tasks'].values()}
   assert used == set(cm.METRICS)
   assert len(cm.METRICS) == len(set(cm.METRICS)) == 7

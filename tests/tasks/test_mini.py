@@ -137,12 +137,13 @@ def _cli(*args, env=None):
                         env={**os.environ, **(env or {})}, timeout=300)
 
 
-def test_task_cli_shows_counts_and_fails_cleanly(tmp_path):
+def test_task_cli_shows_counts_and_fails_cleanly(tmp_path, capsys):
+  from promptjax.tasks.__main__ import main
   subset = mini.p3_subsets('train')[0]
-  out = _cli('count', subset, '--split', 'validation')
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.strip() == f'{subset}\tvalidation\t{len(_raw_records(subset, "validation"))}'
-  bad = _cli('show', 'mini_trian')
-  assert bad.returncode == 2 and "Did you mean: mini_train" in bad.stderr
+  assert main(['count', subset, '--split', 'validation']) == 0   # in this process (a fresh one costs ~15 s)
+  assert capsys.readouterr().out.strip() == f'{subset}\tvalidation\t{len(_raw_records(subset, "validation"))}'
+  assert main(['show', 'mini_trian']) == 2
+  assert "Did you mean: mini_train" in capsys.readouterr().err
+  # One run of `python -m promptjax.tasks` itself: the entry point, the environment variable, exit status 2.
   missing = _cli('show', subset, env={'PROMPTJAX_MINI_DIR': str(tmp_path / 'gone')})
   assert missing.returncode == 2 and 'does not exist' in missing.stderr and 'PROMPTJAX_MINI_DIR' in missing.stderr

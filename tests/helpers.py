@@ -1,0 +1,96 @@
+"""Helpers shared by the test modules: the in-process CLI runner, small models and padded batches, the
+float64 reference shim, and a plain reader of TFRecord shards (`import tests.helpers as h`)."""
+
+import contextlib
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def cli(args):
+  """`promptjax <args>` in this process (gin cleared before and after); returns the exit status."""
+  from promptjax import cli as cli_lib
+  gin.clear_config()
+  try:
+    return cli_lib.main(args)
+  finally:
+    gin.clear_config()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small models and batches.
+
+
+def tiny_prompt_model(vocab=64, length=3, **prompt):
+  """One encoder and one decoder layer of the `tiny` preset with a shallow soft prompt (uniform init in
+  [-1, 1] unless `prompt` says otherwise): the model of the finite-difference and reference tests."""
+  from promptjax.models import PromptableT5, PromptConfig, get_config
+  prompt = {'kind': 'shallow', 'init': 'uniform', 'init_range': 1.0, **prompt}
+  config = get_config('tiny', vocab_size=vocab, num_encoder_layers=1, num_decoder_layers=1)
+  return PromptableT5(config, PromptConfig(length=length, **prompt))
+
+
+def padded_batch(rng, lead, enc_len, tgt_len, vocab, min_enc_len=2):
+  """Right-padded encoder inputs and targets ending in EOS=1 with random lengths (row 0 has a full input,
+  row 1 a full target), tokens in [2, vocab); shapes lead + (enc_len,) and lead + (tgt_len,)."""
+  lead = tuple(lead)
+  n = int(np.prod(lead))
+  enc = np.zeros((n, enc_len), np.int32)
+  tgt = np.zeros((n, tgt_len), np.int32)
+  for i in range(n):
+    ln = enc_len if i == 0 else rng.randint(min_enc_len, enc_len + 1)
+    enc[i, :ln - 1] = rng.randint(2, vocab, ln - 1)
+    enc[i, ln - 1] = 1
+    lt = tgt_len if i == 1 else rng.randint(2, tgt_len + 1)
+    tgt[i, :lt - 1] = rng.randint(2, vocab, lt - 1)
+    tgt[i, lt - 1] = 1
+  return {'encoder_input_tokens': enc.reshape(lead + (enc_len,)),
+          'decoder_target_tokens': tgt.reshape(lead + (tgt_len,))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Float64 references.
+
+
+class Jnp64:
+  """`jax.numpy` with `float32` meaning `float64` (the model's pinned float32 casts become float64)."""
+
+  def __getattr__(self, name):
+    return jnp.float64 if name == 'float32' else getattr(jnp, name)
+
+
+@contextlib.contextmanager
+def float64_model(model, params):
+  """x64 on and `jnp` of the model modules swapped for `Jnp64` (both undone on exit); yields the float64
+  copies (model, params). promptjax's model pins float32 in its norms, attention and loss, so this
+  test-local shim is what makes a float64 finite-difference reference possible."""
+  from promptjax.models import PromptableT5
+  from promptjax.models import layers as layers_mod
+  from promptjax.models import losses as losses_mod
+  from promptjax.models import t5 as t5_mod
+  with jax.enable_x64(True), pytest.MonkeyPatch.context() as mp:
+    for mod in (layers_mod, t5_mod, losses_mod):
+      mp.setattr(mod, 'jnp', Jnp64())
+    model64 = PromptableT5(model.config.replace(dtype='float64'), model.prompt)
+    yield model64, jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records.
+
+
+def read_records(out, fmt, split='train'):
+  """The `tf.train.Example` records of `{out}/{fmt}/{split}-*.tfrecord` as dicts of lists (bytes decoded),
+  parsed with plain protobuf access (independent of the seqio tasks that read them)."""
+  import tensorflow as tf
+  recs = []
+  for path in sorted(tf.io.gfile.glob(f'{out}/{fmt}/{split}-*.tfrecord')):
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      ex = tf.train.Example.FromString(raw).features.feature
+      r = {k: (list(v.bytes_list.value) or list(v.int64_list.value) or list(v.float_list.value))
+           for k, v in ex.items()}
+      recs.append({k: ([x.decode() for x in v] if v and isinstance(v[0], bytes) else v) for k, v in r.items()})
+  return recs
