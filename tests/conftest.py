@@ -11,6 +11,20 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 
+# One persistent XLA compilation cache per test run, shared by the xdist workers and every CLI subprocess
+# (they inherit the environment): tests build the same small programs again and again in new jit wrappers
+# and new processes, and a cache hit skips XLA's compile. The controller creates it before the workers start;
+# a run that sets JAX_COMPILATION_CACHE_DIR itself keeps its own.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  _cache_dir = tempfile.mkdtemp(prefix='promptjax-test-xla-cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
 SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 
 

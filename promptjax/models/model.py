@@ -18,6 +18,7 @@ A batch follows T5X's EncDecFeatureConverter:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax.linen as nn
@@ -107,8 +108,13 @@ class PromptableT5:
     return params
 
   def abstract_params(self) -> Any:
-    """Boxed abstract parameters (ShapeDtypeStructs with logical axis metadata); no allocation."""
-    return jax.eval_shape(self.module.init, jax.random.PRNGKey(0), *self._dummy_inputs())['params']
+    """Boxed abstract parameters (ShapeDtypeStructs with logical axis metadata); no allocation. Traced
+    once per model configuration (a fresh tree each call)."""
+    try:
+      cached = _abstract_params(self)
+    except TypeError:   # an unhashable field: trace every time
+      cached = _abstract_params.__wrapped__(self)
+    return jax.tree_util.tree_map(lambda x: x, cached)
 
   def param_shapes(self) -> Params:
     return jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.meta.unbox(self.abstract_params()))
@@ -182,3 +188,8 @@ class PromptableT5:
     logits = self.logits(params, batch)
     return losses.sequence_log_likelihood(logits, batch['decoder_target_tokens'],
                                           _loss_weights(batch), length_normalize)
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_params(model: PromptableT5) -> Any:
+  return jax.eval_shape(model.module.init, jax.random.PRNGKey(0), *model._dummy_inputs())['params']  # pylint: disable=protected-access
