@@ -14,11 +14,11 @@ from promptjax.data import meta_sampler
 from promptjax.data.feeds import DatasetConfig
 from promptjax.errors import TrainingError
 from promptjax.meta import algorithms
-from promptjax.training.method import masked_default_optimizer
+from promptjax.training.method import ModelOnlyMethod
 
 
 @dataclasses.dataclass
-class MetaLearning:
+class MetaLearning(ModelOnlyMethod):
   """FOMAML / MAML / Reptile / MTL over meta-batches (see `promptjax.meta.algorithms`).
 
   Attributes:
@@ -54,14 +54,6 @@ class MetaLearning:
     return DatasetConfig(data.mixture_or_task_name, data.task_feature_lengths,
                          batch_size=chunk * max(data.support_batch_size, data.query_batch_size),
                          seed=data.seed, module=data.module)
-
-  def extra_params(self, model, rng) -> Dict[str, Any]:
-    del model, rng
-    return {}
-
-  def optimizer(self, optimizer, abstract_params, trainable, total_steps):
-    del total_steps
-    return masked_default_optimizer(optimizer, abstract_params, trainable)
 
   def make_step(self, model, optimizer, *, trainable, dropout_seed, learning_rate_fn):
     return algorithms.make_meta_train_step(model, optimizer, self.config, trainable=trainable,

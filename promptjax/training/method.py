@@ -70,8 +70,21 @@ def masked_default_optimizer(optimizer: Optional[optax.GradientTransformation], 
   return opt_lib.masked_optimizer(optimizer, abstract_params, trainable)
 
 
+class ModelOnlyMethod:
+  """Defaults for a method that trains only the model's parameters: no extra subtrees, and the user's
+  optimizer (None: the papers' Adafactor) masked to the `trainable` group."""
+
+  def extra_params(self, model, rng) -> Dict[str, Params]:
+    del model, rng
+    return {}
+
+  def optimizer(self, optimizer, abstract_params, trainable, total_steps):
+    del total_steps
+    return masked_default_optimizer(optimizer, abstract_params, trainable)
+
+
 @dataclasses.dataclass
-class MultiTask:
+class MultiTask(ModelOnlyMethod):
   """Multi-task learning over a seqio mixture (Wu et al. 2022 §3, App. C): every step is the gradient of the
   mean token loss of one batch, the transformer and the prompt each trained or frozen by ``trainable``
   ('transformer' for MTL-T✓P✗ / T0, 'prompt' for MTL-T✗P✓ / PPT, 'all' for MTL-T✓P✓).
@@ -91,14 +104,6 @@ class MultiTask:
 
   def data(self) -> DatasetConfig:
     return self.dataset_cfg
-
-  def extra_params(self, model, rng) -> Dict[str, Params]:
-    del model, rng
-    return {}
-
-  def optimizer(self, optimizer, abstract_params, trainable, total_steps):
-    del total_steps
-    return masked_default_optimizer(optimizer, abstract_params, trainable)
 
   def make_step(self, model, optimizer, *, trainable, dropout_seed, learning_rate_fn) -> StepFn:
     return ts.make_train_step(model, optimizer, trainable=trainable, num_microbatches=self.num_microbatches,
