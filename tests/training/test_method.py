@@ -52,3 +52,15 @@ def test_readme_example_method_runs_through_the_loop(tmp_path):
   with pytest.raises(trainer.TrainingError, match='different model or method'):
     trainer.train(model_dir=str(tmp_path / 'tight'), model=model, method=MultiTask(cfg), total_steps=4,
                   batches=iter(_batches()), mesh_shape=(1, 1), progress=False)
+
+
+def test_a_method_that_is_no_method_and_an_unimportable_task_module_are_refused(tmp_path):
+  import pytest
+  from promptjax.data import feeds
+  from promptjax.errors import DataError
+  model = PromptableT5(get_config('tiny', vocab_size=VOCAB), PromptConfig(kind='shallow', length=4))
+  with pytest.raises(trainer.TrainingError, match='must implement promptjax.training.method.Method'):
+    trainer.train(model_dir=str(tmp_path / 'x'), model=model, method=object(), total_steps=1, progress=False)
+  assert not (tmp_path / 'x').exists()   # refused before anything is written
+  with pytest.raises(DataError, match="MIXTURE_OR_TASK_MODULE='no_such.module' cannot be imported"):
+    feeds.import_task_module('no_such.module')
