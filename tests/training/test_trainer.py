@@ -236,6 +236,9 @@ def test_dry_run_of_every_paper_config_prints_memory():
     # T5.1.1 parameter counts (Raffel et al.): ~783M (Large), ~2.85B (XL) for the transformer.
     total = int(next(l for l in report.splitlines() if l.strip().startswith('total')).split()[1].replace(',', ''))
     assert (7.5e8 < total < 8.0e8) if size == 'large' else (2.8e9 < total < 2.9e9), (name, total)
+    if 'fomaml' in name or 'reptile' in name:   # App. C: meta-batch 128, T = 7, batch 16, all parameters
+      assert 'meta-learning: ' in report and 'meta-batch 128 clones x (support 16 x 7 steps' in report, name
+      assert 'trainable: all' in report, name
 
 
 def test_initial_checkpoint_loads_the_transformer_and_initializes_a_fresh_prompt(tmp_path):
