@@ -286,13 +286,15 @@ def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = 
 
 
 def supmer_gradient_fn(model, phi, supmer_cfg) -> Callable:
-  """The frozen ψ* of SUPMER on every prompt gradient (Pan et al. §3.4, Eq. 6): g ↦ ψ_φ*(g) with the gate's
-  H the mean encoder state of the step's batch at the current prompt (`promptjax.supmer.algorithm`)."""
+  """The frozen ψ* of SUPMER on every prompt gradient (Pan et al. §3.4, Eq. 6): SUPMER's optax transformation
+  `psi_transformation(φ*)` with the gate's H the mean encoder state of the step's batch at the current
+  prompt (`promptjax.supmer.algorithm`)."""
   from promptjax.supmer import algorithm as supmer_lib
+  tx = supmer_lib.psi_transformation(phi, supmer_cfg)
 
   def fn(grad, transformer, prompt, batch):
     h = jax.lax.stop_gradient(supmer_lib.support_representation(model, inner.join_prompt(transformer, prompt), batch))
-    return supmer_lib.psi(phi, grad, h, supmer_cfg)[0]
+    return tx.update(grad, tx.init(prompt), support_representation=h)[0]
   return fn
 
 

@@ -90,14 +90,18 @@ class PromptableT5:
   def _dummy_inputs(self):
     return jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2), jnp.int32)
 
+  def init_transformer(self, rng: jax.Array) -> Params:
+    """Fresh transformer parameters (no prompt) from `rng`; jit it, with out_shardings to create them sharded."""
+    params = dict(nn.meta.unbox(self.module.init(rng, *self._dummy_inputs())['params']))
+    params.pop('prompt', None)
+    return params
+
   def init_params(self, rng: jax.Array, transformer_params: Optional[Params] = None) -> Params:
     """Fresh parameters; with `transformer_params` (e.g. an imported checkpoint) only the prompt is
     initialized, from those weights (vocab-sampled rows come from the loaded embedding)."""
     init_rng, prompt_rng = jax.random.split(rng)
     if transformer_params is None:
-      variables = jax.jit(self.module.init)(init_rng, *self._dummy_inputs())
-      params = dict(nn.meta.unbox(variables['params']))
-      params.pop('prompt', None)
+      params = jax.jit(self.init_transformer)(init_rng)
     else:
       params = dict(transformer_params)
       params.pop('prompt', None)

@@ -502,12 +502,16 @@ def outer_optimizer(prompt_optimizer: optax.GradientTransformation,
                                 'frozen': optax.set_to_zero()}, outer_labels)
 
 
+def table6_adam(learning_rate: float, total_steps: int) -> optax.GradientTransformation:
+  """Table 6's optimizer: Adam, `learning_rate` decayed linearly to 0 over `total_steps`, no warm-up."""
+  return optax.adam(optax.linear_schedule(learning_rate, 0.0, total_steps))
+
+
 def table6_optimizer(cfg: SupmerConfig, total_steps: int = 100_000, prompt_learning_rate: float = 0.1,
                      phi_learning_rate: Optional[float] = None) -> optax.GradientTransformation:
   """Table 6: Adam, lr 0.1 (θ) and 1e-4 (φ), each decayed linearly to 0 over `total_steps`, no warm-up."""
   phi_lr = cfg.phi_learning_rate if phi_learning_rate is None else phi_learning_rate
-  return outer_optimizer(optax.adam(optax.linear_schedule(prompt_learning_rate, 0.0, total_steps)),
-                         optax.adam(optax.linear_schedule(phi_lr, 0.0, total_steps)))
+  return outer_optimizer(table6_adam(prompt_learning_rate, total_steps), table6_adam(phi_lr, total_steps))
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, cfg: SupmerConfig, *,

@@ -363,20 +363,11 @@ def _embedder(cfg: MetaptConfig):
   key = (cfg.vocab_name, config.get_vocabulary_path(cfg.vocab_name), cfg.model_size, cfg.checkpoint_path,
          cfg.init_seed)
   if key not in _EMBEDDERS:
-    import jax
-    from promptjax.checkpoints.restore import load_params
-    from promptjax.models import PromptableT5, PromptConfig, get_config
     from promptjax.supmer import construct as sc
     vocab = sc.load_vocabulary(key[1])
-    model = PromptableT5(get_config(cfg.model_size), PromptConfig(kind='none'))
-    _, params = load_params(model, cfg.checkpoint_path, use_prompt=False, seed=cfg.init_seed)
-
-    def embed(params, tokens):
-      encoded, mask = model.encode(params, tokens)
-      return sc.mean_pool(encoded.astype('float32'), mask)
-
+    params, embed = sc.t5_embedder(cfg.model_size, cfg.checkpoint_path, cfg.init_seed)
     _EMBEDDERS.clear()
-    _EMBEDDERS[key] = (vocab, params, jax.jit(embed))
+    _EMBEDDERS[key] = (vocab, params, embed)
   return _EMBEDDERS[key]
 
 

@@ -204,6 +204,23 @@ def mean_pool(encoded: Any, mask: Any):
   return (encoded * m).sum(axis=1) / (count + (count == 0))
 
 
+def t5_embedder(model_size: str, checkpoint_path: Optional[str], init_seed: int):
+  """(params, jitted embed(params, tokens [b, n]) -> [b, d] float32): the mean-pooled T5-encoder states that
+  the construction clusters (and MetaPT's Yelp clustering reuses); the encoder of `checkpoint_path`, or a
+  seeded random one when None."""
+  import jax
+  from promptjax.checkpoints.restore import load_params
+  from promptjax.models import PromptableT5, PromptConfig, get_config
+  model = PromptableT5(get_config(model_size), PromptConfig(kind='none'))
+  _, params = load_params(model, checkpoint_path, use_prompt=False, seed=init_seed)
+
+  def embed(params, tokens):
+    encoded, mask = model.encode(params, tokens)
+    return mean_pool(encoded.astype('float32'), mask)
+
+  return params, jax.jit(embed)
+
+
 def nearest_centroid(embedding: np.ndarray, centroids: np.ndarray) -> int:
   d = ((centroids - embedding[None]) ** 2).sum(axis=1)
   return int(np.argmin(d))
@@ -487,18 +504,8 @@ def _make_dofns():
       self.cfg, self.vocab_path = cfg, vocab_path
 
     def setup(self):
-      import jax
-      from promptjax.models import PromptableT5, PromptConfig, get_config
-      from promptjax.checkpoints.restore import load_params
       self.vocab = load_vocabulary(self.vocab_path)
-      model = PromptableT5(get_config(self.cfg.model_size), PromptConfig(kind='none'))
-      _, self.params = load_params(model, self.cfg.checkpoint_path, use_prompt=False, seed=self.cfg.init_seed)
-
-      def embed(params, tokens):
-        encoded, mask = model.encode(params, tokens)
-        return mean_pool(encoded.astype('float32'), mask)
-
-      self.embed = jax.jit(embed)
+      self.params, self.embed = t5_embedder(self.cfg.model_size, self.cfg.checkpoint_path, self.cfg.init_seed)
 
     def process(self, batch):
       keys = [k for k, _ in batch]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterator
 
-import optax
-
 from promptjax.data.feeds import DatasetConfig
 from promptjax.errors import TrainingError
 from promptjax.supmer import algorithm as supmer_lib
@@ -52,7 +50,7 @@ class Supmer:
   def optimizer(self, optimizer, abstract_params, trainable, total_steps):
     del abstract_params, trainable
     if optimizer is None:
-      optimizer = opt_lib.adamw(optax.linear_schedule(0.1, 0.0, total_steps))  # Table 6
+      optimizer = supmer_lib.table6_adam(0.1, total_steps)
     return supmer_lib.outer_optimizer(optimizer, self.config.optimizer_for_phi)
 
   def make_step(self, model, optimizer, *, trainable, dropout_seed, learning_rate_fn):

@@ -360,19 +360,10 @@ class _HostView:
     return x if dtype is None else x.astype(dtype)
 
 
-def _dummy_inputs():
-  return np.ones((1, 4), np.int32), np.ones((1, 2), np.int32)
-
-
 @functools.lru_cache(maxsize=8)
 def _jitted_init(model, treedef, shardings: Tuple[NamedSharding, ...]) -> Callable:
   """jit(rng -> transformer params) with out_shardings, cached per (model, shardings)."""
-  def init_fn(key):
-    variables = model.module.init(key, *_dummy_inputs())
-    params = dict(nn.meta.unbox(variables['params']))
-    params.pop('prompt', None)
-    return params
-  return jax.jit(init_fn, out_shardings=jax.tree_util.tree_unflatten(treedef, shardings))
+  return jax.jit(model.init_transformer, out_shardings=jax.tree_util.tree_unflatten(treedef, shardings))
 
 
 def sharded_init(model, rng: jax.Array, mesh: Mesh,
