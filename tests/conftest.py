@@ -66,7 +66,8 @@ def supmer_construction(tmp_path_factory, worker_id):
 # The longest test files first: `make test` runs `pytest -n 2 --dist loadfile`, which hands files to the two
 # workers in collection order, so long files collected last (tests/training sorts after the rest) leave one
 # worker running alone at the end. Longest-first keeps both busy. The order is by the per-file times of a
-# `--durations` run (2 cores; seconds in the comments). Files not listed keep their order after these.
+# `--durations` run (2 cores; the seconds in the comments are from before the suite was sped up, kept
+# as relative weights). Files not listed keep their order after these.
 _LONG_FILES = (
     'training/test_trainer.py',                 # ~410
     'meta/test_meta_training.py',               # ~315

@@ -45,13 +45,10 @@ def load_supmer(checkpoint_path: str):
   """(φ, SupmerConfig) of a SUPMER checkpoint (the trainer's 'supmer' subtree), for downstream prompt tuning
   with the frozen regularizer ψ* (Pan et al. 2023, §3.4). The config's transform is read from φ's
   parameters ('affine' or 'official_mlp')."""
-  try:
-    sub = restore.load_subtree(checkpoint_path, supmer_lib.SUPMER_KEY)
-  except restore.RestoreError:
-    sub = None
-    if checkpoint_path is None or not os.path.exists(checkpoint_path):
-      raise rc.EvaluationError(f'The frozen SUPMER regularizer needs CHECKPOINT_PATH of a SUPMER run; got '
-                               f'{checkpoint_path!r}.') from None
+  if checkpoint_path is None or not os.path.exists(checkpoint_path):
+    raise rc.EvaluationError(f'The frozen SUPMER regularizer needs CHECKPOINT_PATH of a SUPMER run; got '
+                             f'{checkpoint_path!r}.')
+  sub = restore.load_subtree(checkpoint_path, supmer_lib.SUPMER_KEY)
   if sub is None:
     raise rc.EvaluationError(f'CHECKPOINT_PATH={checkpoint_path} has no SUPMER regularizer (no '
                              f"'{supmer_lib.SUPMER_KEY}' parameters): train it with supmer.gin, or set "

@@ -24,6 +24,7 @@ class Supmer:
   """
   config: supmer_lib.SupmerConfig
   data_cfg: Any
+  num_microbatches = 1   # one meta-batch per step, no accumulation
 
   def check(self, model, trainable, mesh) -> None:
     del mesh

@@ -39,8 +39,11 @@ class Method(Protocol):
   the one over the whole parameter tree; ``make_step`` returns the pure ``step(state, batch) -> (state,
   metrics)`` (metrics hold ``loss`` and ``num_tokens``); ``batches`` yields host batches from a resume
   position; ``signature`` is recorded in every checkpoint (a resume with another one is refused);
-  ``summary`` is the dry run's description.
+  ``summary`` is the dry run's description; ``num_microbatches`` (gradient accumulation, 1 for none) sizes
+  the dry run's activation estimate.
   """
+
+  num_microbatches: int
 
   def check(self, model, trainable: str, mesh: jax.sharding.Mesh) -> None: ...
 
@@ -72,7 +75,9 @@ def masked_default_optimizer(optimizer: Optional[optax.GradientTransformation], 
 
 class ModelOnlyMethod:
   """Defaults for a method that trains only the model's parameters: no extra subtrees, and the user's
-  optimizer (None: the papers' Adafactor) masked to the `trainable` group."""
+  optimizer (None: the papers' Adafactor) masked to the `trainable` group; no gradient accumulation."""
+
+  num_microbatches = 1
 
   def extra_params(self, model, rng) -> Dict[str, Params]:
     del model, rng
@@ -117,8 +122,3 @@ class MultiTask(ModelOnlyMethod):
 
   def summary(self) -> str:
     return ''
-
-  @property
-  def activation_rows_divisor(self) -> int:
-    """The dry run's activation estimate is for one micro-batch."""
-    return self.num_microbatches

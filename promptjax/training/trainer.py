@@ -116,24 +116,21 @@ class Setup:
   shardings, the method's optimizer and its jitted step. `train` builds one; benchmarks use it directly.
 
   ``groups`` are the trainable top-level parameter groups (the model's under ``trainable`` plus the
-  method's extra subtrees); ``step_fn`` is ``jit(method.make_step(...))`` with the state's in/out
-  shardings and the state donated (None for an abstract mesh, i.e. a dry run on more devices than exist).
+  method's extra subtrees, ``extra_keys``); ``step_fn`` is ``jit(method.make_step(...))`` with the state's in/out
+  shardings and the state donated (None for a dry run).
   """
   model: PromptableT5
   method: Method
   trainable: str
   mesh: Any
   groups: Tuple[str, ...]
+  extra_keys: Tuple[str, ...]
   abstract_params: Any
   param_shardings: Any
   optimizer: optax.GradientTransformation
   abstract_state: ts.TrainState
   state_shardings: ts.TrainState
   step_fn: Optional[Callable]
-
-  @property
-  def replicated(self):
-    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
   def init_state(self, seed: int = 0, initial_checkpoint_path: Optional[str] = None) -> ts.TrainState:
     """A fresh state: the model's parameters created in their shardings (the transformer from
@@ -150,8 +147,7 @@ class Setup:
           raise TrainingError(f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path} {e} Pick the model gin file '
                               'of the checkpoint size.') from e
         raise TrainingError(f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path}: {e}') from e
-    extra_keys = [k for k in self.groups if k not in self.model_keys]
-    model_shardings = {k: v for k, v in self.param_shardings.items() if k not in extra_keys}
+    model_shardings = {k: v for k, v in self.param_shardings.items() if k not in self.extra_keys}
     params = partitioning.sharded_init(self.model, rng, self.mesh, model_shardings,
                                        transformer_params=transformer_params)
     extra = self.method.extra_params(self.model, jax.random.fold_in(rng, 1))
@@ -161,15 +157,11 @@ class Setup:
                    out_shardings=self.state_shardings)
     return init(params)
 
-  @property
-  def model_keys(self) -> Tuple[str, ...]:
-    return tuple(_unbox(self.model.abstract_params()))
-
   def dry_run_report(self) -> 'DryRunReport':
     opt_shardings = self.state_shardings.opt_state
     report = DryRunReport.build(self.model, self.trainable, self.groups, self.mesh, self.abstract_params,
                                 self.param_shardings, self.abstract_state.opt_state, opt_shardings,
-                                self.method.data(), getattr(self.method, 'activation_rows_divisor', 1))
+                                self.method.data(), self.method.num_microbatches)
     summary = self.method.summary()
     if summary:
       report.text += '\n\n' + summary
@@ -182,7 +174,8 @@ def setup(model: PromptableT5, method: Method, *, total_steps: int,
           mesh_shape: Optional[Sequence[int]] = None, logical_axis_rules: Optional[Sequence] = None,
           dropout_seed: Optional[int] = 0, abstract: bool = False) -> Setup:
   """Checks `method` against the model and mesh and builds the shapes, shardings, optimizer and jitted step
-  (nothing is allocated). `abstract` allows a mesh larger than the devices (dry run; no step function)."""
+  (nothing is allocated). `abstract` (a dry run) builds no step function and allows a mesh larger than
+  the devices."""
   if not isinstance(method, Method):
     raise TrainingError(f'train.method must implement promptjax.training.method.Method, got '
                         f'{type(method).__name__}.')
@@ -209,12 +202,12 @@ def setup(model: PromptableT5, method: Method, *, total_steps: int,
   abstract_state = ts.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                                  opt_state=abstract_opt)
   step_fn = None
-  if not isinstance(mesh, jax.sharding.AbstractMesh):
+  if not abstract:
     raw = method.make_step(model, optimizer, trainable=trainable, dropout_seed=dropout_seed,
                            learning_rate_fn=learning_rate_fn)
     step_fn = jax.jit(raw, in_shardings=(state_shardings, partitioning.batch_sharding(mesh)),
                       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  return Setup(model, method, trainable, mesh, groups, abstract_params, param_shardings, optimizer,
+  return Setup(model, method, trainable, mesh, groups, tuple(extra), abstract_params, param_shardings, optimizer,
                abstract_state, state_shardings, step_fn)
 
 
