@@ -52,7 +52,7 @@ Other optimizers: `sgd` for inner loops (Qin et al. 2023, §5.3: inner learning 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -177,18 +177,42 @@ def masked_optimizer(opt: optax.GradientTransformation, params_or_abstract: Opti
   canonical_group(trainable)  # Unknown names fail here, with or without params.
   if params_or_abstract is not None:
     trainable_labels(params_or_abstract, trainable)  # Fail early with a clear message.
-  return optax.multi_transform({TRAINABLE: opt, FROZEN: optax.set_to_zero()},
-                               lambda tree: trainable_labels(tree, trainable))
+  masked = optax.multi_transform({TRAINABLE: opt, FROZEN: optax.set_to_zero()},
+                                 lambda tree: trainable_labels(tree, trainable))
+  entry = _LEARNING_RATES.get(id(opt))
+  return _remember(masked, entry[1]) if entry is not None and entry[0] is opt else masked
+
+
+# The learning rate each optimizer built here was given, so the trainer can log it (T5X logs
+# `learning_rate`) without wrapping the state in `optax.inject_hyperparams` (which would change the
+# checkpoint layout). Keyed by id; the optimizer is kept alive with its entry so the id stays unique.
+_LEARNING_RATES: Dict[int, Tuple[optax.GradientTransformation, ScalarOrSchedule]] = {}
+
+
+def _remember(tx: optax.GradientTransformation, learning_rate: Optional[ScalarOrSchedule]):
+  if learning_rate is not None:
+    _LEARNING_RATES[id(tx)] = (tx, learning_rate)
+  return tx
+
+
+def learning_rate_schedule(tx: Optional[optax.GradientTransformation]) -> Optional[Callable[[Any], Any]]:
+  """The learning rate (a schedule of the update count) `tx` was built with by this module's optimizer
+  functions, or None for an optimizer built elsewhere."""
+  entry = _LEARNING_RATES.get(id(tx)) if tx is not None else None
+  if entry is None or entry[0] is not tx:
+    return None
+  lr = entry[1]
+  return lr if callable(lr) else (lambda step: lr)
 
 
 # --------------------------------------------------------------------------------------------------
 # Optimizers.
 
-def _with_global_norm_clip(tx: optax.GradientTransformation,
-                           global_norm_clip: Optional[float]) -> optax.GradientTransformation:
-  if global_norm_clip is None:
-    return tx
-  return optax.chain(optax.clip_by_global_norm(global_norm_clip), tx)
+def _with_global_norm_clip(tx: optax.GradientTransformation, global_norm_clip: Optional[float],
+                           learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
+  if global_norm_clip is not None:
+    tx = optax.chain(optax.clip_by_global_norm(global_norm_clip), tx)
+  return _remember(tx, learning_rate)
 
 
 def adafactor(learning_rate: ScalarOrSchedule = 1e-3, *,
@@ -263,7 +287,7 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-3, *,
       weight_decay_rate=weight_decay_rate,
       eps=epsilon1,
       factored=factored)
-  return _with_global_norm_clip(tx, global_norm_clip)
+  return _with_global_norm_clip(tx, global_norm_clip, learning_rate)
 
 
 def sgd(learning_rate: ScalarOrSchedule, *, momentum: Optional[float] = None, nesterov: bool = False,
@@ -271,7 +295,7 @@ def sgd(learning_rate: ScalarOrSchedule, *, momentum: Optional[float] = None, ne
   """Plain SGD, X ← X − lr·G, for inner loops (Qin et al. 2023 §5.3: inner learning rate 3e-5 for
   MAML / FoMAML / Reptile prompt updates); `optax.sgd` with optional global-norm clipping."""
   return _with_global_norm_clip(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-                                global_norm_clip)
+                                global_norm_clip, learning_rate)
 
 
 def adamw(learning_rate: ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -282,7 +306,7 @@ def adamw(learning_rate: ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999
   (multiplied by the learning rate); 0 gives Adam."""
   return _with_global_norm_clip(
       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
-      global_norm_clip)
+      global_norm_clip, learning_rate)
 
 
 # --------------------------------------------------------------------------------------------------

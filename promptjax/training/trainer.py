@@ -11,8 +11,9 @@ Layout of MODEL_DIR (T5X's): ``checkpoint_<step>/`` (orbax: ``state`` = step, pa
 
 Exact resume: the data pipeline is deterministic given its seed, so a restarted run rebuilds it and skips
 the batches already consumed (recorded in ``meta``); dropout keys are ``fold_in(seed, step)``. A run
-killed at any point and restarted ends bit-identical to an uninterrupted one. SIGTERM (preemption) saves
-a checkpoint at the current step and returns cleanly.
+killed at any point and restarted ends bit-identical to an uninterrupted one. SIGTERM (preemption) and Ctrl-C save
+a checkpoint at the current step and return cleanly; no checkpoint of diverged parameters is kept
+(`_CheckpointGuard`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import optax
 from promptjax.data.feeds import DatasetConfig, dataset_batches
 from promptjax.errors import TrainingError
 from promptjax.models.model import PromptableT5
+from promptjax.training import optimizers as opt_lib
 from promptjax.training import partitioning
 from promptjax.training import train_step as ts
 from promptjax.training.method import Method
@@ -79,26 +81,35 @@ def write_model_info(path: str, params_shapes: Any, trainable_groups: Sequence[s
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM (preemption) and Ctrl-C (SIGINT) into a flag the loop checks after each step: it saves
+  a checkpoint and stops. A second Ctrl-C aborts at once without saving."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = None
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # not the main thread
-      self._previous = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not the main thread
+        pass
     return self
 
   def _handler(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      log.warning('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again aborts without '
+                  'saving).')
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 @dataclasses.dataclass
@@ -220,7 +231,8 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           async_checkpointing: bool = True, log_period: int = 10,
           eval_dataset_cfg: Optional[DatasetConfig] = None, eval_period: int = 0, eval_batches: int = 8,
           seed: int = 0, dropout_seed: Optional[int] = 0, progress: bool = True,
-          batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False):
+          batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False,
+          restore_fallback: bool = False, run_record: Optional[Mapping[str, str]] = None):
   """Trains `model` with `method` until `total_steps`, resuming from MODEL_DIR if it holds a checkpoint.
   Returns the final state, the losses seen by this invocation, and whether it was preempted.
 
@@ -230,66 +242,80 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   'transformer', 'prompt'). `batches` replaces the method's data (tests); with it, resume cannot skip
   consumed data. `dry_run` returns a report of shapes, shardings and per-device memory (`DryRunReport`)
   without allocating, reading data or writing files.
+
+  Nothing is written before the configuration, the resume and the initial checkpoint are validated;
+  then `run_record` ({file name: text}, e.g. the CLI's ``config.gin``) and ``model-info.txt`` are
+  written into MODEL_DIR. `total_steps` counts from 0 (T5X counts the steps of INITIAL_CHECKPOINT_PATH
+  too: T5X's 1,107,715 on top of ``checkpoint_1100000`` is 7715 here). A checkpoint that cannot be
+  restored stops the run, naming the previous one; `restore_fallback` resumes from the newest readable
+  one instead, moving each unreadable one aside to ``checkpoint_<step>.unreadable``. `keep_checkpoints`
+  keeps that many of the newest checkpoints (None: all). The NaN guard: see `_CheckpointGuard`.
   """
   import orbax.checkpoint as ocp
   from clu import metric_writers
   from tqdm.auto import tqdm
 
-  run = setup(model, method, total_steps=total_steps, optimizer=optimizer, learning_rate_fn=learning_rate_fn,
-              trainable=trainable, mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules,
-              dropout_seed=dropout_seed, abstract=dry_run)
+  if total_steps < 0:
+    raise TrainingError(f'TRAIN_STEPS must be 0 or more, got {total_steps}.')
+  if checkpoint_period < 1:
+    raise TrainingError(f'CHECKPOINT_PERIOD must be 1 or more, got {checkpoint_period}.')
+  if keep_checkpoints is not None and keep_checkpoints < 1:
+    raise TrainingError(f'KEEP_CHECKPOINTS must be None (keep all) or 1 or more, got {keep_checkpoints}.')
+  run = setup(model, method, total_steps=total_steps, optimizer=optimizer,
+              learning_rate_fn=learning_rate_fn or opt_lib.learning_rate_schedule(optimizer), trainable=trainable,
+              mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules, dropout_seed=dropout_seed,
+              abstract=dry_run)
   if dry_run:
     return run.dry_run_report()
   mesh, data_cfg = run.mesh, method.data()
   model_dir = os.path.abspath(model_dir)
-  os.makedirs(model_dir, exist_ok=True)
-  if jax.process_index() == 0:
-    write_model_info(os.path.join(model_dir, 'model-info.txt'), run.abstract_params, run.groups)
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise TrainingError(f'MODEL_DIR={model_dir} is a file, not a directory; give a directory path.')
+  signature = json.loads(json.dumps({**model_signature(model, trainable), **method.signature()}))
 
-  options = ocp.CheckpointManagerOptions(
-      save_interval_steps=checkpoint_period, max_to_keep=keep_checkpoints, step_prefix='checkpoint',
-      enable_async_checkpointing=async_checkpointing, create=True)
-  manager = ocp.CheckpointManager(model_dir, options=options)
-  signature = {**model_signature(model, trainable), **method.signature()}
+  def make_manager(create: bool):
+    # Retention is the guard's (a checkpoint is only pruned for a newer one that is known good).
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=1, max_to_keep=None, step_prefix='checkpoint',
+        enable_async_checkpointing=async_checkpointing, create=create)
+    return ocp.CheckpointManager(model_dir, options=options)
 
-  # Restore, or initialize.
-  latest = manager.latest_step()
-  if latest is not None:
-    saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    if saved.get('signature') != json.loads(json.dumps(signature)):
-      raise TrainingError(
-          f'{model_dir}/checkpoint_{latest} was written by a different model or method '
-          f'({_describe_mismatch(saved.get("signature", {}), json.loads(json.dumps(signature)))}). Use a new '
-          f'MODEL_DIR, or the gin files the checkpoint was trained with.')
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          run.abstract_state, run.state_shardings)
-    restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    state = restored['state']
-    start = int(saved['step'])
-    data_position = int(saved.get('data_batches', start))
-    log.info('Resumed from %s/checkpoint_%d', model_dir, latest)
+  # Restore, or initialize: everything is validated before anything is written.
+  manager = make_manager(create=False) if os.path.isdir(model_dir) else None
+  restored = _restore_latest(manager, model_dir, run, signature, restore_fallback) if manager else None
+  if restored is not None:
+    state, start, data_position = restored
+    log.info('Resumed from step %d (%s/checkpoint_%d).', start, model_dir, start)
   else:
+    _check_t5x_step_count(total_steps, initial_checkpoint_path)
     state = run.init_state(seed, initial_checkpoint_path)
     start, data_position = 0, 0
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    for name, text in (run_record or {}).items():
+      with open(os.path.join(model_dir, name), 'w') as f:
+        f.write(text)
+    write_model_info(os.path.join(model_dir, 'model-info.txt'), run.abstract_params, run.groups)
+  if manager is None:
+    manager = make_manager(create=True)
+  if start >= total_steps:
+    log.info('Nothing to train: MODEL_DIR is at step %d and TRAIN_STEPS is %d.', start, total_steps)
 
   if batches is None:
     batches = method.batches(data_position)
-
-  def save(step: int) -> None:
-    if manager.latest_step() == step:
-      return
-    info = {'step': step, 'data_batches': step, 'signature': signature,
-            'dataset': data_cfg.mixture_or_task_name, 'batch_size': data_cfg.batch_size}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(info)), force=True)
+  guard = _CheckpointGuard(manager, model_dir, run, signature, data_cfg, keep_checkpoints,
+                           resumed=start if restored is not None else None)
 
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0, asynchronous=False)
+  if run_record and 'config.gin' in run_record:
+    writer.write_texts(start, {'config': _markdown_code(run_record['config.gin'])})
   losses: Dict[int, float] = {}
   preempted = False
   step = start
   tokens = 0.0
   t0 = time.time()
+  host_batch = None
   bar = tqdm(total=total_steps, initial=start, desc='train', unit='step',
              disable=not progress or jax.process_index() > 0)
   try:
@@ -305,11 +331,7 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
         step += 1
         metrics = jax.device_get(metrics)
         loss = float(metrics['loss'])
-        if not math.isfinite(loss):
-          last = manager.latest_step()
-          where = f'checkpoint_{last} in {model_dir} is intact' if last is not None else 'no checkpoint was written'
-          raise TrainingError(f'The loss became {loss} at step {step}; {where}. Lower the learning rate, '
-                              f'check the data, or restart from the last checkpoint.')
+        guard.observe_loss(step, loss)   # raises on a non-finite loss, dropping a checkpoint it condemns
         losses[step] = loss
         tokens += float(metrics['num_tokens'])
         if step % log_period == 0 or step == total_steps:
@@ -324,19 +346,200 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           writer.write_scalars(step, {'eval/loss': evaluate_loss(model, state.params, eval_dataset_cfg,
                                                                  eval_batches, mesh)})
         if preemption.requested:
-          save(step)
+          guard.save_last(state, step, host_batch)
           preempted = True
-          log.warning('SIGTERM: saved checkpoint_%d and stopped.', step)
+          log.warning('%s: saved checkpoint_%d and stopped.', preemption.signal_name, step)
           break
         if step % checkpoint_period == 0:
-          save(step)
+          guard.save(state, step)
     if not preempted and step > start:
-      save(step)
+      guard.save_last(state, step, host_batch)
   finally:
     bar.close()
     manager.wait_until_finished()
     writer.flush()
   return TrainResult(state=state, step=step, losses=losses, preempted=preempted, model_dir=model_dir)
+
+
+def _markdown_code(text: str) -> str:
+  return '\n'.join('    ' + line for line in text.splitlines())
+
+
+def _check_t5x_step_count(total_steps: int, initial_checkpoint_path: Optional[str]) -> None:
+  """T5X's TRAIN_STEPS includes the pretrained steps of INITIAL_CHECKPOINT_PATH; promptjax's does not.
+  A T5X-style count on a T5X ``checkpoint_<N>`` (TRAIN_STEPS > N) would train N extra steps: refuse it."""
+  if not initial_checkpoint_path:
+    return
+  name = os.path.basename(os.path.normpath(initial_checkpoint_path))
+  if name.startswith('checkpoint_') and name[len('checkpoint_'):].isdigit():
+    pretrained = int(name[len('checkpoint_'):])
+    if pretrained and total_steps > pretrained:
+      raise TrainingError(
+          f'TRAIN_STEPS={total_steps} exceeds the {pretrained} steps of INITIAL_CHECKPOINT_PATH={name}: promptjax '
+          f'counts TRAIN_STEPS from 0 (T5X counts the pretrained steps too), so this would train '
+          f'{total_steps} more steps. For T5X\'s meaning pass TRAIN_STEPS={total_steps - pretrained}.')
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _restore_latest(manager, model_dir: str, run: Setup, signature, restore_fallback: bool):
+  """(state, step, data position) of the newest checkpoint in `manager`, or None when it has none.
+  A checkpoint of another model or method is refused; an unreadable one stops the run naming the previous
+  one, or with `restore_fallback` is moved aside and the next older one is tried."""
+  import orbax.checkpoint as ocp
+  steps = sorted(manager.all_steps(), reverse=True)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        run.abstract_state, run.state_shardings)
+  for i, latest in enumerate(steps):
+    path = os.path.join(model_dir, f'checkpoint_{latest}')
+    log.info('Restoring checkpoint %s', path)
+    try:
+      saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      if saved.get('signature') != signature:
+        raise TrainingError(
+            f'{model_dir}/checkpoint_{latest} was written by a different model or method '
+            f'({_describe_mismatch(saved.get("signature", {}), signature)}). Use a new '
+            f'MODEL_DIR, or the gin files the checkpoint was trained with.')
+      state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+      return state, int(saved['step']), int(saved.get('data_batches', saved['step']))
+    except TrainingError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore/JSON errors of a damaged file)
+      previous = steps[i + 1] if i + 1 < len(steps) else None
+      if not restore_fallback:
+        fix = (f'The previous checkpoint is checkpoint_{previous}: resume from it with --restore_fallback '
+               f'(checkpoint_{latest} is moved to checkpoint_{latest}.unreadable), or restore '
+               f'checkpoint_{latest} from a backup.' if previous is not None else
+               'It is the only checkpoint: restore it from a backup, or start over in a new MODEL_DIR.')
+        raise TrainingError(f'{path} cannot be restored ({type(e).__name__}: {_first_line(e)}). {fix}') from e
+      if jax.process_index() == 0:
+        os.rename(path, path + '.unreadable')
+      log.warning('%s cannot be restored (%s); moved it to %s.unreadable and trying %s.', path, _first_line(e),
+                  path, f'checkpoint_{previous}' if previous is not None else 'nothing older')
+      if previous is None:
+        raise TrainingError(f'No checkpoint in {model_dir} can be restored (the unreadable ones were moved to '
+                            'checkpoint_<step>.unreadable); start over in a new MODEL_DIR.') from e
+      manager.reload()
+  return None
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class _CheckpointGuard:
+  """Writes checkpoints and never keeps one whose parameters diverged.
+
+  A step's loss is computed at the parameters *before* its update, so the loss at step s + 1 is the first
+  evidence about the state saved at step s. A periodic checkpoint is therefore provisional until the next
+  step's loss is finite; a non-finite one deletes it, and the error names the last good checkpoint. The
+  final and the preemption checkpoints have no next step: their parameters are probed with the model's
+  loss on (a slice of) the last batch. Every checkpoint's state must also be finite. Old checkpoints are
+  pruned to `keep` only once a newer one is known good.
+  """
+
+  def __init__(self, manager, model_dir, run: Setup, signature, data_cfg, keep, resumed):
+    self.manager, self.model_dir, self.run = manager, model_dir, run
+    self.signature, self.data_cfg, self.keep = signature, data_cfg, keep
+    self.pending: Optional[int] = None      # saved by this run, not yet confirmed by the next loss
+    self.resumed = resumed                  # the step restored from, checked by the first loss
+    self._probe = None
+
+  def _good(self) -> Optional[int]:
+    steps = [s for s in self.manager.all_steps() if s != self.pending]
+    return max(steps) if steps else None
+
+  def _where(self) -> str:
+    good = self._good()
+    return (f'checkpoint_{good} in {self.model_dir} is the last good checkpoint' if good is not None
+            else 'no good checkpoint was written')
+
+  def _drop_pending(self) -> str:
+    if self.pending is None:
+      return ''
+    self.manager.wait_until_finished()
+    self.manager.delete(self.pending)
+    dropped, self.pending = self.pending, None
+    return f' (checkpoint_{dropped}, saved from those parameters, was deleted)'
+
+  def observe_loss(self, step: int, loss: float) -> None:
+    if math.isfinite(loss):
+      if self.pending is not None and step > self.pending:
+        self.pending = None
+        self._prune()
+      self.resumed = None
+      return
+    dropped = self._drop_pending()
+    note = ''
+    if self.resumed is not None and step == self.resumed + 1:
+      note = (f' This is the first step from checkpoint_{self.resumed}: its parameters give a non-finite loss; '
+              f'move it aside to resume from an earlier one.')
+    raise TrainingError(f'The loss became {loss} at step {step}: the parameters after step {step - 1} diverged'
+                        f'{dropped}; {self._where()}.{note} Lower the learning rate, check the data, or '
+                        f'restart from the last good checkpoint.')
+
+  def _finite(self, state) -> bool:
+    return bool(_all_finite([x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+  def _probe_loss(self, state, host_batch) -> float:
+    """The model's loss at `state`'s parameters on up to 8 rows of the last batch's model features
+    (meta-batches' clone dimensions flattened), or 0.0 when the batch has none."""
+    from promptjax.data.feeds import FEATURES
+    feats = {}
+    for f in FEATURES:
+      key = f if f in host_batch else next((k for k in host_batch if k.endswith('/' + f)), None)
+      if key is not None:
+        x = np.asarray(host_batch[key])
+        feats[f] = x.reshape(-1, x.shape[-1])[:8]
+    if 'encoder_input_tokens' not in feats or 'decoder_target_tokens' not in feats:
+      return 0.0
+    if self._probe is None:
+      model, extra = self.run.model, self.run.extra_keys
+      self._probe = jax.jit(lambda p, b: model.loss_fn({k: v for k, v in p.items() if k not in extra}, b)[0])
+    return float(self._probe(state.params, feats))
+
+  def save(self, state, step: int, confirmed: bool = False) -> None:
+    if step in self.manager.all_steps():
+      return
+    if not self._finite(state):
+      dropped = self._drop_pending()
+      raise TrainingError(f'The state after step {step} is not finite{dropped}; it was not saved, and '
+                          f'{self._where()}. Lower the learning rate, or restart from the last good checkpoint.')
+    import orbax.checkpoint as ocp
+    info = {'step': step, 'data_batches': step, 'signature': self.signature,
+            'dataset': self.data_cfg.mixture_or_task_name, 'batch_size': self.data_cfg.batch_size}
+    log.info('Saving checkpoint %s/checkpoint_%d', self.model_dir, step)
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(info)), force=True)
+    if confirmed:
+      self._prune()
+    else:
+      self.pending = step
+
+  def save_last(self, state, step: int, host_batch) -> None:
+    """The final (or preemption) checkpoint: no next step will check it, so probe its parameters."""
+    loss = self._probe_loss(state, host_batch) if host_batch is not None else 0.0
+    if not math.isfinite(loss):
+      dropped = self._drop_pending()
+      raise TrainingError(f'The parameters after step {step} give a non-finite loss ({loss}); they were not '
+                          f'saved{dropped}, and {self._where()}. Lower the learning rate, or restart from the '
+                          f'last good checkpoint.')
+    if self.pending == step:
+      self.pending = None
+      self._prune()
+    else:
+      self.save(state, step, confirmed=True)
+
+  def _prune(self) -> None:
+    if self.keep is None:
+      return
+    steps = sorted(s for s in self.manager.all_steps() if s != self.pending)
+    for old in steps[:-self.keep]:
+      self.manager.delete(old)
 
 
 def _unbox(tree):
