@@ -27,9 +27,11 @@ NaN loss) prints one ``error:`` line naming the fix and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
+import tokenize
 from typing import List, Optional, Sequence, Tuple
 
 import gin
@@ -113,12 +115,30 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   quiet = _QuietGinSearch()
   logging.getLogger().addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, IOError) as e:
+    gin.parse_config_files_and_bindings(resolved, [], finalize_config=False)
+    for binding in bindings:
+      try:
+        gin.parse_config(binding)
+      except (ValueError, KeyError, SyntaxError, tokenize.TokenError) as e:
+        raise CliError(_binding_error(binding, e)) from e
+  except (ValueError, KeyError, SyntaxError, IOError, tokenize.TokenError) as e:
     msg = str(e).strip().splitlines()
     raise CliError('bad gin configuration: ' + ' '.join(m.strip() for m in msg[:3])) from e
   finally:
     logging.getLogger().removeFilter(quiet)
+
+
+def _binding_error(binding: str, e: BaseException) -> str:
+  """One line for a command-line binding gin cannot parse, naming it (and the quotes a string needs)."""
+  name, _, value = binding.partition('=')
+  name, value = name.strip(), value.strip()
+  text = ' '.join(str(e).strip().splitlines()[:1]) or type(e).__name__
+  if isinstance(e, tokenize.TokenError) or 'EOF' in text:
+    return f'bad gin binding --gin.{name}={value}: the value is not complete ({text}); check its brackets.'
+  if value and value[0] not in '\'"[({%@-.0123456789' and value not in ('True', 'False', 'None'):
+    return (f'bad gin binding --gin.{name}={value}: a string value needs quotes inside the shell quotes: '
+            f'--gin.{name}="\'{value}\'".')
+  return f'bad gin binding --gin.{name}={value}: {text}'
 
 
 class _QuietGinSearch(logging.Filter):
@@ -141,16 +161,26 @@ class CliError(Exception):
 
 
 def _init_distributed(args) -> None:
-  if args.multiprocess and not args.process_count:
-    import jax
-    jax.distributed.initialize()  # auto-detected on Cloud TPU pods, SLURM, Open MPI, ...
-    return
-  if args.process_count and args.process_count > 1:
-    import jax
-    if jax.config.jax_platforms in (None, '', 'cpu') or os.environ.get('JAX_PLATFORMS') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                               num_processes=args.process_count, process_id=args.process_index)
+  """`jax.distributed.initialize` for a multi-host run (a no-op for a single process); a failure is one
+  `CliError` naming the flags."""
+  import jax
+  try:
+    if (args.multiprocess or getattr(args, 'multiprocess_gpu', False)) and not args.process_count:
+      jax.distributed.initialize()  # auto-detected on Cloud TPU pods, SLURM, Open MPI, ...
+    elif args.process_count and args.process_count > 1:
+      if jax.config.jax_platforms in (None, '', 'cpu') or os.environ.get('JAX_PLATFORMS') == 'cpu':
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+      jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                 num_processes=args.process_count, process_id=args.process_index)
+  except (ValueError, RuntimeError) as e:
+    raise CliError(f'multi-host start-up failed ({_first_line(e)}): --multiprocess joins a cluster JAX can '
+                   'detect (Cloud TPU pod, SLURM, Open MPI); elsewhere give --coordinator_address=HOST:PORT '
+                   '--process_count=N --process_index=I, or drop the flag for one process.') from e
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 def _macro(name: str):
@@ -181,17 +211,63 @@ def _check_required_macros(dry_run: bool = False) -> None:
                    + ' '.join(f'--gin.{m}=...' for m in missing) + ' (strings in quotes: --gin.MODEL_DIR="\'/tmp/run\'").')
 
 
-def _write_config(model_dir: str) -> None:
-  os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+# T5X macros promptjax has no use for: named in the error instead of "did you mean".
+_T5X_ONLY_MACROS = {
+    'USE_CACHED_TASKS': 'its seqio tasks are read as registered, with no cached variants',
+    'MIXTURE_OR_TASK_MODULE': 'set it in the gin file of the command that reads it',
+}
+
+
+def _macro_references(value, found: set) -> None:
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == 'gin.macro' and value.scopes:
+      found.add(value.scopes[-1])
+  elif isinstance(value, dict):
+    for v in value.values():
+      _macro_references(v, found)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      _macro_references(v, found)
+
+
+def check_command_line_macros(bindings: Sequence[str]) -> None:
+  """A macro bound on the command line (``--gin.NAME=VALUE``) that no binding of the parsed
+  configuration reads is a typo or a T5X macro without meaning here: refuse it instead of running with
+  the default."""
+  read, defined = set(), set()
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == 'gin.macro':
+      defined.add(scope)
+    for value in params.values():
+      _macro_references(value, read)
+  for binding in bindings:
+    name = binding.partition('=')[0].strip()
+    if not name.isidentifier() or not name.isupper() or name in read:
+      continue
+    if name in _T5X_ONLY_MACROS:
+      hint = f'it is a T5X macro promptjax does not use ({_T5X_ONLY_MACROS[name]}).'
+    else:
+      close = difflib.get_close_matches(name, sorted(read), n=1, cutoff=0.75)
+      hint = f'did you mean {close[0]}?' if close else 'check its spelling and the gin files given.'
+    raise CliError(f'--gin.{name} is not read by any configuration of this command: {hint}')
+
+
+def _write_config(directory: str) -> None:
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'config.gin'), 'w') as f:
     f.write(gin.config_str())
 
 
 def _configure(args, bindings: List[str]) -> None:
-  """Registers the configurables and parses the gin files and bindings of a gin-configured command."""
+  """Registers the configurables and parses the gin files and bindings of a gin-configured command;
+  checks that a model file was given and that every macro bound on the command line is read."""
   register_gin_configurables()
-  parse_gin(args.gin_file, list(args.gin_bindings) + bindings,
-            [p for s in args.gin_search_paths for p in s.split(',') if p])
+  bindings = list(args.gin_bindings) + bindings
+  parse_gin(args.gin_file, bindings, [p for s in args.gin_search_paths for p in s.split(',') if p])
+  if _macro('MODEL') is None:
+    raise CliError('no model configuration: add a model gin file, e.g. --gin_file=models/t5_1_1_mini.gin '
+                   '(the bundled mini model) or models/t5_1_1_lm100k_large.gin (the papers\' LM-adapted T5).')
+  check_command_line_macros(bindings)
 
 
 def run_train(args, bindings: List[str]) -> int:
@@ -203,12 +279,12 @@ def run_train(args, bindings: List[str]) -> int:
     print(report)
     return 0
   _init_distributed(args)
-  model_dir = _macro('MODEL_DIR')
-  if isinstance(model_dir, str):
-    import jax
-    if jax.process_index() == 0:
-      _write_config(model_dir)
-  result = gin.get_configurable(trainer.train)()
+  # train() writes config.gin into MODEL_DIR only once the run is validated (never over a refused one).
+  result = gin.get_configurable(trainer.train)(run_record={'config.gin': gin.config_str()},
+                                               restore_fallback=args.restore_fallback)
+  if not result.losses:
+    print(f'nothing to train: {result.model_dir} is at step {result.step} and TRAIN_STEPS is '
+          f'{_macro("TRAIN_STEPS")}.')
   first, last = (min(result.losses), max(result.losses)) if result.losses else (None, None)
   if first is not None:
     print(f'step {first}: loss {result.losses[first]:.4f} ... step {last}: loss {result.losses[last]:.4f}'
@@ -219,15 +295,17 @@ def run_train(args, bindings: List[str]) -> int:
 def run_eval(args, bindings: List[str]) -> int:
   _configure(args, bindings)
   _check_required_macros()
+  _init_distributed(args)
   from promptjax import evaluation
   output_dir = _macro('EVAL_OUTPUT_DIR')
-  if isinstance(output_dir, str):
-    _write_config(output_dir)
   fewshot = gin.query_parameter('promptjax.evaluation.evaluate.fewshot') if args.command == 'fewshot' else None
   if args.command == 'fewshot' and fewshot is None:
     raise CliError('`promptjax fewshot` needs a few-shot configuration: add --gin_file=runs/fewshot.gin.')
   kwargs = {} if args.command == 'fewshot' else {'fewshot': None}
   summary = gin.get_configurable(evaluation.evaluate)(**kwargs)
+  import jax
+  if isinstance(output_dir, str) and jax.process_index() == 0:
+    _write_config(output_dir)   # after the evaluation: a failed one leaves no directory behind
   for task, acc in summary['tasks'].items():
     print(f'{task}: accuracy {acc * 100:.1f}')
   for task, scores in summary.get('generative', {}).items():
@@ -242,6 +320,7 @@ def run_eval(args, bindings: List[str]) -> int:
 def run_downstream(args, bindings: List[str]) -> int:
   _configure(args, bindings)
   _check_required_macros()
+  _init_distributed(args)
   from promptjax import evaluation
   summary = gin.get_configurable(evaluation.downstream_run)()
   for task, score in summary['tasks'].items():
@@ -287,6 +366,124 @@ def run_similarity(args) -> int:
   return 0
 
 
+_MAIN_MACROS = {
+    'train': 'MODEL_DIR, MIXTURE_OR_TASK_NAME, TRAIN_STEPS (counted from 0), BATCH_SIZE, TASK_FEATURE_LENGTHS, '
+             'INITIAL_CHECKPOINT_PATH, LEARNING_RATE, TRAINABLE, MESH_SHAPE, NUM_MICROBATCHES, CHECKPOINT_PERIOD, '
+             'KEEP_CHECKPOINTS, EVAL_PERIOD, RANDOM_SEED, DROPOUT_RATE (runs/train.gin, models/*.gin)',
+    'eval': 'CHECKPOINT_PATH, EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME, EVAL_SPLIT, TASK_FEATURE_LENGTHS, '
+            'LENGTH_NORMALIZE, USE_PROMPT, EXAMPLES_PER_BATCH, MAX_DECODE_LENGTH (runs/eval.gin)',
+    'downstream': 'CHECKPOINT_PATH, EVAL_OUTPUT_DIR, TARGET_TASKS, DOWNSTREAM_SEEDS (runs/downstream.gin)',
+}
+_MAIN_MACROS['fewshot'] = _MAIN_MACROS['eval'] + '; FEWSHOT_SEED and the tuning options of runs/fewshot.gin'
+_COMMAND_HELP = {
+    'train': 'continued pretraining / meta-learning / SUPMER (runs/train.gin + models/*.gin + a method file)',
+    'eval': 'zero-shot rank classification and seqio generative evaluation of a checkpoint (runs/eval.gin)',
+    'fewshot': 'few-shot prompt tuning, then evaluation (runs/fewshot.gin)',
+    'downstream': "Qin et al. 2023's CrossFit downstream protocol (runs/downstream.gin)",
+    'compare': 'ARG table with paired-bootstrap p-values and plots over evaluated runs',
+    'similarity': 'task similarity of tuned prompts (Qin et al. 2023, A.6-A.7)',
+}
+
+
+def _gin_flags(p: argparse.ArgumentParser, command: str) -> None:
+  g = p.add_argument_group('gin (T5X\'s flags)')
+  g.add_argument('--gin_file', action='append', default=[], help='a gin file (repeatable), e.g. runs/train.gin')
+  g.add_argument('--gin_bindings', action='append', default=[], help="a binding 'NAME = VALUE' (repeatable)")
+  g.add_argument('--gin_search_paths', action='append', default=[], help='comma-separated folders to search')
+  g.add_argument('--gin.NAME=VALUE', dest='_gin_shorthand', metavar='', help='shorthand for --gin_bindings')
+  d = p.add_argument_group('multi-host')
+  d.add_argument('--coordinator_address', default=None)
+  d.add_argument('--process_count', type=int, default=None)
+  d.add_argument('--process_index', type=int, default=None)
+  d.add_argument('--multiprocess', action='store_true',
+                 help='call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)')
+  d.add_argument('--multiprocess_gpu', action='store_true', help='T5X\'s name for --multiprocess on GPUs')
+  if command == 'train':
+    p.add_argument('--dry_run', action='store_true', help='shapes, shardings and memory only')
+    p.add_argument('--restore_fallback', action='store_true',
+                   help='resume from the newest readable checkpoint, moving unreadable newer ones aside')
+
+
+def _absl_flags(p: argparse.ArgumentParser) -> None:
+  """The absl/T5X flags users pass by habit: logging goes to stderr (promptjax has no log files)."""
+  g = p.add_argument_group('logging (absl\'s flags)')
+  g.add_argument('--alsologtostderr', action='store_true', help='INFO logs of every library to stderr too')
+  g.add_argument('--logtostderr', action='store_true', help='the same as --alsologtostderr here')
+  g.add_argument('-v', '--verbosity', type=int, default=0, help='absl verbosity (>= 1: DEBUG logs)')
+  g.add_argument('--tfds_data_dir', default=None, help='TFDS data directory (sets TFDS_DATA_DIR)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='promptjax', description=__doc__.split('\n')[0])
+  sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+  for command, text in _COMMAND_HELP.items():
+    epilog = f'main macros: {_MAIN_MACROS[command]}' if command in _MAIN_MACROS else None
+    p = sub.add_parser(command, help=text, description=text, epilog=epilog)
+    _absl_flags(p)
+    if command in _MAIN_MACROS:
+      _gin_flags(p, command)
+      continue
+    p.add_argument('runs', nargs='*', help='compare: run directories (or NAME=PATH); similarity: prompt '
+                   'files or directories of them (or NAME=PATH)')
+    p.add_argument('--output_dir', default=None, help='where the table/plots (compare) or similarity.json '
+                   'and similarity.png (similarity) go')
+    if command == 'compare':
+      p.add_argument('--reference', default=None, help='the run p-values compare against')
+      p.add_argument('--within_dataset', action='store_true',
+                     help='ARG averaged within each dataset first (the official script)')
+      p.add_argument('--num_resamples', type=int, default=1000)
+      p.add_argument('--bootstrap_seed', type=int, default=100)
+    else:
+      p.add_argument('--target', default=None, help='rank the other prompts as sources for it')
+      p.add_argument('--top_k', type=int, default=None, help='keep the k best sources (A.7: 5)')
+      p.add_argument('--threshold', type=float, default=None, help='GPM energy threshold (0.99)')
+      p.add_argument('--rank', type=int, default=None, help='fixed subspace rank instead')
+  return parser
+
+
+def _configure_logging(args) -> None:
+  """promptjax's own INFO lines (restoring, saving, resumed) on stderr; every library's with
+  --alsologtostderr / --logtostderr; TensorFlow's C++ start-up noise hidden unless asked for."""
+  verbose = args.alsologtostderr or args.logtostderr
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '3')
+  if args.tfds_data_dir:
+    os.environ['TFDS_DATA_DIR'] = args.tfds_data_dir
+  level = logging.DEBUG if args.verbosity >= 1 else logging.INFO
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter('%(levelname).1s %(asctime)s %(name)s] %(message)s', '%H:%M:%S'))
+  ours = logging.getLogger('promptjax')
+  if not any(getattr(h, '_promptjax', False) for h in ours.handlers):
+    handler._promptjax = True  # pylint: disable=protected-access
+    ours.addHandler(handler)
+    ours.propagate = False
+  ours.setLevel(level)
+  if args.command in _MAIN_MACROS and not verbose:
+    _quiet_import('tensorflow')   # its C++ start-up lines (oneDNN, CUDA stubs) ignore TF_CPP_MIN_LOG_LEVEL
+  if verbose:
+    logging.getLogger().setLevel(level)
+    try:
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(absl_logging.DEBUG if args.verbosity >= 1 else absl_logging.INFO)
+      absl_logging.set_stderrthreshold('info')
+    except ImportError:
+      pass
+
+
+def _quiet_import(module: str) -> None:
+  """Imports `module` with the process's stderr (file descriptor 2) sent to /dev/null."""
+  import importlib
+  saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)
+  try:
+    importlib.import_module(module)
+  except ImportError:
+    pass
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(null)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -294,35 +491,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except SystemExit as e:
     print(e, file=sys.stderr)
     return EXIT_USAGE
-  parser = argparse.ArgumentParser(prog='promptjax', description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=('train', 'eval', 'fewshot', 'downstream', 'compare', 'similarity'))
-  parser.add_argument('runs', nargs='*', help='compare: run directories (or NAME=PATH); similarity: prompt '
-                      'files or directories of them (or NAME=PATH)')
-  parser.add_argument('--output_dir', default=None, help='compare: where table.md and the plots go; '
-                      'similarity: where similarity.json and similarity.png go')
-  parser.add_argument('--target', default=None, help='similarity: rank the other prompts as sources for it')
-  parser.add_argument('--top_k', type=int, default=None, help='similarity: keep the k best sources (A.7: 5)')
-  parser.add_argument('--threshold', type=float, default=None, help='similarity: GPM energy threshold (0.99)')
-  parser.add_argument('--rank', type=int, default=None, help='similarity: fixed subspace rank instead')
-  parser.add_argument('--reference', default=None, help='compare: the run p-values compare against')
-  parser.add_argument('--within_dataset', action='store_true',
-                      help='compare: ARG averaged within each dataset first (the official script)')
-  parser.add_argument('--num_resamples', type=int, default=1000)
-  parser.add_argument('--bootstrap_seed', type=int, default=100)
-  parser.add_argument('--gin_file', action='append', default=[])
-  parser.add_argument('--gin_bindings', action='append', default=[])
-  parser.add_argument('--gin_search_paths', action='append', default=[])
-  parser.add_argument('--dry_run', action='store_true')
-  parser.add_argument('--coordinator_address', default=None)
-  parser.add_argument('--process_count', type=int, default=None)
-  parser.add_argument('--process_index', type=int, default=None)
-  parser.add_argument('--multiprocess', action='store_true',
-                      help='call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)')
-  args = parser.parse_args(argv)
-
-  if args.runs and args.command not in ('compare', 'similarity'):
-    print(f'error: unexpected arguments {args.runs} (only `compare` and `similarity` take paths)', file=sys.stderr)
-    return EXIT_USAGE
+  args = build_parser().parse_args(argv)
+  _configure_logging(args)
   try:
     if args.command == 'train':
       return run_train(args, bindings)
@@ -330,6 +500,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return run_eval(args, bindings)
     if args.command == 'downstream':
       return run_downstream(args, bindings)
+    if bindings:
+      raise CliError(f'`promptjax {args.command}` takes no gin bindings ({bindings[0]}).')
     if args.command == 'compare':
       return run_compare(args)
     if args.command == 'similarity':

@@ -260,7 +260,7 @@ class DocumentCorpus:
           found.append(dirpath.rstrip('/') + '/' + name)
     return sorted(found)
 
-  def _no_documents(self, split: str, where: str) -> DataError:
+  def no_documents(self, split: str, where: str) -> DataError:
     return DataError(
         f'Task {self.task!r}: no documents found for split {split!r} in {where} (looked for *.txt, one '
         f'document per file, and *.jsonl with a "text" field, recursively; layout: {self.layout}). Add '
@@ -282,7 +282,7 @@ class DocumentCorpus:
                if f.endswith('.jsonl')
                or hash_split(self._relative(f), self.validation_fraction) == split]
     if not files:
-      raise self._no_documents(split, where)
+      raise self.no_documents(split, where)
     return files
 
   def _make(self, doc_id: str, text: str) -> Optional[Document]:
@@ -642,7 +642,7 @@ class SelfSupervisedTextSource(_CorpusSource):
       if n_docs >= 2 and smallest_anchored is not None and total - smallest_anchored >= need:
         return
     if n_docs == 0:
-      raise corpus._no_documents(split, corpus.root)  # pylint: disable=protected-access
+      raise corpus.no_documents(split, corpus.root)
     raise DataError(
         f'Task {self.task_name!r}: the {split!r} split of {corpus.root} is too small to build '
         f'{self.fmt.name} negatives: found {n_docs} non-empty document(s), '
@@ -773,6 +773,8 @@ class PrefixLMSource(_CorpusSource):
       files = files[shard_info.index::shard_info.num_shards]
     key = [(DEFAULT_SEED if seed is None else int(seed)) & 0xFFFFFFFF, zlib.crc32(split.encode())]
     window = self.window_words
+    if not any(sum(len(seg.split()) for seg in doc.segments) >= 2 for doc in corpus.documents(split, files)):
+      raise corpus.no_documents(split, corpus.root)  # files, but no text in them
 
     def generate():
       rng = np.random.default_rng(key)
