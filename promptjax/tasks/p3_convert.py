@@ -12,13 +12,18 @@ The dataset repository ``bigscience/P3`` has held P3 in two forms:
   ``refs/convert/parquet`` branch has ``<subset>/<split>/NNNN.parquet``. ``convert`` writes either into the
   release layout (records streamed, one subset at a time), so the two sources give the same tasks.
 
+``convert`` also reads the release layout itself and writes it again with ``--num_shards`` files per split:
+the release has one file per split, and a run on several hosts reads each split's files shard by shard
+(at least one file per process).
+
 Commands::
 
   # the download patterns of the subsets a mixture needs (d4_train, green, d4_dev), one per line
   python -m promptjax.tasks.p3_convert patterns --mixture d4_train --mixture green --prefix data/
-  # Parquet -> release layout, for those mixtures (or --subset NAME..., default: every subset found)
-  python -m promptjax.tasks.p3_convert convert --parquet_dir /data/P3-parquet --output_dir /data/P3/data \\
-    --mixture d4_train --mixture green --mixture d4_dev
+  # Parquet (or the release, resharded) -> release layout, for those mixtures (or --subset NAME...,
+  # default: every subset found), 8 files per split for 8 hosts
+  python -m promptjax.tasks.p3_convert convert --input_dir /data/P3-parquet --output_dir /data/P3/data \\
+    --mixture d4_train --mixture green --mixture d4_dev --num_shards 8
 
 A problem (a missing subset, an unknown mixture, a field that is not P3's) prints one ``error:`` line and
 exits with status 2.
@@ -73,44 +78,67 @@ def read_parquet_records(files: Sequence[str], batch_size: int = 1024) -> Iterat
         yield row
 
 
-def convert_subset(parquet_dir: str, output_dir: str, subset: str, num_shards: int = 1) -> Dict[str, int]:
+def read_release_records(input_dir: str, subset: str, split: str) -> Iterator[Dict[str, object]]:
+  """P3 records (field -> Python value) of one split in the release layout, in file order."""
+  def python(v):
+    if isinstance(v, bytes):
+      return v.decode('utf-8')
+    if getattr(v, 'ndim', 0):
+      return [x.decode('utf-8') if isinstance(x, bytes) else x for x in v.tolist()]
+    return v.item() if hasattr(v, 'item') else v
+
+  source = p3.P3DataSource(subset, lambda: input_dir)
+  for ex in source.get_dataset(split, shuffle=False).as_numpy_iterator():
+    yield {k: python(v) for k, v in sorted(ex.items())}
+
+
+def _split_records(input_dir: str, subset: str, split: str) -> Optional[Iterator[Dict[str, object]]]:
+  src = os.path.join(input_dir, subset)
+  if glob.glob(os.path.join(src, f'{split}.tfrecord-*')):
+    return read_release_records(input_dir, subset, split)
+  files = parquet_files(src, split)
+  return read_parquet_records(files) if files else None
+
+
+def convert_subset(input_dir: str, output_dir: str, subset: str, num_shards: int = 1) -> Dict[str, int]:
   """Writes one subset's splits in the release layout -> {split: number of records} (empty splits skipped)."""
-  src = os.path.join(parquet_dir, subset)
+  src = os.path.join(input_dir, subset)
+  if os.path.abspath(src) == os.path.abspath(os.path.join(output_dir, subset)):
+    raise DataError(f'--output_dir must differ from --input_dir ({input_dir}).')
   counts = {}
   for split in p3.SPLITS:
-    files = parquet_files(src, split)
-    if not files:
+    records = _split_records(input_dir, subset, split)
+    if records is None:
       continue
     try:
-      counts[split] = p3.write_p3_split(os.path.join(output_dir, subset), split, read_parquet_records(files),
-                                        num_shards=num_shards)
+      counts[split] = p3.write_p3_split(os.path.join(output_dir, subset), split, records, num_shards=num_shards)
     except ValueError as e:
       if str(e).startswith('no records'):
         continue
       raise DataError(f'P3 subset {subset!r} split {split!r}: {e}') from e
   if not counts:
-    raise DataError(f'P3 subset {subset!r}: no Parquet files {src}/<split>-*.parquet or {src}/<split>/*.parquet '
-                    f'for any of {", ".join(p3.SPLITS)}.')
+    raise DataError(f'P3 subset {subset!r}: no files {src}/<split>.tfrecord-*, <split>-*.parquet or '
+                    f'<split>/*.parquet for any of {", ".join(p3.SPLITS)}.')
   return counts
 
 
-def convert(parquet_dir: str, output_dir: str, subsets: Optional[Iterable[str]] = None, num_shards: int = 1,
+def convert(input_dir: str, output_dir: str, subsets: Optional[Iterable[str]] = None, num_shards: int = 1,
             log=print) -> Dict[str, Dict[str, int]]:
-  """Converts `subsets` (default: every directory of `parquet_dir`) -> {subset: {split: records}}."""
-  if not os.path.isdir(parquet_dir):
-    raise DataError(f'--parquet_dir {parquet_dir} is not a directory.')
+  """Converts `subsets` (default: every directory of `input_dir`) -> {subset: {split: records}}."""
+  if not os.path.isdir(input_dir):
+    raise DataError(f'--input_dir {input_dir} is not a directory.')
   if subsets is None:
-    subsets = sorted(d for d in os.listdir(parquet_dir)
-                     if os.path.isdir(os.path.join(parquet_dir, d)) and not d.startswith('.'))
+    subsets = sorted(d for d in os.listdir(input_dir)
+                     if os.path.isdir(os.path.join(input_dir, d)) and not d.startswith('.'))
   subsets = list(subsets)
-  missing = [s for s in subsets if not os.path.isdir(os.path.join(parquet_dir, s))]
+  missing = [s for s in subsets if not os.path.isdir(os.path.join(input_dir, s))]
   if missing:
-    raise DataError(f'{len(missing)} subset(s) not in {parquet_dir}: {", ".join(missing[:10])}'
+    raise DataError(f'{len(missing)} subset(s) not in {input_dir}: {", ".join(missing[:10])}'
                     f'{" ..." if len(missing) > 10 else ""}; download them first (the `patterns` command lists '
                     'the patterns to download).')
   done = {}
   for i, subset in enumerate(subsets):
-    done[subset] = convert_subset(parquet_dir, output_dir, subset, num_shards=num_shards)
+    done[subset] = convert_subset(input_dir, output_dir, subset, num_shards=num_shards)
     log(f'[{i + 1}/{len(subsets)}] {subset}: '
         + ', '.join(f'{split} {n}' for split, n in done[subset].items()))
   return done
@@ -124,8 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   pat.add_argument('--mixture', action='append', required=True, help='d4_train, green or d4_dev (repeatable)')
   pat.add_argument('--prefix', default='data/',
                    help="'data/' for the release layout (default), '' for the Parquet layout")
-  conv = sub.add_parser('convert', help='Parquet P3 -> the release layout the P3 tasks read')
-  conv.add_argument('--parquet_dir', required=True, help='holds <subset>/ directories of Parquet files')
+  conv = sub.add_parser('convert', help='Parquet P3 (or the release) -> the release layout, --num_shards files per split')
+  conv.add_argument('--input_dir', required=True, help='holds <subset>/ directories (Parquet or the release)')
   conv.add_argument('--output_dir', required=True, help='becomes PROMPTJAX_P3_DIR')
   conv.add_argument('--mixture', action='append', default=[], help='convert the subsets of a mixture (repeatable)')
   conv.add_argument('--subset', action='append', default=[], help='convert one subset (repeatable)')
@@ -139,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     subsets = None
     if args.mixture or args.subset:
       subsets = list(dict.fromkeys(mixture_subsets(args.mixture) + args.subset))
-    convert(args.parquet_dir, args.output_dir, subsets, num_shards=args.num_shards)
+    convert(args.input_dir, args.output_dir, subsets, num_shards=args.num_shards)
     return 0
   except DataError as e:
     print(f'error: {e}', file=sys.stderr)

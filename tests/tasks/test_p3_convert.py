@@ -80,13 +80,22 @@ def test_parquet_converts_to_the_release_layout(parquet_dir, tmp_path):
           assert [c.decode() for c in g[k]] == v
         else:
           np.testing.assert_allclose(g[k], v, rtol=1e-6)
+  # The release layout itself is read and written again with more files per split (one per host).
+  resharded = str(tmp_path / 'resharded')
+  assert p3_convert.main(['convert', '--input_dir', out, '--output_dir', resharded, '--subset', HS,
+                          '--num_shards', '3']) == 0
+  assert len(glob.glob(os.path.join(resharded, HS, 'validation.tfrecord-*-of-00003'))) == 3
+  for name in ('info.validation.json', 'stats.test.json'):
+    with open(os.path.join(out, HS, name)) as a, open(os.path.join(resharded, HS, name)) as b:
+      assert {k: v for k, v in json.load(a).items() if k != 'num_shards'} == \
+          {k: v for k, v in json.load(b).items() if k != 'num_shards'}
 
 
 def test_mixture_patterns_and_errors(parquet_dir, tmp_path, capsys):
   assert p3_convert.main(['patterns', '--mixture', 'd4_dev', '--prefix', 'data/']) == 0
   lines = capsys.readouterr().out.split()
   assert len(lines) == 42 and all(line.startswith('data/') and line.endswith('/*') for line in lines)
-  assert p3_convert.main(['convert', '--parquet_dir', parquet_dir, '--output_dir', str(tmp_path),
+  assert p3_convert.main(['convert', '--input_dir', parquet_dir, '--output_dir', str(tmp_path),
                           '--mixture', 'd4_dev']) == 2
   assert 'not in' in capsys.readouterr().err
   assert p3_convert.main(['patterns', '--mixture', 'nope']) == 2
