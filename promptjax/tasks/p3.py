@@ -153,8 +153,14 @@ class P3DataSource(seqio.DataSource):
       raise cfg.DataError(f'P3 task {self._subset!r}: missing {path} (the P3 release ships one per split '
                           f'with the feature schema); copy it with the tfrecord files.')
     try:
-      feats = _read_json(path)['features']
+      info = _read_json(path)
+      if info == {}:
+        raise cfg.DataError(f'P3 task {self._subset!r}: split {split!r} is empty in the P3 release ({path} is '
+                            '{}); use another split.')
+      feats = info['features']
       return {k: {'dtype': v['dtype'], 'shape': v['shape']} for k, v in feats.items()}
+    except cfg.DataError:
+      raise
     except (ValueError, KeyError, TypeError) as e:
       raise cfg.DataError(f'P3 task {self._subset!r}: malformed {path} ({e}); expected '
                           '{"features": {name: {"dtype": ..., "shape": [...]}}, ...}.') from e

@@ -92,9 +92,20 @@ def read_release_records(input_dir: str, subset: str, split: str) -> Iterator[Di
     yield {k: python(v) for k, v in sorted(ex.items())}
 
 
+def _empty_release_split(subset_dir: str, split: str) -> bool:
+  """The release marks an empty split with ``info.<split>.json`` = {} and ``stats.<split>.json`` examples 0."""
+  info = os.path.join(subset_dir, f'info.{split}.json')
+  stats = os.path.join(subset_dir, f'stats.{split}.json')
+  if os.path.exists(info) and not p3._read_json(info):
+    return True
+  return os.path.exists(stats) and p3._read_json(stats).get('examples') == 0
+
+
 def _split_records(input_dir: str, subset: str, split: str) -> Optional[Iterator[Dict[str, object]]]:
   src = os.path.join(input_dir, subset)
   if glob.glob(os.path.join(src, f'{split}.tfrecord-*')):
+    if _empty_release_split(src, split):
+      return None
     return read_release_records(input_dir, subset, split)
   files = parquet_files(src, split)
   return read_parquet_records(files) if files else None

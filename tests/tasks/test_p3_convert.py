@@ -101,3 +101,19 @@ def test_mixture_patterns_and_errors(parquet_dir, tmp_path, capsys):
   assert p3_convert.main(['patterns', '--mixture', 'nope']) == 2
   assert "unknown P3 mixture 'nope'" in capsys.readouterr().err
   assert not glob.glob(str(tmp_path / '*'))
+
+
+def test_empty_release_splits_are_skipped_and_named(parquet_dir, tmp_path):
+  # The release marks an empty split with info.<split>.json = {} and stats examples 0 (e.g. many test splits).
+  out = str(tmp_path / 'data')
+  p3_convert.convert(parquet_dir, out, subsets=[ADV], log=lambda _: None)
+  sub = os.path.join(out, ADV)
+  open(os.path.join(sub, 'test.tfrecord-00000-of-00001'), 'wb').close()
+  with open(os.path.join(sub, 'info.test.json'), 'w') as f:
+    f.write('{}')
+  with open(os.path.join(sub, 'stats.test.json'), 'w') as f:
+    f.write('{"examples": 0}')
+  with pytest.raises(p3.cfg.DataError, match=r"split 'test' is empty in the P3 release"):
+    p3.P3DataSource(ADV, lambda: out).features('test')
+  assert p3_convert.convert(out, str(tmp_path / 'resharded'), subsets=[ADV], num_shards=2,
+                            log=lambda _: None) == {ADV: {'train': 28}}
