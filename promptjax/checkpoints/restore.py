@@ -9,6 +9,7 @@ is a `RestoreError` whose message names the path and the fix.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -29,8 +30,26 @@ class RestoreError(PromptjaxError, ValueError):
     self.mismatch = mismatch
 
 
+_HUB_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$')
+
+
+def missing_path_message(path: Any, macro: str = 'CHECKPOINT_PATH') -> str:
+  """Why `path` (not on local disk) cannot be read, and the fix: Hub ids and gs:// paths are copied first."""
+  path = str(path)
+  if path.startswith('gs://'):
+    return (f'{macro}={path!r} is on Google Cloud Storage; checkpoints are read from local disk. Copy it '
+            f'first, e.g. gsutil -m cp -r {path} DIR, and give {macro}=\'DIR/{os.path.basename(path.rstrip("/"))}\'.')
+  if _HUB_ID.match(path) and not path.startswith('.'):
+    return (f'{macro}={path!r} does not exist and looks like a Hugging Face Hub id; hub ids must be '
+            f'downloaded first, e.g. huggingface-cli download {path} --local-dir DIR, then give the '
+            f'local directory: {macro}=\'DIR\'.')
+  return f'{macro}={path!r} does not exist.'
+
+
 def load_transformer(model: PromptableT5, path: str) -> Dict[str, Any]:
   """Transformer weights (T5X names) from `path`, checked against `model` (no prompt is read)."""
+  if not os.path.exists(path):
+    raise RestoreError(missing_path_message(path, 'INITIAL_CHECKPOINT_PATH'))
   try:
     params, _ = load_checkpoint(path, relative_attention_max_distance=model.config.relative_attention_max_distance)
   except (FileNotFoundError, ValueError) as e:
@@ -44,7 +63,7 @@ def load_transformer(model: PromptableT5, path: str) -> Dict[str, Any]:
 
 def _read(model: PromptableT5, path: str) -> Dict[str, Any]:
   if not os.path.exists(path):
-    raise RestoreError(f'CHECKPOINT_PATH={path!r} does not exist.')
+    raise RestoreError(missing_path_message(path))
   try:
     if is_hf_checkpoint(path):
       loaded, _ = load_checkpoint(path, model.config)
@@ -90,7 +109,7 @@ def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prom
 def load_subtree(checkpoint_path: Optional[str], key: str) -> Optional[Dict[str, Any]]:
   """The top-level parameter subtree `key` of a promptjax checkpoint as numpy (None when it has none)."""
   if checkpoint_path is None or not os.path.exists(checkpoint_path):
-    raise RestoreError(f'CHECKPOINT_PATH={checkpoint_path!r} does not exist.')
+    raise RestoreError(missing_path_message(checkpoint_path))
   loaded = t5x.load_t5x_checkpoint(checkpoint_path)
   if key not in loaded:
     return None

@@ -38,6 +38,7 @@ inputs to 768 and targets to 192 tokens *before* adding EOS, which is task featu
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -152,8 +153,14 @@ class P3DataSource(seqio.DataSource):
       raise cfg.DataError(f'P3 task {self._subset!r}: missing {path} (the P3 release ships one per split '
                           f'with the feature schema); copy it with the tfrecord files.')
     try:
-      feats = _read_json(path)['features']
+      info = _read_json(path)
+      if info == {}:
+        raise cfg.DataError(f'P3 task {self._subset!r}: split {split!r} is empty in the P3 release ({path} is '
+                            '{}); use another split.')
+      feats = info['features']
       return {k: {'dtype': v['dtype'], 'shape': v['shape']} for k, v in feats.items()}
+    except cfg.DataError:
+      raise
     except (ValueError, KeyError, TypeError) as e:
       raise cfg.DataError(f'P3 task {self._subset!r}: malformed {path} ({e}); expected '
                           '{"features": {name: {"dtype": ..., "shape": [...]}}, ...}.') from e
@@ -385,39 +392,50 @@ def _to_feature(value, dtype: str) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in vals]))
 
 
-def write_p3_split(subset_dir: str, split: str, records: Sequence[Mapping], num_shards: int = 1) -> None:
+def write_p3_split(subset_dir: str, split: str, records: Iterable[Mapping], num_shards: int = 1) -> int:
   """Writes records in the P3 release layout: shards, ``info.<split>.json`` and ``stats.<split>.json``.
 
   Each record maps P3 field names (`P3_FEATURE_SPECS`) to Python values: token id lists for
   ``inputs``/``targets`` (targets ending with EOS, as in P3), strings, lists of strings, ``idx`` pairs.
-  Records are dealt to shards round-robin.
+  Records may be any iterable (they are streamed, not held in memory) and are dealt to shards
+  round-robin. Returns the number of records written.
   """
-  if not records:
+  it = iter(records)
+  first = next(it, None)
+  if first is None:
     raise ValueError(f'no records to write for {subset_dir} {split}')
-  keys = list(records[0])
-  for r in records:
-    if list(r) != keys:
-      raise ValueError(f'records of {subset_dir} {split} have different fields: {keys} vs {list(r)}')
-  specs = {k: _infer_spec(k, records[0][k]) for k in keys}
+  keys = list(first)
+  specs = {k: _infer_spec(k, first[k]) for k in keys}
   tf.io.gfile.makedirs(subset_dir)
   writers = [tf.io.TFRecordWriter(os.path.join(subset_dir, f'{split}.tfrecord-{i:05d}-of-{num_shards:05d}'))
              for i in range(num_shards)]
-  for i, r in enumerate(records):
-    ex = tf.train.Example(features=tf.train.Features(
-        feature={k: _to_feature(r[k], specs[k]['dtype']) for k in keys}))
-    writers[i % num_shards].write(ex.SerializeToString(deterministic=True))
-  for w in writers:
-    w.close()
+  lengths = {key: [0, 0, 0] for key in ('inputs', 'targets') if key in specs}   # tokens, max tokens, chars
+  count = 0
+  try:
+    for r in itertools.chain([first], it):
+      if list(r) != keys:
+        raise ValueError(f'records of {subset_dir} {split} have different fields: {keys} vs {list(r)}')
+      ex = tf.train.Example(features=tf.train.Features(
+          feature={k: _to_feature(r[k], specs[k]['dtype']) for k in keys}))
+      writers[count % num_shards].write(ex.SerializeToString(deterministic=True))
+      count += 1
+      for key, acc in lengths.items():
+        acc[0] += len(r[key])
+        acc[1] = max(acc[1], len(r[key]))
+        if f'{key}_pretokenized' in specs:
+          acc[2] += len(r[f'{key}_pretokenized'])
+  finally:
+    for w in writers:
+      w.close()
   info = {'features': specs, 'num_shards': num_shards, 'seqio_version': seqio.__version__}
   with tf.io.gfile.GFile(os.path.join(subset_dir, f'info.{split}.json'), 'w') as f:
     json.dump(info, f, indent=2, sort_keys=True)
-  stats = {'examples': len(records)}
-  for key in ('inputs', 'targets'):
-    if key in specs:
-      lengths = [len(r[key]) for r in records]
-      stats[f'{key}_tokens'] = int(sum(lengths))
-      stats[f'{key}_max_tokens'] = int(max(lengths))
-      if f'{key}_pretokenized' in specs:
-        stats[f'{key}_chars'] = int(sum(len(r[f'{key}_pretokenized']) for r in records))
+  stats = {'examples': count}
+  for key, (tokens, max_tokens, chars) in lengths.items():
+    stats[f'{key}_tokens'] = int(tokens)
+    stats[f'{key}_max_tokens'] = int(max_tokens)
+    if f'{key}_pretokenized' in specs:
+      stats[f'{key}_chars'] = int(chars)
   with tf.io.gfile.GFile(os.path.join(subset_dir, f'stats.{split}.json'), 'w') as f:
     json.dump(stats, f, indent=2, sort_keys=True)
+  return count

@@ -10,7 +10,7 @@ import transformers
 import reference_t5 as ref
 from conftest import SHARED_DATA
 from promptjax.checkpoints import export_hf, load_checkpoint
-from promptjax.models import PromptConfig, PromptableT5
+from promptjax.models import PromptConfig, PromptableT5, get_config
 
 TINY_T5X = os.path.join(SHARED_DATA, 't5x_tiny', 'checkpoint_3')
 needs_shared = pytest.mark.skipif(not os.path.isdir(TINY_T5X),
@@ -47,3 +47,20 @@ def test_load_checkpoint_errors(tmp_path):
   (tmp_path / 'junk' / 'notes.txt').write_text('hello')
   with pytest.raises((ValueError, FileNotFoundError), match='junk'):
     load_checkpoint(str(tmp_path / 'junk'))
+
+
+def test_hub_ids_and_gcs_paths_say_how_to_fetch_them_first(tmp_path, monkeypatch):
+  from promptjax.checkpoints import restore
+  monkeypatch.chdir(tmp_path)
+  model = PromptableT5(get_config('tiny'))
+  with pytest.raises(restore.RestoreError, match=r"hub ids must be downloaded first, e\.g\. huggingface-cli "
+                                                 r"download google/t5-large-lm-adapt --local-dir DIR"):
+    restore.load_transformer(model, 'google/t5-large-lm-adapt')
+  with pytest.raises(restore.RestoreError, match=r'gsutil -m cp -r gs://t5-data/x/checkpoint_1100000 DIR'):
+    restore.load_params(model, 'gs://t5-data/x/checkpoint_1100000')
+  with pytest.raises(restore.RestoreError, match=r"CHECKPOINT_PATH='/no/such/dir' does not exist\.$"):
+    restore.load_params(model, '/no/such/dir')
+  (tmp_path / 'google' / 't5-large-lm-adapt').mkdir(parents=True)   # a local directory of that name is read
+  with pytest.raises(restore.RestoreError) as e:
+    restore.load_transformer(model, 'google/t5-large-lm-adapt')
+  assert 'hub id' not in str(e.value)
