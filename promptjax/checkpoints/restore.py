@@ -78,7 +78,8 @@ def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prom
                 seed: int = 0) -> Tuple[PromptableT5, Dict[str, Any]]:
   """(model, params) ready to evaluate.
 
-  ``use_prompt=True`` keeps the checkpoint's prompt when it has one and the model asks for one; a model
+  ``use_prompt=True`` keeps the checkpoint's prompt when it has one and the model asks for one (a model
+  without a prompt on a checkpoint with one is refused: the prompt would be dropped silently); a model
   with a prompt whose checkpoint has none (T0-style MTL-T✓P✗, a plain LM-adapted T5) gets a fresh prompt
   (``PromptConfig.init``, from the loaded embedding). ``use_prompt=False`` drops any prompt. Without a
   checkpoint the parameters are a seeded random init.
@@ -94,6 +95,11 @@ def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prom
   except ValueError as e:
     raise RestoreError(f'CHECKPOINT_PATH={checkpoint_path} does not fit the model: {e} Pick the model '
                        f'gin file (and vocabulary size) the checkpoint was trained with.', mismatch=True) from e
+  if use_prompt and model.prompt.kind == 'none' and 'prompt' in loaded:
+    raise RestoreError(f'CHECKPOINT_PATH={checkpoint_path} holds a trained {_describe_prompt(loaded["prompt"])}, '
+                       f'but the model has none: give the method gin file it was trained with (e.g. '
+                       f'mtl_prompt.gin) to evaluate with it, or USE_PROMPT=False to evaluate without it.',
+                       mismatch=True)
   params = model.init_params(jax.random.PRNGKey(seed), transformer_params=transformer)
   if model.prompt.kind != 'none' and 'prompt' in loaded:
     try:
@@ -104,6 +110,13 @@ def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prom
                          f'use_prompt=False.', mismatch=True) from e
     params = {**params, 'prompt': jax.tree.map(np.asarray, loaded['prompt'])}
   return model, params
+
+
+def _describe_prompt(prompt: Any) -> str:
+  if isinstance(prompt, dict) and 'prompt' in prompt and hasattr(prompt['prompt'], 'shape'):
+    return f'shallow prompt of length {prompt["prompt"].shape[0]}'
+  first = jax.tree.leaves(prompt)[0]
+  return f'deep prompt of length {first.shape[0]}'
 
 
 def load_subtree(checkpoint_path: Optional[str], key: str) -> Optional[Dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import json
 import logging
 import math
@@ -157,7 +158,8 @@ class Setup:
         if e.mismatch:
           raise TrainingError(f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path} {e} Pick the model gin file '
                               'of the checkpoint size.') from e
-        raise TrainingError(f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path}: {e}') from e
+        raise TrainingError(str(e) if 'INITIAL_CHECKPOINT_PATH' in str(e) else
+                            f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path}: {e}') from e
     model_shardings = {k: v for k, v in self.param_shardings.items() if k not in self.extra_keys}
     params = partitioning.sharded_init(self.model, rng, self.mesh, model_shardings,
                                        transformer_params=transformer_params)
@@ -290,6 +292,16 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
     _check_t5x_step_count(total_steps, initial_checkpoint_path)
     state = run.init_state(seed, initial_checkpoint_path)
     start, data_position = 0, 0
+  if batches is None:
+    batches = method.batches(data_position)
+  first = None
+  if start < total_steps:  # the data must be readable before anything is written
+    try:
+      first = next(batches)
+    except StopIteration:
+      raise TrainingError(f'{data_cfg.mixture_or_task_name!r} has no data for training; check its split '
+                          'and data directory.') from None
+    batches = itertools.chain([first], batches)
   if jax.process_index() == 0:
     os.makedirs(model_dir, exist_ok=True)
     for name, text in (run_record or {}).items():
@@ -301,8 +313,6 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   if start >= total_steps:
     log.info('Nothing to train: MODEL_DIR is at step %d and TRAIN_STEPS is %d.', start, total_steps)
 
-  if batches is None:
-    batches = method.batches(data_position)
   guard = _CheckpointGuard(manager, model_dir, run, signature, data_cfg, keep_checkpoints,
                            resumed=start if restored is not None else None)
 
@@ -346,14 +356,14 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           writer.write_scalars(step, {'eval/loss': evaluate_loss(model, state.params, eval_dataset_cfg,
                                                                  eval_batches, mesh)})
         if preemption.requested:
-          guard.save_last(state, step, host_batch)
+          guard.save_last(state, step, batches, host_batch)
           preempted = True
           log.warning('%s: saved checkpoint_%d and stopped.', preemption.signal_name, step)
           break
         if step % checkpoint_period == 0:
           guard.save(state, step)
     if not preempted and step > start:
-      guard.save_last(state, step, host_batch)
+      guard.save_last(state, step, batches, host_batch)
   finally:
     bar.close()
     manager.wait_until_finished()
@@ -485,22 +495,36 @@ class _CheckpointGuard:
   def _finite(self, state) -> bool:
     return bool(_all_finite([x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]))
 
-  def _probe_loss(self, state, host_batch) -> float:
-    """The model's loss at `state`'s parameters on up to 8 rows of the last batch's model features
-    (meta-batches' clone dimensions flattened), or 0.0 when the batch has none."""
+  def _probe_features(self, host_batch) -> Optional[Dict[str, np.ndarray]]:
+    """The model features of a batch: a plain batch as is; a meta-batch's first set (``<set>/<feature>``)
+    with its clone dimensions flattened, up to 64 rows. None for a batch without model features."""
     from promptjax.data.feeds import FEATURES
-    feats = {}
-    for f in FEATURES:
-      key = f if f in host_batch else next((k for k in host_batch if k.endswith('/' + f)), None)
-      if key is not None:
-        x = np.asarray(host_batch[key])
-        feats[f] = x.reshape(-1, x.shape[-1])[:8]
-    if 'encoder_input_tokens' not in feats or 'decoder_target_tokens' not in feats:
+    prefix = ''
+    if 'encoder_input_tokens' not in host_batch:
+      keys = sorted(k for k in host_batch if k.endswith('/encoder_input_tokens'))
+      if not keys:
+        return None
+      prefix = keys[0][:-len('encoder_input_tokens')]
+    feats = {f: np.asarray(host_batch[prefix + f]) for f in FEATURES if prefix + f in host_batch}
+    if 'decoder_target_tokens' not in feats:
+      return None
+    if not prefix:
+      return feats
+    feats = {f: x.reshape(-1, x.shape[-1]) for f, x in feats.items()}
+    unit = partitioning._local_data_shards(self.run.mesh) if jax.process_count() > 1 else self.run.mesh.shape['data']  # pylint: disable=protected-access
+    rows = min(len(feats['encoder_input_tokens']), max(unit, 64 // unit * unit)) // unit * unit
+    return {f: x[:rows] for f, x in feats.items()} if rows else None
+
+  def _probe_loss(self, state, host_batch) -> float:
+    """The model's loss at `state`'s parameters on `host_batch` (the batch a resumed run would start
+    with), or 0.0 when it has no model features."""
+    feats = self._probe_features(host_batch)
+    if feats is None:
       return 0.0
     if self._probe is None:
       model, extra = self.run.model, self.run.extra_keys
       self._probe = jax.jit(lambda p, b: model.loss_fn({k: v for k, v in p.items() if k not in extra}, b)[0])
-    return float(self._probe(state.params, feats))
+    return float(self._probe(state.params, partitioning.make_global_batch(feats, self.run.mesh)))
 
   def save(self, state, step: int, confirmed: bool = False) -> None:
     if step in self.manager.all_steps():
@@ -520,9 +544,12 @@ class _CheckpointGuard:
     else:
       self.pending = step
 
-  def save_last(self, state, step: int, host_batch) -> None:
-    """The final (or preemption) checkpoint: no next step will check it, so probe its parameters."""
-    loss = self._probe_loss(state, host_batch) if host_batch is not None else 0.0
+  def save_last(self, state, step: int, batches, host_batch) -> None:
+    """The final (or preemption) checkpoint: no next step will check it, so its parameters are probed on
+    the batch a resumed run would start with (the last one when the data has ended)."""
+    probe = next(batches, None) if batches is not None else None
+    probe = probe if probe is not None else host_batch
+    loss = self._probe_loss(state, probe) if probe is not None else 0.0
     if not math.isfinite(loss):
       dropped = self._drop_pending()
       raise TrainingError(f'The parameters after step {step} give a non-finite loss ({loss}); they were not '
