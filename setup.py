@@ -36,6 +36,9 @@ EXTRAS_REQUIRE = {
         'pytest-xdist',
         'torch==2.13.0',
         'transformers==4.57.6',
+        # PEFT adapters of exported prompts (promptjax.checkpoints.peft) run by the real `peft`; 0.17.x's
+        # PrefixTuning fails on transformers >= 4.56 (its cache API), 0.18.1 runs it.
+        'peft==0.18.1',
     ],
 }
 EXTRAS_REQUIRE['hf'] = ['torch==2.13.0', 'transformers==4.57.6']

@@ -28,3 +28,7 @@ class MetaError(PromptjaxError, ValueError):
 
 class EvaluationError(PromptjaxError, RuntimeError):
   """An evaluation that cannot run (a task that is not rank-classifiable, a missing split)."""
+
+
+class ExportError(PromptjaxError, ValueError):
+  """A checkpoint or prompt that cannot be written in the asked-for format (or read back from it)."""

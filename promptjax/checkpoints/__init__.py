@@ -1,5 +1,6 @@
 """Checkpoint import/export: HF T5 (safetensors / pytorch_model.bin) and T5X (legacy msgpack + zarr,
-orbax), prompt export (`promptjax.models.export_prompt`)."""
+orbax), prompt export (`promptjax.models.export_prompt`), shallow prompts as PEFT adapters
+(`promptjax.checkpoints.peft`, imported on its own: it is not loaded with the package)."""
 
 from __future__ import annotations
 
