@@ -203,10 +203,10 @@ def export_checkpoint(checkpoint: str, output_dir: str, base_model_name_or_path:
   """
   from promptjax.checkpoints import hf, restore
   from promptjax.models import PromptableT5
-  from promptjax.training import optimizers
+  from promptjax.models import groups
   config, prompt, trainable = checkpoint_signature(checkpoint)
   check_exportable(prompt)  # before reading any weights
-  if base_model_name_or_path and optimizers.canonical_group(trainable) != 'prompt':
+  if base_model_name_or_path and groups.canonical_group(trainable) != 'prompt':
     raise ExportError(f'{checkpoint} was trained with trainable={trainable!r}, so its transformer differs '
                       f'from {base_model_name_or_path!r}; drop --base_model_name_or_path to export the '
                       'checkpoint\'s own transformer beside the adapter.')

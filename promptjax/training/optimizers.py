@@ -58,42 +58,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from promptjax.models.groups import (GROUP_ALIASES, GROUPS, PROMPT_KEY, TRANSFORMER_KEYS,  # re-exported
+                                     canonical_group)
+
 Params = Any
 ScalarOrSchedule = Union[float, optax.Schedule]
-
-# Top-level parameter subtrees (see `promptjax.models.model.PromptableT5`).
-TRANSFORMER_KEYS: Tuple[str, ...] = ('token_embedder', 'encoder', 'decoder')
-PROMPT_KEY = 'prompt'
 
 # Labels of `trainable_labels`, the keys of `masked_optimizer`'s multi_transform.
 TRAINABLE = 'trainable'
 FROZEN = 'frozen'
 
-# Trainable groups and the papers' names for them (Wu et al. 2022 §3):
-# MTL-T✓P✓ trains both (the recommended recipe), MTL-T✓P✗ the transformer only (T0; a model with no
-# prompt at all is also 'all'), MTL-T✗P✓ the prompt only (Gu et al.'s PPT; Qin et al.'s MPT and
-# SUPMER's prompt also train only the prompt).
-GROUPS: Tuple[str, ...] = ('all', 'transformer', 'prompt')
-GROUP_ALIASES: Mapping[str, str] = {
-    'T✓P✓': 'all', 'MTL-T✓P✓': 'all', 'mtl_prompt': 'all',
-    'T✓P✗': 'transformer', 'MTL-T✓P✗': 'transformer', 't0': 'transformer',
-    'T✗P✓': 'prompt', 'MTL-T✗P✓': 'prompt', 'ppt': 'prompt',
-}
-
-
 # --------------------------------------------------------------------------------------------------
 # Trainable groups.
-
-def canonical_group(trainable: str) -> str:
-  """'all' | 'transformer' | 'prompt' for a group name or one of its aliases (`GROUP_ALIASES`)."""
-  if isinstance(trainable, str):
-    if trainable in GROUPS:
-      return trainable
-    if trainable in GROUP_ALIASES:
-      return GROUP_ALIASES[trainable]
-  aliases = ', '.join(f'{a!r} (= {g!r})' for a, g in GROUP_ALIASES.items())
-  raise ValueError(f'Unknown trainable group {trainable!r}. Valid groups: '
-                   f'{", ".join(map(repr, GROUPS))}; aliases: {aliases}.')
 
 
 def _key_name(key: Any) -> Any:

@@ -190,7 +190,7 @@ def test_required_macros_are_named(tmp_path):
 def test_unknown_gin_binding(tmp_path):
   out = run_cli(cli_args(tmp_path, 3) + ['--gin.promptjax.training.train.learning_rat=0.1'])
   assert out.returncode == 2
-  assert 'bad gin configuration' in _error_line(out.stderr) and 'learning_rat' in out.stderr
+  assert 'bad gin binding' in _error_line(out.stderr) and 'learning_rat' in out.stderr
 
 
 def test_unknown_task(tmp_path):
