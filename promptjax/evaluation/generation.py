@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import jax
@@ -239,7 +240,10 @@ def evaluate_with_seqio(model, params, task_name: str, *, split: str, output_dir
                           f'EVAL_SPLIT to one of them.')
   if not task.predict_metric_fns:
     raise EvaluationError(f'Task {task_name!r} has no metric_fns, so seqio cannot score its predictions.')
-  loggers = [seqio.JSONLogger, seqio.TensorBoardLogger] if output_dir and jax.process_index() == 0 else []
+  loggers = []
+  if output_dir and jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)   # seqio's JSONLogger writes into it without creating it
+    loggers = [seqio.JSONLogger, seqio.TensorBoardLogger]
   evaluator = seqio.Evaluator(
       mixture_or_task_name=task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=split, sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
