@@ -5,8 +5,8 @@
 ``mini_heldout_rank_classification`` or ``green_rank_classification``, or a generative task with seqio
 ``metric_fns`` such as ``crossfit_glue_sst2_13``, scored by ``seqio.Evaluator`` on greedy predictions:
 `promptjax.evaluation.generation.evaluate_with_seqio`; its metrics go under ``generative`` in
-``metrics.json``, seqio's loggers write ``<task>-metrics.jsonl`` / ``<task>-<step:06>.jsonl``). Every task is evaluated on
-its own (per-template accuracy); ``EVAL_OUTPUT_DIR`` gets ``metrics.json`` (per task + ARG) and
+``metrics.json``, seqio's loggers write ``<task>-metrics.jsonl`` / ``<task>-<step:06>.jsonl``). Every task is
+evaluated on its own (per-template accuracy); ``EVAL_OUTPUT_DIR`` gets ``metrics.json`` (per task + ARG) and
 ``predictions/<task>.jsonl`` (every instance's choice scores, prediction and gold), and, few-shot,
 ``selected_examples.json``. ``metrics.json`` records the checkpoint evaluated (``checkpoint``: the
 directory read, e.g. ``<MODEL_DIR>/checkpoint_<step>``, and its step; the step is null for

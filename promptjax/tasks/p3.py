@@ -295,9 +295,10 @@ def rank_classification_accuracy(targets, scores, normalize_by_target_length: bo
   """seqio score metric of a rank-classification view (T5's ``metrics.rank_classification`` with a variable
   number of choices, as T0 (Sanh et al. 2022) scores its held-out tasks): per instance (``idx[0]``) the
   choice with the highest score (the first choice on ties, choices in ``idx[1]`` order) is the prediction;
-  accuracy is the weight of correct predictions over the weight of all, a fraction as in promptjax's
-  metrics (T5 reports ×100). P3's weights are all 1, so it is `promptjax eval`'s accuracy on the same
-  scores. `normalize_by_target_length` divides each score by its target length (EOS included) first.
+  accuracy is the weight (of the predicted choice, as T5) of correct predictions over the weight of all, a
+  fraction as in promptjax's metrics (T5 reports ×100). With weight 1 everywhere (the expanded views, the
+  mini benchmark's records) it is `promptjax eval`'s accuracy on the same scores.
+  `normalize_by_target_length` divides each score by its target length (EOS included) first.
 
   Args:
     targets: `rank_classification_postprocessor` targets ``(idx, is_correct, weight, target length)``.

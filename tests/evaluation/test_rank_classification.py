@@ -167,7 +167,8 @@ def test_seqio_evaluator_accuracy_equals_promptjax_rank_classification():
              for ex in evaluator.cached_task_datasets[NLI].as_numpy_iterator()]
   lengths = (choices.targets > 0).sum(-1)
   normalized = p3.rank_classification_accuracy(targets, scores, normalize_by_target_length=True)
-  assert normalized == {'accuracy': pytest.approx(rc.classify(result.scores / np.maximum(lengths, 1), choices).accuracy)}
+  by_length = rc.classify(result.scores / np.maximum(lengths, 1), choices)
+  assert normalized == {'accuracy': pytest.approx(by_length.accuracy)}
   for mixture in ('mini_heldout_rank_classification', 'mini_train_rank_classification'):
     assert all(t.score_metric_fns for t in seqio.get_mixture_or_task(mixture).tasks)
 
@@ -177,7 +178,8 @@ def test_seqio_rank_metric_matches_classify(uneven_task):
   from promptjax.tasks import p3
   choices = rc.load_choices(uneven_task, 'validation')
   scores = np.array([[-3., -1., -2.], [-5., -4., 0.], [-9., 0., 0.], [-1., -1., 0.]])
-  targets = [((e, c), bool(choices.correct[e, c]), 1.0, 2) for e in range(4) for c in range(int(choices.valid[e].sum()))]
+  targets = [((e, c), bool(choices.correct[e, c]), 1.0, 2)
+             for e in range(4) for c in range(int(choices.valid[e].sum()))]
   flat = [scores[e, c] for (e, c), _, _, _ in targets]
   order = np.random.default_rng(0).permutation(len(targets))     # record order does not matter
   got = p3.rank_classification_accuracy([targets[i] for i in order], [flat[i] for i in order])

@@ -140,7 +140,8 @@ def test_several_processes_compute_alike_and_only_process_0_writes(mini_model, t
   monkeypatch.setattr(jax, 'process_count', lambda *a, **k: 2)
   other = str(tmp_path / 'p1')
   assert generation.evaluate_with_seqio(model, params, QA, output_dir=other, **kwargs) == first
-  again = fewshot.evaluate_zero_shot(model, params, [rank_task], max_examples=4, output_dir=other, progress=False)
+  again = fewshot.evaluate_zero_shot(model, params, [rank_task], max_examples=4, output_dir=other,
+                                     progress=False)
   np.testing.assert_array_equal(again[rank_task].scores, ranked[rank_task].scores)
   run._merge_metrics(other, {'checkpoint': {'path': None, 'step': None}})   # pylint: disable=protected-access
   assert not os.path.exists(other)
