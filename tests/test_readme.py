@@ -35,3 +35,17 @@ def test_readme_data_example_runs():
   assert sorted(ns['batch']) == ['decoder_input_tokens', 'decoder_loss_weights', 'decoder_target_tokens',
                                  'encoder_input_tokens']
   assert ns['batch']['encoder_input_tokens'].shape == (4, 64)
+
+
+def test_readme_seqio_evaluation_script_runs(tmp_path, capsys):
+  """The "own seqio evaluation script" example, on a random init (no '/tmp/run') writing into tmp_path, with
+  one template of the mixture (its ten take 25 s here)."""
+  block = next(b for b in _python_blocks() if 'seqio_score_fn' in b)
+  nli = 'mini_nli_can_we_infer_score_eval_rank_classification'
+  code = (block.replace("'/tmp/run'", 'None').replace("'/tmp/my_eval'", repr(str(tmp_path)))
+          .replace("'mini_heldout_rank_classification'", repr(nli)))
+  exec(compile(code, 'README.md[seqio]', 'exec'), {})
+  printed = capsys.readouterr().out
+  assert f"{nli} {{'{nli}': {{'accuracy': " in printed and "'Classification-F1': " in printed
+  assert os.path.exists(tmp_path / 'crossfit_mini_topic_13-metrics.jsonl')
+  assert os.path.exists(tmp_path / 'mini_nli_can_we_infer_score_eval_rank_classification-metrics.jsonl')

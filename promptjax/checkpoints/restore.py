@@ -1,13 +1,15 @@
 """The one path from a checkpoint (HF, T5X, or a promptjax MODEL_DIR / ``checkpoint_<step>``) to parameters.
 
 `load_transformer` gives the transformer weights a training run starts from (``INITIAL_CHECKPOINT_PATH``);
-`load_params` gives (model, params) ready to evaluate, with the prompt rules of ``promptjax eval``;
+`load_params` gives (model, params) ready to evaluate, with the prompt rules of ``promptjax eval``
+(`load_params_with_info` also says which checkpoint directory and step were read);
 `load_subtree` reads a method's extra parameter subtree (e.g. SUPMER's φ under 'supmer'). Every failure
 is a `RestoreError` whose message names the path and the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Dict, Optional, Tuple
@@ -61,17 +63,29 @@ def load_transformer(model: PromptableT5, path: str) -> Dict[str, Any]:
   return params
 
 
-def _read(model: PromptableT5, path: str) -> Dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  """Which checkpoint parameters came from: the directory read (a MODEL_DIR resolves to its highest
+  ``checkpoint_<step>``; HF weights as given; None for a random init) and its training step (None when the
+  checkpoint records none, e.g. HF weights)."""
+  path: Optional[str]
+  step: Optional[int]
+
+  def to_json(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _read(model: PromptableT5, path: str) -> Tuple[Dict[str, Any], CheckpointInfo]:
   if not os.path.exists(path):
     raise RestoreError(missing_path_message(path))
   try:
     if is_hf_checkpoint(path):
       loaded, _ = load_checkpoint(path, model.config)
-    else:
-      loaded = t5x.load_t5x_checkpoint(path)
+      return loaded, CheckpointInfo(os.path.abspath(path), None)
+    loaded, step = t5x.load_t5x_checkpoint_with_step(path)
+    return loaded, CheckpointInfo(os.path.abspath(t5x.find_t5x_checkpoint(path)), step)
   except (FileNotFoundError, ValueError) as e:
     raise RestoreError(f'CHECKPOINT_PATH={path}: {e}') from e
-  return loaded
 
 
 def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prompt: bool = True,
@@ -84,11 +98,17 @@ def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prom
   (``PromptConfig.init``, from the loaded embedding). ``use_prompt=False`` drops any prompt. Without a
   checkpoint the parameters are a seeded random init.
   """
+  return load_params_with_info(model, checkpoint_path, use_prompt=use_prompt, seed=seed)[:2]
+
+
+def load_params_with_info(model: PromptableT5, checkpoint_path: Optional[str], *, use_prompt: bool = True,
+                          seed: int = 0) -> Tuple[PromptableT5, Dict[str, Any], CheckpointInfo]:
+  """`load_params` and the `CheckpointInfo` (path, step) of what was read."""
   if not use_prompt and model.prompt.kind != 'none':
     model = PromptableT5(model.config, PromptConfig(kind='none'), loss_normalization=model.loss_normalization)
   if checkpoint_path is None:
-    return model, model.init_params(jax.random.PRNGKey(seed))
-  loaded = _read(model, checkpoint_path)
+    return model, model.init_params(jax.random.PRNGKey(seed)), CheckpointInfo(None, None)
+  loaded, info = _read(model, checkpoint_path)
   transformer = {k: v for k, v in loaded.items() if k not in NON_MODEL_KEYS}
   try:
     model.check_params(transformer, include_prompt=False)
@@ -109,7 +129,7 @@ def load_params(model: PromptableT5, checkpoint_path: Optional[str], *, use_prom
                          f'PromptConfig ({e}). Use the prompt kind/length it was trained with, or '
                          f'use_prompt=False.', mismatch=True) from e
     params = {**params, 'prompt': jax.tree.map(np.asarray, loaded['prompt'])}
-  return model, params
+  return model, params, info
 
 
 def _describe_prompt(prompt: Any) -> str:

@@ -253,20 +253,27 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
 def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = DownstreamConfig(), *,
                    output_dir: Optional[str] = None, baseline: Optional[str] = None,
                    task_feature_lengths: Optional[Mapping[str, int]] = None,
-                   gradient_fn: Optional[Callable] = None) -> Dict[str, Any]:
+                   gradient_fn: Optional[Callable] = None,
+                   checkpoint: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """`evaluate_task` for every target task; with `baseline` (a previous output_dir, e.g. prompt tuning
-  from a random prompt), Qin et al.'s ARG of this run over it. Writes ``downstream.json`` and ``prompts/``
-  (every seed's tuned prompt, for ``promptjax similarity``)."""
+  from a random prompt), Qin et al.'s ARG of this run over it. Writes ``downstream.json`` (with
+  `checkpoint`, the {path, step} tuned from, if given) and ``prompts/`` (every seed's tuned prompt, for
+  ``promptjax similarity``); with several processes every process tunes the same prompts and process 0
+  alone writes."""
   import json
   import os
   from promptjax.evaluation import metrics
+  from promptjax.evaluation.rank_classification import writes_files
   if baseline and not os.path.exists(os.path.join(baseline, 'downstream.json')):
     raise generation.EvaluationError(f'baseline {baseline!r} has no downstream.json; run the baseline first.')
+  output_dir = output_dir if writes_files() else None
   prompt_dir = os.path.join(output_dir, 'prompts') if output_dir else None
   results = {t: evaluate_task(model, params, t, cfg, task_feature_lengths=task_feature_lengths,
                               prompt_dir=prompt_dir, gradient_fn=gradient_fn) for t in tasks}
   summary: Dict[str, Any] = {'tasks': {t: r['test_mean'] for t, r in results.items()}, 'details': results,
                              'config': dataclasses.asdict(cfg)}
+  if checkpoint is not None:
+    summary['checkpoint'] = dict(checkpoint)
   if baseline:
     path = os.path.join(baseline, 'downstream.json')
     if not os.path.exists(path):
@@ -306,7 +313,7 @@ def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks:
 
   `use_supmer_regularizer`: apply the checkpoint's frozen SUPMER regularizer ψ* to every prompt gradient
   (the checkpoint must come from a SUPMER run)."""
-  from promptjax.evaluation.run import load_params
+  from promptjax.evaluation.run import load_params_with_info
   feeds.import_task_module(module)
   if model.prompt.kind == 'none':
     raise generation.EvaluationError('Downstream prompt tuning needs a prompt: set PromptConfig.kind.')
@@ -315,6 +322,7 @@ def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks:
     from promptjax.evaluation.run import load_supmer
     phi, supmer_cfg = load_supmer(checkpoint_path)
     gradient_fn = supmer_gradient_fn(model, jax.tree.map(jnp.asarray, phi), supmer_cfg)
-  model, params = load_params(model, checkpoint_path, seed=seed)
+  model, params, checkpoint = load_params_with_info(model, checkpoint_path, seed=seed)
   return evaluate_tasks(model, params, list(target_tasks), config, output_dir=output_dir, baseline=baseline,
-                        task_feature_lengths=task_feature_lengths, gradient_fn=gradient_fn)
+                        task_feature_lengths=task_feature_lengths, gradient_fn=gradient_fn,
+                        checkpoint=checkpoint.to_json())

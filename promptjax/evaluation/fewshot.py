@@ -195,14 +195,14 @@ def evaluate_few_shot(model, params, tasks: Sequence[str], cfg: FewShotConfig = 
     rows = select_examples(task, train.num_examples, cfg.num_shots, cfg.seed)
     selected[task] = [int(i) for i in train.example_ids[rows]]
     batches.append(training_batch(train, rows))
-  prompts, train_losses = get_tuner(model, cfg).tune(params, batches, progress=progress)
+  prompts, train_losses = get_tuner(model, cfg).tune(params, batches, progress=progress and rc.writes_files())
   scorer = rc.get_scorer(model, length_normalize, examples_per_batch)
   transformer, _ = inner.split_prompt(params)
   results = {}
   for task, prompt in zip(_progress(tasks, progress, '16-shot eval'), prompts):
     choices = (eval_choices or {}).get(task) or rc.load_choices(task, split, task_feature_lengths, max_examples)
     results[task] = rc.rank_classify(scorer, inner.join_prompt(transformer, prompt), choices)
-  if output_dir:
+  if output_dir and rc.writes_files():
     extra = {'summary': summary(results), 'setting': f'{cfg.num_shots}-shot', 'split': split,
              'length_normalize': length_normalize, 'fewshot': dataclasses.asdict(cfg),
              'train_loss': {t: [float(train_losses[i, 0]), float(train_losses[i, -1])]
@@ -215,7 +215,7 @@ def evaluate_few_shot(model, params, tasks: Sequence[str], cfg: FewShotConfig = 
 
 
 def _progress(items, on: bool, desc: str):
-  if not on:
+  if not on or not rc.writes_files():   # one progress bar, on process 0
     return items
   from tqdm.auto import tqdm
   return tqdm(items, desc=desc, leave=False, unit='template')

@@ -11,14 +11,23 @@ prompts).
 their CrossFit metric and a postprocessor that returns all references; `promptjax.tasks.crossfit`): greedy
 predictions come from `seqio_predict_fn`, seqio decodes, postprocesses and scores them, and its
 ``JSONLogger`` / ``TensorBoardLogger`` write ``<task>-metrics.jsonl``, ``<task>-<step:06>.jsonl`` (inputs, targets, predictions)
-and TensorBoard summaries into the output directory. `promptjax eval` uses it for every task of
-``MIXTURE_OR_TASK_NAME`` that is not a rank-classification task.
+and TensorBoard summaries (``<task>/events.*``, tags ``eval/<metric>``) at the evaluated checkpoint's step
+into the output directory. `promptjax eval` uses it for every task of ``MIXTURE_OR_TASK_NAME`` that is not
+a rank-classification task.
+
+For one's own seqio evaluation script: `seqio_predict_fn` and `seqio_score_fn` are seqio's ``predict_fn`` /
+``score_fn`` of a promptjax model (``seqio.Evaluator.evaluate(predict_fn=..., score_fn=...)``); the
+rank-classification views carry seqio's rank-classification score metric (`promptjax.tasks.p3`).
+
+Several processes (``jax.process_count() > 1``): every process reads and decodes the whole split (the
+same deterministic work, so the metrics agree), and only process 0 gives seqio its loggers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import jax
@@ -57,17 +66,43 @@ def _decoder(model, max_length: int):
   return jax.jit(run)
 
 
+def _padded_batches(arrays: Sequence[np.ndarray], batch_size: int, multiples: Sequence[int]):
+  """(start, rows, [padded chunk per array]): `batch_size` rows at a time, every array zero-padded to a
+  width that is a multiple of its entry in `multiples` (one compiled shape per task)."""
+  n = arrays[0].shape[0]
+  widths = [_round_up(a.shape[1], m) for a, m in zip(arrays, multiples)]
+  for s in range(0, n, batch_size):
+    m = min(batch_size, n - s)
+    chunks = []
+    for a, w in zip(arrays, widths):
+      chunk = np.zeros((batch_size, w), np.int32)
+      chunk[:m, :a.shape[1]] = a[s:s + m]
+      chunks.append(chunk)
+    yield s, m, chunks
+
+
 def greedy_decode(model, params, inputs: np.ndarray, max_length: int, batch_size: int = 32) -> np.ndarray:
   """[n, max_length] generated ids (EOS kept, zeros after it) for encoder inputs [n, L]."""
   fn = _decoder(model, int(max_length))
-  n, L = inputs.shape
-  width = _round_up(L, 16)
-  out = np.zeros((n, max_length), np.int32)
-  for s in range(0, n, batch_size):
-    chunk = np.zeros((batch_size, width), np.int32)
-    m = min(batch_size, n - s)
-    chunk[:m, :L] = inputs[s:s + m]
+  out = np.zeros((inputs.shape[0], max_length), np.int32)
+  for s, m, (chunk,) in _padded_batches([inputs], batch_size, [16]):
     out[s:s + m] = np.asarray(fn(params, chunk))[:m]
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def _sequence_scorer(model, length_normalize: bool):
+  return jax.jit(functools.partial(model.score_batch, length_normalize=length_normalize))
+
+
+def score_targets(model, params, inputs: np.ndarray, targets: np.ndarray, length_normalize: bool = False,
+                  batch_size: int = 32) -> np.ndarray:
+  """[n] target log-likelihoods (`PromptableT5.score_batch`: summed, or divided by the number of target
+  tokens including EOS) of encoder inputs [n, L] and targets [n, T]."""
+  fn = _sequence_scorer(model, bool(length_normalize))
+  out = np.zeros((inputs.shape[0],), np.float32)
+  for s, m, (enc, tgt) in _padded_batches([inputs, targets], batch_size, [16, 8]):
+    out[s:s + m] = np.asarray(fn(params, {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt}))[:m]
   return out
 
 
@@ -131,26 +166,52 @@ def evaluate_generative(model, params, texts: TextSet, metric: str, max_length: 
   return {'score': crossfit_metrics.evaluate(preds, texts.references, metric), 'predictions': preds}
 
 
-def seqio_predict_fn(model, params, max_length: int, batch_size: int = 32):
-  """A ``seqio.Evaluator`` ``predict_fn``: [max_length] greedy token ids per enumerated example (EOS kept,
-  zeros after it: seqio stacks them into one array and its vocabulary decodes up to EOS).
+def _enumerated_features(dataset, keys: Sequence[str]):
+  """(indices, {key: [n, width] int32}) of seqio's enumerated model-feature dataset; trailing columns that
+  are padding in every row are cut (they are masked, so results are the same)."""
+  indices, rows = [], {k: [] for k in keys}
+  for index, features in dataset.as_numpy_iterator():
+    indices.append(int(index))
+    for k in keys:
+      rows[k].append(np.asarray(features[k], np.int32))
+  arrays = {}
+  for k in keys:
+    a = np.stack(rows[k]) if indices else np.zeros((0, 1), np.int32)
+    used = np.nonzero(a.any(axis=0))[0]
+    arrays[k] = a[:, :int(used[-1]) + 1 if used.size else 1]
+  return indices, arrays
 
-  Trailing all-padding input columns are cut before decoding (they are masked, so the result is the same).
-  """
+
+def seqio_predict_fn(model, params, max_length: int, batch_size: int = 32):
+  """A ``seqio.Evaluator`` ``predict_fn(dataset, model_feature_shapes=None) -> [(index, token ids)]``:
+  [max_length] greedy token ids per enumerated example (EOS kept, zeros after it: seqio stacks them into
+  one array and its vocabulary decodes up to EOS). seqio calls it for tasks with predict ``metric_fns``
+  (the CrossFit tasks)."""
   def predict_fn(dataset, model_feature_shapes=None):
     del model_feature_shapes
-    indices, rows = [], []
-    for index, features in dataset.as_numpy_iterator():
-      indices.append(int(index))
-      rows.append(np.asarray(features['encoder_input_tokens'], np.int32))
-    if not rows:
+    indices, arrays = _enumerated_features(dataset, ['encoder_input_tokens'])
+    if not indices:
       return []
-    inputs = np.stack(rows)
-    used = np.nonzero(inputs.any(axis=0))[0]
-    inputs = inputs[:, :int(used[-1]) + 1 if used.size else 1]
-    ids = greedy_decode(model, params, inputs, max_length, batch_size)
+    ids = greedy_decode(model, params, arrays['encoder_input_tokens'], max_length, batch_size)
     return list(zip(indices, ids))
   return predict_fn
+
+
+def seqio_score_fn(model, params, length_normalize: bool = False, batch_size: int = 32):
+  """A ``seqio.Evaluator`` ``score_fn(dataset, model_feature_shapes=None) -> [(index, score)]``: the
+  log-likelihood of each enumerated example's targets (EOS included), summed or, ``length_normalize``,
+  divided by the number of target tokens (the official Wu et al. code). seqio calls it for tasks with
+  score metrics: the rank-classification views, whose `promptjax.tasks.p3.rank_classification_accuracy`
+  then equals `promptjax eval`'s accuracy with the same `length_normalize`."""
+  def score_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    indices, arrays = _enumerated_features(dataset, ['encoder_input_tokens', 'decoder_target_tokens'])
+    if not indices:
+      return []
+    scores = score_targets(model, params, arrays['encoder_input_tokens'], arrays['decoder_target_tokens'],
+                           length_normalize, batch_size)
+    return [(i, float(x)) for i, x in zip(indices, scores)]
+  return score_fn
 
 
 def generative_task_names(tasks: Sequence[str]) -> List[str]:
@@ -168,7 +229,7 @@ def evaluate_with_seqio(model, params, task_name: str, *, split: str, output_dir
   Sequence lengths: `task_feature_lengths` if given (inputs / targets are trimmed to them, EOS kept),
   otherwise the longest example. The decoder generates up to `max_decode_length` tokens (default: the
   targets length). Returns ``{metric name: value}``; with `output_dir`, seqio's JSON and TensorBoard
-  loggers write there.
+  loggers write there (process 0 only) at `step` (`promptjax eval`: the evaluated checkpoint's step).
   """
   import seqio
   task = seqio.get_mixture_or_task(task_name)
@@ -179,7 +240,10 @@ def evaluate_with_seqio(model, params, task_name: str, *, split: str, output_dir
                           f'EVAL_SPLIT to one of them.')
   if not task.predict_metric_fns:
     raise EvaluationError(f'Task {task_name!r} has no metric_fns, so seqio cannot score its predictions.')
-  loggers = [seqio.JSONLogger, seqio.TensorBoardLogger] if output_dir else []
+  loggers = []
+  if output_dir and jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)   # seqio's JSONLogger writes into it without creating it
+    loggers = [seqio.JSONLogger, seqio.TensorBoardLogger]
   evaluator = seqio.Evaluator(
       mixture_or_task_name=task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=split, sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,

@@ -260,9 +260,19 @@ def rank_classify(scorer: ChoiceScorer, params, choices: ChoiceSet, progress: Op
   return classify(scorer.scores(params, choices, progress=progress), choices)
 
 
+def writes_files() -> bool:
+  """Whether this process writes evaluation outputs: with several processes (``jax.process_count() > 1``)
+  every process reads the whole split and computes the same results, and process 0 alone writes them."""
+  return jax.process_index() == 0
+
+
 def write_results(results: Mapping[str, TaskResult], output_dir: str, extra: Optional[Mapping] = None
                   ) -> str:
-  """Writes ``metrics.json`` ({'tasks': {task: metrics}, **extra}) and ``predictions/<task>.jsonl``."""
+  """Writes ``metrics.json`` ({'tasks': {task: metrics}, **extra}) and ``predictions/<task>.jsonl`` (process 0
+  only, `writes_files`); returns the path of ``metrics.json``."""
+  path = os.path.join(output_dir, 'metrics.json')
+  if not writes_files():
+    return path
   os.makedirs(os.path.join(output_dir, 'predictions'), exist_ok=True)
   for name, r in results.items():
     with open(os.path.join(output_dir, 'predictions', f'{name}.jsonl'), 'w') as f:
@@ -270,7 +280,6 @@ def write_results(results: Mapping[str, TaskResult], output_dir: str, extra: Opt
         f.write(json.dumps(rec, sort_keys=True) + '\n')
   metrics = {'tasks': {name: r.metrics() for name, r in sorted(results.items())}}
   metrics.update(extra or {})
-  path = os.path.join(output_dir, 'metrics.json')
   with open(path, 'w') as f:
     json.dump(metrics, f, indent=1, sort_keys=True)
   return path

@@ -5,10 +5,18 @@
 ``mini_heldout_rank_classification`` or ``green_rank_classification``, or a generative task with seqio
 ``metric_fns`` such as ``crossfit_glue_sst2_13``, scored by ``seqio.Evaluator`` on greedy predictions:
 `promptjax.evaluation.generation.evaluate_with_seqio`; its metrics go under ``generative`` in
-``metrics.json``, seqio's loggers write ``<task>-metrics.jsonl`` / ``<task>-000000.jsonl``). Every task is evaluated on
-its own (per-template accuracy); ``EVAL_OUTPUT_DIR`` gets ``metrics.json`` (per task + ARG) and
+``metrics.json``, seqio's loggers write ``<task>-metrics.jsonl`` / ``<task>-<step:06>.jsonl``). Every task is
+evaluated on its own (per-template accuracy); ``EVAL_OUTPUT_DIR`` gets ``metrics.json`` (per task + ARG) and
 ``predictions/<task>.jsonl`` (every instance's choice scores, prediction and gold), and, few-shot,
-``selected_examples.json``.
+``selected_examples.json``. ``metrics.json`` records the checkpoint evaluated (``checkpoint``: the
+directory read, e.g. ``<MODEL_DIR>/checkpoint_<step>``, and its step; the step is null for
+HF weights; both null for a random init), and seqio's TensorBoard summaries are written at that step
+(0 without one).
+
+Several processes (``jax.process_count() > 1``, e.g. ``promptjax eval`` under ``jax.distributed``): every
+process reads the whole split in the same order and computes the same results (nothing is sharded: the
+model and its parameters are local to each process), and process 0 alone writes files and shows progress
+(`rank_classification.writes_files`).
 
 The prompt: ``use_prompt=True`` evaluates with the checkpoint's prompt when it has one and the model
 config asks for one; a model with a prompt whose checkpoint has none (T0-style MTL-T✓P✗, or a plain
@@ -34,9 +42,15 @@ from promptjax.supmer import algorithm as supmer_lib
 
 def load_params(model, checkpoint_path: Optional[str], *, use_prompt: bool = True, seed: int = 0):
   """(model, params) ready to evaluate (`promptjax.checkpoints.restore.load_params`: the module docstring's
-  prompt rules), failures as `EvaluationError`."""
+  prompt rules), failures as `EvaluationError`. `checkpoint_path` is a MODEL_DIR (its highest step), a
+  ``checkpoint_<step>``, T5X or HF weights, or None (a seeded random init)."""
+  return load_params_with_info(model, checkpoint_path, use_prompt=use_prompt, seed=seed)[:2]
+
+
+def load_params_with_info(model, checkpoint_path: Optional[str], *, use_prompt: bool = True, seed: int = 0):
+  """`load_params` and the `restore.CheckpointInfo` (directory read, step) of the checkpoint."""
   try:
-    return restore.load_params(model, checkpoint_path, use_prompt=use_prompt, seed=seed)
+    return restore.load_params_with_info(model, checkpoint_path, use_prompt=use_prompt, seed=seed)
   except restore.RestoreError as e:
     raise rc.EvaluationError(str(e)) from e
 
@@ -94,7 +108,9 @@ def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_
     elif fewshot is not None:
       rc.check_rank_task(task, fewshot.train_split)
   ranked = [t for t in tasks if t not in generative]
-  model, params = load_params(model, checkpoint_path, use_prompt=use_prompt or fewshot is not None, seed=seed)
+  model, params, checkpoint = load_params_with_info(model, checkpoint_path,
+                                                    use_prompt=use_prompt or fewshot is not None, seed=seed)
+  progress = progress and rc.writes_files()
   kwargs = dict(split=split, length_normalize=length_normalize, examples_per_batch=examples_per_batch,
                 task_feature_lengths=task_feature_lengths, max_examples=max_examples, output_dir=output_dir,
                 progress=progress)
@@ -108,15 +124,18 @@ def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_
     results = fewshot_lib.evaluate_few_shot(model, params, ranked, fewshot, **kwargs)
   summary = fewshot_lib.summary(results) if results else {}
   summary['tasks'] = {t: r.accuracy for t, r in results.items()}
+  summary['checkpoint'] = checkpoint.to_json()
+  extra = {'checkpoint': summary['checkpoint']}
   if generative:
     from promptjax.evaluation import generation
     scores = {}
     for task in fewshot_lib._progress(generative, progress, 'generative'):  # pylint: disable=protected-access
       scores[task] = generation.evaluate_with_seqio(
           model, params, task, split=split, output_dir=output_dir, task_feature_lengths=task_feature_lengths,
-          max_decode_length=max_decode_length, batch_size=examples_per_batch)
+          max_decode_length=max_decode_length, batch_size=examples_per_batch, step=checkpoint.step or 0)
     summary['generative'] = scores
-    _merge_metrics(output_dir, {'generative': scores, 'split': split})
+    extra.update(generative=scores, split=split)
+  _merge_metrics(output_dir, extra)
   return summary
 
 
@@ -126,8 +145,8 @@ def seqio_splits(task_name: str):
 
 
 def _merge_metrics(output_dir: Optional[str], extra: Mapping[str, Any]) -> None:
-  """Adds `extra` to ``metrics.json`` (created with no rank-classification tasks if absent)."""
-  if not output_dir:
+  """Adds `extra` to ``metrics.json`` (created with no rank-classification tasks if absent; process 0 only)."""
+  if not output_dir or not rc.writes_files():
     return
   import json
   os.makedirs(output_dir, exist_ok=True)

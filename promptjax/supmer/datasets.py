@@ -113,7 +113,8 @@ Tasks
   validation sampled from the *source* domain (airline) train split, ``test`` that domain's test split.
 * ``<task>_rank_classification`` views of each: one record per (instance, answer choice) with ``idx`` =
   [instance, choice], ``is_correct``, ``weight``, ``answer_choices``, the choice's ``targets``
-  (`promptjax.evaluation.rank_classification.load_choices`).
+  (`promptjax.evaluation.rank_classification.load_choices`); like P3's rank views they carry seqio's
+  rank-classification score metric (`promptjax.tasks.p3.rank_classification_accuracy`).
 * Mixtures of the rank views per seed: ``supmer_fewshot_<seed>_rank_classification`` (the 12 datasets),
   ``supmer_<group>_<seed>_rank_classification`` for the Table 1 groups (`GROUPS`), and
   ``supmer_domain_<seed>_rank_classification`` (the 6 domains).
@@ -137,6 +138,7 @@ import tensorflow as tf
 
 from promptjax.tasks import config
 from promptjax.tasks.config import DataError
+from promptjax.tasks import p3
 from promptjax.tasks.p3 import RANK_SUFFIX
 
 FAMILY = 'supmer_downstream'
@@ -761,8 +763,10 @@ def register_tasks(*, seeds: Sequence[int] = SEEDS, k: int = K_PER_LABEL, sample
         name = f'{prefix}_{dataset}_{seed}' + (RANK_SUFFIX if rank else '')
         source = SupmerDataSource(spec, seed, seqio_name=name, rank=rank, k=k, sampler=sampler, domain=domain,
                                   source_domain=source_domain)
+        scoring = (dict(postprocess_fn=p3.rank_classification_postprocessor,
+                        metric_fns=[p3.rank_classification_accuracy]) if rank else dict(metric_fns=[]))
         seqio.TaskRegistry.add(name, source=source, output_features=feats, preprocessors=preprocessors,
-                               metric_fns=[])
+                               **scoring)
         names.append(name)
     groups = dict(GROUPS, fewshot=tuple(DATASETS), domain=tuple(f'domain_{d}' for d in DOMAINS))
     for group, members in groups.items():

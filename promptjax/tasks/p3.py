@@ -21,7 +21,10 @@ Registered here, under the real P3 names (``p3_mixtures.json``):
   subsets: one example per answer choice with ``idx`` [example, choice], ``is_correct`` and ``weight``, so
   scores can be regrouped per example. ``*_score_eval`` records are used as stored; plain subsets are
   expanded from ``answer_choices`` (the correct one is the choice equal to ``targets_pretokenized`` after
-  stripping whitespace, as in better-promptability's ``t0_module.py``);
+  stripping whitespace, as in better-promptability's ``t0_module.py``). The view carries seqio's
+  rank-classification scoring (T0's, Sanh et al. 2022): ``postprocess_fn`` turns a target into ``(idx,
+  is_correct, weight, length)`` and the score metric `rank_classification_accuracy` picks the best-scored
+  choice of each instance, so ``seqio.Evaluator(...).evaluate(score_fn=...)`` gives its accuracy;
 - mixtures ``d4_train`` (313 templates, rate = min(#train examples, 500k) per template — the paper's cap,
   as better-promptability's ``sampling_cap``), ``t0_train`` (the same tasks with T0's rule: a dataset
   with more than 500k training examples gives each of its templates 500k / #templates), ``d4_dev`` and
@@ -285,6 +288,42 @@ def rank_classification_view(ds: tf.data.Dataset, output_features) -> tf.data.Da
   return ds.enumerate().flat_map(expand)
 
 
+def rank_classification_postprocessor(output_or_target, example=None, is_target: bool = False):
+  """seqio ``postprocess_fn`` of a rank-classification view (T5's ``postprocessors.rank_classification``):
+  a target becomes ``(idx, is_correct, weight, number of target tokens)``, a score passes through."""
+  if not is_target:
+    return output_or_target
+  return (tuple(int(i) for i in example['idx']), bool(example['is_correct']),
+          float(example.get('weight', 1.0)), int(len(example['targets'])))
+
+
+def rank_classification_accuracy(targets, scores, normalize_by_target_length: bool = False
+                                 ) -> Dict[str, float]:
+  """seqio score metric of a rank-classification view (T5's ``metrics.rank_classification`` with a variable
+  number of choices, as T0 (Sanh et al. 2022) scores its held-out tasks): per instance (``idx[0]``) the
+  choice with the highest score (the first choice on ties, choices in ``idx[1]`` order) is the prediction;
+  accuracy is the weight (of the predicted choice, as T5) of correct predictions over the weight of all, a
+  fraction as in promptjax's metrics (T5 reports ×100). With weight 1 everywhere (the expanded views, the
+  mini benchmark's records) it is `promptjax eval`'s accuracy on the same scores.
+  `normalize_by_target_length` divides each score by its target length (EOS included) first.
+
+  Args:
+    targets: `rank_classification_postprocessor` targets ``(idx, is_correct, weight, target length)``.
+    scores: one log-likelihood per target (a seqio ``score_fn``'s output, in example order).
+  """
+  if len(targets) != len(scores):
+    raise ValueError(f'{len(targets)} rank-classification targets but {len(scores)} scores')
+  groups: Dict[int, list] = {}
+  for (idx, correct, weight, length), score in zip(targets, scores):
+    score = float(score) / length if normalize_by_target_length else float(score)
+    groups.setdefault(int(idx[0]), []).append((int(idx[1]), score, bool(correct), float(weight)))
+  num_correct = total = 0.0
+  for choices in groups.values():
+    choices.sort(key=lambda c: c[0])
+    _, _, correct, weight = choices[int(np.argmax([c[1] for c in choices]))]
+    num_correct += weight * correct
+    total += weight
+  return {'accuracy': float(num_correct / total) if total else 0.0}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,7 +369,7 @@ def register_p3_tasks(subsets: Iterable[str], *, dir_fn: DirFn = lambda: cfg.get
       seqio.TaskRegistry.add(
           subset + RANK_SUFFIX, source=source, output_features=feats,
           preprocessors=[rank_classification_view, seqio.preprocessors.append_eos_after_trim],
-          metric_fns=[])
+          postprocess_fn=rank_classification_postprocessor, metric_fns=[rank_classification_accuracy])
       names.append(subset + RANK_SUFFIX)
   return names
 

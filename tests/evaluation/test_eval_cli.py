@@ -44,6 +44,8 @@ def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
   assert len(m['tasks']) == 10 and m['setting'] == '0-shot'
   assert all(m['tasks'][t]['num_examples'] == 100 for t in m['tasks'])
   assert os.path.exists(zero / 'config.gin')
+  # The checkpoint evaluated: the MODEL_DIR's highest step.
+  assert m['checkpoint'] == {'path': os.path.join(checkpoint, 'checkpoint_2'), 'step': 2}
   assert len(os.listdir(zero / 'predictions')) == 10
   acc = {t: v['accuracy'] for t, v in m['tasks'].items()}
   base = {t: v['random_baseline'] for t, v in m['tasks'].items()}
@@ -59,6 +61,7 @@ def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
   assert _cli(_eval_args('fewshot', checkpoint, few, '--gin.FEWSHOT_EPOCHS=2', '--gin.TEMPLATES_PER_PROGRAM=4')) == 0
   fm = json.load(open(few / 'metrics.json'))
   assert fm['setting'] == '16-shot' and fm['fewshot']['templates_per_program'] == 4
+  assert fm['checkpoint'] == m['checkpoint']
   sel = json.load(open(few / 'selected_examples.json'))
   assert len(sel['examples']) == 10 and all(len(v) == 16 for v in sel['examples'].values())
 
@@ -78,6 +81,25 @@ def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
   assert 'p_value' not in comparison['rows']['noprompt'].get('16shot', {})   # only one run has 16-shot
   for s in ('0shot', '16shot'):
     assert os.path.getsize(out_dir / f'per_dataset_{s}.png') > 1000
+
+
+def test_generative_eval_logs_at_the_checkpoint_step(checkpoint, tmp_path):
+  """seqio's TensorBoard summaries and prediction file of a generative task are at the evaluated
+  checkpoint's step, and metrics.json names that checkpoint."""
+  import glob
+  import tensorflow as tf
+  task, out = 'crossfit_mini_topic_13', tmp_path / 'gen'
+  args = _eval_args('eval', checkpoint, out, f"--gin.MIXTURE_OR_TASK_NAME='{task}'", "--gin.EVAL_SPLIT='dev'",
+                    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", '--gin.MAX_DECODE_LENGTH=2')
+  assert _cli(args) == 0
+  m = json.load(open(out / 'metrics.json'))
+  assert m['checkpoint'] == {'path': os.path.join(checkpoint, 'checkpoint_2'), 'step': 2}
+  logged = [(e.step, float(tf.make_ndarray(v.tensor)))
+            for path in glob.glob(str(out / task / 'events.*'))
+            for e in tf.compat.v1.train.summary_iterator(path)
+            for v in e.summary.value if v.tag == 'eval/Classification-F1']
+  assert logged == [(2, pytest.approx(m['generative'][task]['Classification-F1']))]
+  assert os.path.exists(out / f'{task}-000002.jsonl')
 
 
 def _error(capsys, args):
@@ -124,6 +146,7 @@ def test_downstream_protocol_cli_and_arg_over_a_baseline(checkpoint, tmp_path, c
   seed = result['details']['mini_sentiment']['seeds']['13']
   assert seed['metric'] == 'ACC' and seed['step'] in (1, 2)
   assert result['tasks']['mini_sentiment'] == pytest.approx(seed['test'])
+  assert result['checkpoint'] == {'path': os.path.join(checkpoint, 'checkpoint_2'), 'step': 2}
   capsys.readouterr()
   # Against a baseline run that scored 0.5: Qin et al.'s ARG = (score - 0.5) / 0.5.
   ref = tmp_path / 'pt'

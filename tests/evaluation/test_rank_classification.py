@@ -144,3 +144,43 @@ def test_readable_errors(tmp_path):
   with pytest.raises(rc.EvaluationError, match='no metrics.json'):
     rc.read_results(str(tmp_path))
   assert len(rc.task_names('mini_heldout_rank_classification')) == 10
+
+
+def test_seqio_evaluator_accuracy_equals_promptjax_rank_classification():
+  """T0-style evaluation (`seqio.Evaluator` with promptjax's `seqio_score_fn` and the view's score metric)
+  gives `promptjax eval`'s accuracy on the same parameters and the whole validation split; the metric's
+  length normalization is `length_normalize`'s."""
+  from promptjax.evaluation import seqio_score_fn
+  from promptjax.tasks import p3
+  model, params = _model('shallow')
+  evaluator = seqio.Evaluator(NLI, seqio.EncDecFeatureConverter(pack=False), eval_split='validation',
+                              use_memory_cache=True, async_compute_metrics=False)
+  metrics, outputs = evaluator.evaluate(compute_metrics=True, score_fn=seqio_score_fn(model, params))
+  choices = rc.load_choices(NLI, 'validation')
+  result = rc.rank_classify(rc.ChoiceScorer(model), params, choices)
+  assert choices.num_examples == 100
+  assert metrics.result()[NLI] == {'accuracy': pytest.approx(result.accuracy, abs=1e-9)}
+  # seqio's scores are the flat (instance, choice) scores of promptjax's [E, C] matrix, in record order.
+  scores = outputs[NLI][seqio.metrics.ModelOutputType.SCORE]
+  np.testing.assert_allclose(scores, result.scores[choices.valid], rtol=1e-5, atol=1e-5)
+  targets = [p3.rank_classification_postprocessor(None, ex, is_target=True)
+             for ex in evaluator.cached_task_datasets[NLI].as_numpy_iterator()]
+  lengths = (choices.targets > 0).sum(-1)
+  normalized = p3.rank_classification_accuracy(targets, scores, normalize_by_target_length=True)
+  by_length = rc.classify(result.scores / np.maximum(lengths, 1), choices)
+  assert normalized == {'accuracy': pytest.approx(by_length.accuracy)}
+  for mixture in ('mini_heldout_rank_classification', 'mini_train_rank_classification'):
+    assert all(t.score_metric_fns for t in seqio.get_mixture_or_task(mixture).tasks)
+
+
+def test_seqio_rank_metric_matches_classify(uneven_task):
+  """The score metric on hand-made scores: uneven choice counts, two correct choices, ties (first wins)."""
+  from promptjax.tasks import p3
+  choices = rc.load_choices(uneven_task, 'validation')
+  scores = np.array([[-3., -1., -2.], [-5., -4., 0.], [-9., 0., 0.], [-1., -1., 0.]])
+  targets = [((e, c), bool(choices.correct[e, c]), 1.0, 2)
+             for e in range(4) for c in range(int(choices.valid[e].sum()))]
+  flat = [scores[e, c] for (e, c), _, _, _ in targets]
+  order = np.random.default_rng(0).permutation(len(targets))     # record order does not matter
+  got = p3.rank_classification_accuracy([targets[i] for i in order], [flat[i] for i in order])
+  assert got == {'accuracy': rc.classify(scores, choices).accuracy} == {'accuracy': 0.5}

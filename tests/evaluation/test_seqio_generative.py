@@ -124,3 +124,24 @@ def test_cli_eval_generative_task(tmp_path, capsys):
   assert _cli(args[:-3] + ["--gin.EVAL_SPLIT='validation'", f'--gin.TASK_FEATURE_LENGTHS={LENGTHS}']) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "no split 'validation'" in err[0] and 'EVAL_SPLIT' in err[0]
+
+
+def test_several_processes_compute_alike_and_only_process_0_writes(mini_model, tmp_path, monkeypatch):
+  """`jax.process_count() > 1` (unit level; a real 2-process run takes ~30 s here): every process reads the
+  whole split and gets the same metrics; process 0 writes (creating the output directory), others nothing."""
+  from promptjax.evaluation import fewshot, run
+  model, params = mini_model
+  kwargs = dict(split='dev', task_feature_lengths=LENGTHS, max_decode_length=6, batch_size=16)
+  first = generation.evaluate_with_seqio(model, params, QA, output_dir=str(tmp_path / 'p0' / 'new'), **kwargs)
+  assert os.path.exists(tmp_path / 'p0' / 'new' / f'{QA}-metrics.jsonl')
+  rank_task = 'mini_nli_can_we_infer_score_eval_rank_classification'
+  ranked = fewshot.evaluate_zero_shot(model, params, [rank_task], max_examples=4, progress=False)
+  monkeypatch.setattr(jax, 'process_index', lambda *a, **k: 1)
+  monkeypatch.setattr(jax, 'process_count', lambda *a, **k: 2)
+  other = str(tmp_path / 'p1')
+  assert generation.evaluate_with_seqio(model, params, QA, output_dir=other, **kwargs) == first
+  again = fewshot.evaluate_zero_shot(model, params, [rank_task], max_examples=4, output_dir=other,
+                                     progress=False)
+  np.testing.assert_array_equal(again[rank_task].scores, ranked[rank_task].scores)
+  run._merge_metrics(other, {'checkpoint': {'path': None, 'step': None}})   # pylint: disable=protected-access
+  assert not os.path.exists(other)
