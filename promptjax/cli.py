@@ -1,27 +1,30 @@
-"""``promptjax train|eval|fewshot|compare``: gin-configured entry points that speak T5X's flags.
+"""``promptjax train|eval|fewshot|downstream|compare|similarity``: gin-configured entry points that speak T5X's flags.
 
-  promptjax train --gin_file=promptjax/configs/runs/train.gin --gin_file=promptjax/configs/models/t5_1_1_tiny.gin \\
-      --gin_file=promptjax/configs/mtl_prompt.gin --gin.MODEL_DIR="'/tmp/run'" \\
-      --gin.MIXTURE_OR_TASK_NAME="'mini_train'" --gin.TRAIN_STEPS=100
+  promptjax train --gin_file=runs/train.gin --gin_file=models/t5_1_1_mini.gin --gin_file=mtl_prompt.gin \\
+      --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'mini_train'" --gin.TRAIN_STEPS=100
   python -m promptjax.train ...         # the same as `promptjax train ...`
-  promptjax eval --gin_file=runs/eval.gin --gin_file=models/t5_1_1_tiny.gin --gin_file=mtl_prompt.gin \
-      --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval/0shot'" \
+  promptjax eval --gin_file=runs/eval.gin --gin_file=models/t5_1_1_mini.gin --gin_file=mtl_prompt.gin \\
+      --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval/0shot'" \\
       --gin.MIXTURE_OR_TASK_NAME="'mini_heldout_rank_classification'"
   promptjax fewshot --gin_file=runs/fewshot.gin ...   # the same macros; 16-shot prompt tuning first
   promptjax downstream --gin_file=runs/downstream.gin ...   # Qin et al.'s CrossFit protocol (TARGET_TASKS)
   promptjax compare RUN_A RUN_B ... [--output_dir DIR] [--reference NAME] [--within_dataset]
   promptjax similarity PROMPT_OR_DIR ... [--target NAME] [--top_k 5] [--threshold 0.99 | --rank K]
       [--output_dir DIR]                 # Qin et al. A.6-A.7 task similarity of tuned prompts
+  promptjax COMMAND --help               # the command's flags and main macros
 
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
-(shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the repository's
-``promptjax/configs/`` and its parent are always searched), ``--dry_run`` (shapes, shardings and memory only),
-and for multi-host runs ``--coordinator_address``, ``--process_count``, ``--process_index``, or
-``--multiprocess`` to let JAX detect them (Cloud TPU pods, SLURM).
+(shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the package's
+``configs/`` and the working directory are always searched), ``--dry_run`` (shapes, shardings and memory
+only), ``--restore_fallback`` (resume from the newest readable checkpoint); for multi-host runs
+``--coordinator_address``, ``--process_count``, ``--process_index``, or ``--multiprocess`` /
+``--multiprocess_gpu`` to let JAX detect them (Cloud TPU pods, SLURM); absl's ``--alsologtostderr``,
+``--logtostderr``, ``-v`` and ``--tfds_data_dir``.
 
 Gin is only used here: the library underneath takes plain arguments. Every failure a user can cause
-(missing gin file, unknown binding, unknown task, mesh larger than the devices, mismatched checkpoint,
-NaN loss) prints one ``error:`` line naming the fix and exits with status 2.
+(missing gin file, unparsable or unknown binding, a command-line macro nothing reads, no model file,
+unknown task, mesh larger than the devices, mismatched or unreadable checkpoint, NaN loss) prints one
+``error:`` line naming the fix and exits with status 2, before anything is written where it can be.
 """
 
 from __future__ import annotations

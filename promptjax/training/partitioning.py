@@ -48,7 +48,7 @@ MESH_AXES = ('data', 'model')
 LogicalRules = Tuple[Tuple[str, Optional[Union[str, Tuple[str, ...]]]], ...]
 PyTree = Any
 
-_MESH_FIX = 'gin: MESH_SHAPE'
+_MESH_FIX = 'the MESH_SHAPE macro, or promptjax.training.train.mesh_shape'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,25 +77,25 @@ def _resolve_mesh_shape(mesh_shape, num_partitions, num_devices, source='jax.dev
     if num_devices % num_partitions:
       raise PartitioningError(
           f'num_partitions={num_partitions} does not divide the {num_devices} available devices; '
-          f'choose a divisor of {num_devices} or give mesh_shape=(data, model) ({_MESH_FIX}).')
+          f'choose a divisor of {num_devices} or give MESH_SHAPE=(data, model) ({_MESH_FIX}).')
     return num_devices // num_partitions, int(num_partitions)
   shape = tuple(mesh_shape)
   if len(shape) != 2 or not all(isinstance(s, (int, np.integer)) for s in shape):
-    raise PartitioningError(f'mesh_shape must be two integers (data, model), got {mesh_shape!r} '
+    raise PartitioningError(f'MESH_SHAPE must be two integers (data, model), got {mesh_shape!r} '
                             f'({_MESH_FIX}).')
   if any(s == 0 or s < -1 for s in shape) or shape == (-1, -1):
-    raise PartitioningError(f'mesh_shape {shape} must hold positive sizes, with at most one -1 '
+    raise PartitioningError(f'MESH_SHAPE={shape} must hold positive sizes, with at most one -1 '
                             f'meaning "the remaining devices" ({_MESH_FIX}).')
   if num_partitions not in (1, shape[1], None) and shape[1] != -1:
-    raise PartitioningError(f'mesh_shape {shape} and num_partitions={num_partitions} disagree on '
+    raise PartitioningError(f'MESH_SHAPE={shape} and num_partitions={num_partitions} disagree on '
                             f'the model axis; give only one of them ({_MESH_FIX}).')
   if -1 in shape:
     known = shape[1] if shape[0] == -1 else shape[0]
     if known > num_devices:
-      raise _too_few_devices(f'mesh_shape {shape}', known, num_devices, source, platform)
+      raise _too_few_devices(f'MESH_SHAPE={shape}', known, num_devices, source, platform)
     if num_devices % known:
       raise PartitioningError(
-          f'mesh_shape {shape}: {known} does not divide the {num_devices} available devices; '
+          f'MESH_SHAPE={shape}: {known} does not divide the {num_devices} available devices; '
           f'choose a divisor of {num_devices} ({_MESH_FIX}).')
     rest = num_devices // known
     shape = (rest, known) if shape[0] == -1 else (known, rest)
@@ -141,7 +141,7 @@ def create_mesh(mesh_shape: Optional[Sequence[int]] = None, *, num_partitions: i
     if need != n:
       raise PartitioningError(
           f'mesh ({data}, {model}) uses {need} of {n} devices, but with {num_processes} processes '
-          f'the mesh must use all of them; use mesh_shape=(-1, {model}) ({_MESH_FIX}).')
+          f'the mesh must use all of them; use MESH_SHAPE=(-1, {model}) ({_MESH_FIX}).')
     local = counts[0]
     if (model <= local and local % model) or (model > local and model % local):
       raise PartitioningError(

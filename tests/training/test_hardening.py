@@ -116,8 +116,12 @@ def _scalars(directory, tag):
   return values
 
 
-def test_learning_rate_is_logged(good_run):
+def test_learning_rate_and_the_gin_config_are_logged(good_run):
   assert _scalars(good_run / 'train', 'learning_rate') == pytest.approx({1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 1e-3})
+  import tensorflow as tf
+  texts = [tf.make_ndarray(v.tensor).item().decode() for f in glob.glob(str(good_run / 'train' / 'events*'))
+           for event in tf.compat.v1.train.summary_iterator(f) for v in event.summary.value if v.tag == 'config']
+  assert texts == ['    RECORD A']
 
 
 # ---------------------------------------------------------------------------------------------------

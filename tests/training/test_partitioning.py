@@ -100,7 +100,7 @@ def test_mesh_errors_name_the_fix():
   msg = str(e.value)
   assert 'mesh (4, 2) needs 8 devices but 1 is available' in msg
   assert 'XLA_FLAGS=--xla_force_host_platform_device_count=8' in msg
-  assert 'gin: MESH_SHAPE' in msg
+  assert 'MESH_SHAPE macro' in msg
   with pytest.raises(pt.PartitioningError, match='needs 16 devices but 8 are available'):
     pt.create_mesh((8, 2))
   with pytest.raises(pt.PartitioningError, match='num_partitions=3 does not divide the 8'):
