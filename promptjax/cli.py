@@ -261,12 +261,33 @@ def _write_config(directory: str) -> None:
     f.write(gin.config_str())
 
 
+# The run file each command needs, and a parameter only it binds.
+_RUN_FILES = {'train': ('runs/train.gin', 'promptjax.training.train.model_dir'),
+              'eval': ('runs/eval.gin', 'promptjax.evaluation.evaluate.checkpoint_path'),
+              'fewshot': ('runs/fewshot.gin', 'promptjax.evaluation.evaluate.fewshot'),
+              'downstream': ('runs/downstream.gin', 'promptjax.evaluation.downstream_run.checkpoint_path')}
+
+
+def _is_bound(parameter: str) -> bool:
+  try:
+    gin.query_parameter(parameter)
+    return True
+  except ValueError:
+    return False
+
+
 def _configure(args, bindings: List[str]) -> None:
   """Registers the configurables and parses the gin files and bindings of a gin-configured command;
   checks that a model file was given and that every macro bound on the command line is read."""
   register_gin_configurables()
   bindings = list(args.gin_bindings) + bindings
-  parse_gin(args.gin_file, bindings, [p for s in args.gin_search_paths for p in s.split(',') if p])
+  search = [p for s in args.gin_search_paths for p in s.split(',') if p]
+  parse_gin(args.gin_file, bindings, search)
+  run_file, bound = _RUN_FILES.get(args.command, (None, None))
+  if run_file and not _is_bound(bound):
+    # The short form (`promptjax train --gin_file=mtl_prompt.gin ...`): the command's run file goes first.
+    gin.clear_config()
+    parse_gin([run_file] + list(args.gin_file), bindings, search)
   if _macro('MODEL') is None:
     raise CliError('no model configuration: add a model gin file, e.g. --gin_file=models/t5_1_1_mini.gin '
                    '(the bundled mini model) or models/t5_1_1_lm100k_large.gin (the papers\' LM-adapted T5).')

@@ -290,3 +290,17 @@ def test_prefix_lm_corpus_without_text_says_so(tmp_path):
   task = self_supervised.register_prefix_lm_task('test_empty_prefix_lm', lambda: str(tmp_path), 'mini', family='mini')
   with pytest.raises(DataError, match='no documents found'):
     task.get_dataset(sequence_length={'inputs': 16, 'targets': 16}, split='train')
+
+
+def test_short_form_includes_the_run_file():
+  """`promptjax train --gin_file=mtl_prompt.gin --gin_file=models/...` needs no runs/train.gin."""
+  import argparse
+  args = argparse.Namespace(command='train', gin_file=['mtl_prompt.gin', 'models/t5_1_1_mini.gin'],
+                            gin_bindings=[], gin_search_paths=[])
+  gin.clear_config()
+  try:
+    cli._configure(args, ["MODEL_DIR = '/tmp/x'", 'TRAIN_STEPS = 3'])  # pylint: disable=protected-access
+    assert gin.query_parameter('promptjax.training.train.model_dir') is not None
+    assert gin.query_parameter('promptjax.models.PromptConfig.length') == 20   # the method file still applies
+  finally:
+    gin.clear_config()

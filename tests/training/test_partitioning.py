@@ -124,7 +124,7 @@ def test_multi_process_mesh_checks():
   with pytest.raises(pt.PartitioningError, match='every process must contribute the same number'):
     pt.create_mesh((4, 2), devices=uneven)
   two_hosts = [_FakeDevice(i, i // 4) for i in range(8)]  # 2 processes x 4 devices
-  with pytest.raises(pt.PartitioningError, match=r'uses 4 of 8 devices.*mesh_shape=\(-1, 2\)'):
+  with pytest.raises(pt.PartitioningError, match=r'uses 4 of 8 devices.*MESH_SHAPE=\(-1, 2\)'):
     pt.create_mesh((2, 2), devices=two_hosts)
   with pytest.raises(pt.PartitioningError, match='straddle hosts'):
     pt.create_mesh(num_partitions=8, devices=[_FakeDevice(i, i // 6) for i in range(24)])
