@@ -78,6 +78,7 @@ _LONG_FILES = (
     'models/test_t5.py',                        # ~105
     'supmer/test_train.py',                     # ~95
     'evaluation/test_fewshot.py',               # ~80
+    'training/test_hardening.py',               # ~60
     'supmer/test_baselines.py',                 # ~75
     'evaluation/test_downstream.py',            # ~70
     'models/test_prompts.py',                   # ~70
@@ -91,6 +92,7 @@ _LONG_FILES = (
     'models/test_input_vectors.py',             # ~30
     'supmer/test_construct.py',                 # ~30
     'checkpoints/test_load.py',                 # ~25
+    'checkpoints/test_peft.py',                 # ~25
     'test_tour.py',                             # ~25
 )
 

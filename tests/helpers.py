@@ -2,6 +2,7 @@
 float64 reference shim, and a plain reader of TFRecord shards (`import tests.helpers as h`)."""
 
 import contextlib
+from typing import NamedTuple
 
 import gin
 import jax
@@ -18,6 +19,32 @@ def cli(args):
     return cli_lib.main(args)
   finally:
     gin.clear_config()
+
+
+class CliResult(NamedTuple):
+  returncode: int
+  stdout: str
+  stderr: str
+
+  @property
+  def errors(self):
+    """The ``error:`` lines of stderr."""
+    return [l for l in self.stderr.splitlines() if l.startswith('error: ')]
+
+
+def run_cli(args) -> CliResult:
+  """`promptjax <args>` in this process, from the repository root, with stdout and stderr captured (no
+  subprocess start-up: a failure before compiling costs well under a second)."""
+  import io
+  import os
+  out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+  os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = cli(list(args))
+  finally:
+    os.chdir(cwd)
+  return CliResult(code, out.getvalue(), err.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------

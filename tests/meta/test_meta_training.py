@@ -2,8 +2,6 @@
 bundled data with every method gin file, paper configs' dry runs, and bad inputs."""
 
 import os
-import subprocess
-import sys
 import tempfile
 
 import jax
@@ -15,6 +13,7 @@ from promptjax.meta import MetaConfig, MetaLearning
 from promptjax.data.meta_sampler import MetaDataConfig
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import trainer
+import tests.helpers as h
 from tests.training.common import dry_run_reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -127,9 +126,7 @@ def cli(model_dir, method, steps, *extra):
           f'--gin.promptjax.models.get_config.vocab_size={MINI_VOCAB}',
           '--gin.promptjax.models.PromptConfig.length=4', '--gin.META_BATCH_SIZE=2', '--gin.INNER_STEPS=2',
           '--gin.INNER_BATCH_SIZE=2', '--gin.CLONE_CHUNK_SIZE=None', '--gin.MESH_SHAPE=(2, 1)', *extra]
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'promptjax.train', *args], capture_output=True, text=True,
-                        cwd=REPO, env=env, timeout=600)
+  return h.run_cli(['train', *args])
 
 
 def test_cli_wu_reptile_on_the_bundled_p3_templates(tmp_path):

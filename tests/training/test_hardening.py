@@ -12,10 +12,8 @@
 - Ctrl-C is a preemption (save, stop); a second one aborts.
 """
 
-import contextlib
 import glob
 import hashlib
-import io
 import os
 import shutil
 import signal
@@ -31,6 +29,7 @@ from promptjax.errors import TrainingError
 from promptjax.models import PromptableT5, PromptConfig
 from promptjax.training import optimizers, trainer
 from promptjax.training.method import MultiTask
+import tests.helpers as h
 from tests.training.common import setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -195,18 +194,8 @@ def test_eval_refuses_to_drop_a_trained_prompt(good_run):
 
 
 def _cli(*args):
-  gin.clear_config()
-  err = io.StringIO()
-  cwd = os.getcwd()
-  os.chdir(REPO)
-  try:
-    with contextlib.redirect_stderr(err):
-      code = cli.main(list(args))
-  finally:
-    os.chdir(cwd)
-    gin.clear_config()
-  lines = [l for l in err.getvalue().splitlines() if l.startswith('error: ')]
-  return code, lines
+  out = h.run_cli(args)
+  return out.returncode, out.errors
 
 
 def _train_args(model_dir, *extra):

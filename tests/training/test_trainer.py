@@ -14,6 +14,7 @@ import pytest
 from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import optimizers, trainer
 from promptjax.training.method import MultiTask
+import tests.helpers as h
 from tests.training.common import dry_run_reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -170,21 +171,8 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def cli_inprocess(args):
-  """`promptjax train ARGS` in this process (bad inputs fail before anything compiles): (exit code, stderr)."""
-  import contextlib
-  import io
-  import gin
-  from promptjax import cli
-  gin.clear_config()
-  err, cwd = io.StringIO(), os.getcwd()
-  os.chdir(REPO)
-  try:
-    with contextlib.redirect_stderr(err):
-      code = cli.main(['train', *args])
-  finally:
-    os.chdir(cwd)
-    gin.clear_config()
-  return code, err.getvalue()
+  out = h.run_cli(['train', *args])
+  return out.returncode, out.stderr
 
 
 @pytest.mark.parametrize('extra,expected', [
