@@ -58,6 +58,13 @@ EXTRAS_REQUIRE['beam'] = [
     'google-crc32c',  # TFRecord CRCs (Beam's tfrecord extra)
 ]
 
+# T5X (Roberts et al. 2022) is not on the package registry: `make install` installs it (and AirIO and a
+# jax-0.10-compatible JEstimator) with --no-deps from wheels built from their sources when ../shared/wheels
+# exists, otherwise users install them from GitHub (README, "Using promptjax from T5X"). This extra holds
+# the registry packages T5X's code and `python -m t5x.train` need next to the pins above.
+EXTRAS_REQUIRE['t5x'] = ['grain==0.2.18', 'cloudpickle', 'portpicker', 'cached-property', 'fiddle', 'graphviz',
+                         'libcst']
+
 setuptools.setup(
     name='promptjax',
     version='0.1.0',
