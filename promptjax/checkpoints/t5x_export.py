@@ -26,9 +26,10 @@ the restore config lets it (`T5X_PARAMS_ONLY_RESTORE`):
                                 assignment_map=((r'state/param_states.*', None),),
                                 fallback_to_scratch=True)
 
-Without ``fallback_to_scratch`` T5X refuses a checkpoint without optimizer state. `opt_state` writes T5X
-``param_states`` (e.g. `t5x.adafactor.Adafactor` states read from a T5X checkpoint) verbatim instead; then
-T5X's plain restore works.
+Without ``fallback_to_scratch`` T5X refuses a checkpoint without optimizer state; T5X accepts
+``fallback_to_scratch`` only with a state transformation, which the assignment map is (``strict=False`` does
+not help: T5X reads it only for TensorFlow checkpoints). `opt_state` writes T5X ``param_states`` (e.g.
+`t5x.adafactor.Adafactor` states read from a T5X checkpoint) verbatim instead; then T5X's plain restore works.
 
 From the shell, a promptjax training checkpoint (its ``meta`` records the model and prompt):
 
@@ -111,6 +112,8 @@ def export_t5x_checkpoint(params: Mapping[str, Any], output_dir: str, step: int,
   tree = _tree(params, step, opt_state)
   output_dir = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
   final = os.path.join(output_dir, f'checkpoint_{step}')
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise ExportError(f'--output_dir={output_dir} is a file; give a directory (T5X\'s model directory).')
   if os.path.exists(final):
     raise ExportError(f'{final} already exists; give another --output_dir or remove it first.')
   os.makedirs(output_dir, exist_ok=True)

@@ -72,6 +72,9 @@ def test_export_errors(tmp_path):
   with pytest.raises(ExportError, match='encoder/note is str'):
     t5x.export_t5x_checkpoint({**params, 'encoder': {'note': 'x'}}, str(tmp_path), 1)
   assert os.listdir(tmp_path) == []
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(ExportError, match='is a file; give a directory'):
+    t5x.export_t5x_checkpoint(params, str(tmp_path / 'file'), 1)
 
 
 def test_chunk_shape_is_t5x():
