@@ -60,6 +60,22 @@ def tiny_prompt_model(vocab=64, length=3, **prompt):
   return PromptableT5(config, PromptConfig(length=length, **prompt))
 
 
+def write_training_checkpoint(model_dir, model, params, trainable='all', step=4):
+  """A checkpoint as `promptjax.training.trainer.train` saves it (orbax items `state` and `meta`, an optax
+  SGD state) in `model_dir`, without training."""
+  import optax
+  import orbax.checkpoint as ocp
+  from promptjax.training.train_step import TrainState
+  from promptjax.training.trainer import model_signature
+  state = TrainState.create(params, optax.sgd(0.1), step=step)
+  info = {'step': step, 'data_batches': step, 'signature': model_signature(model, trainable)}
+  options = ocp.CheckpointManagerOptions(step_prefix='checkpoint', create=True)
+  with ocp.CheckpointManager(str(model_dir), options=options) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(info)))
+    manager.wait_until_finished()
+
+
 def padded_batch(rng, lead, enc_len, tgt_len, vocab, min_enc_len=2):
   """Right-padded encoder inputs and targets ending in EOS=1 with random lengths (row 0 has a full input,
   row 1 a full target), tokens in [2, vocab); shapes lead + (enc_len,) and lead + (tgt_len,)."""

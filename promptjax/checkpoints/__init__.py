@@ -1,5 +1,5 @@
 """Checkpoint import/export: HF T5 (safetensors / pytorch_model.bin) and T5X (legacy msgpack + zarr,
-orbax), prompt export (`promptjax.models.export_prompt`), shallow prompts as PEFT adapters
+orbax; both ways), prompt export (`promptjax.models.export_prompt`), shallow prompts as PEFT adapters
 (`promptjax.checkpoints.peft`, imported on its own: it is not loaded with the package)."""
 
 from __future__ import annotations
@@ -9,12 +9,23 @@ from typing import Optional, Tuple
 
 from promptjax.checkpoints.hf import (config_from_hf, export_hf, from_hf_state_dict, load_hf_checkpoint,
                                       to_hf_state_dict)
-from promptjax.checkpoints.t5x import (find_t5x_checkpoint, load_t5x_checkpoint,
-                                       load_t5x_checkpoint_with_step, t5x_config_from_params)
 from promptjax.models.config import T5Config
 
 _HF_FILES = ('config.json', 'model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
              'pytorch_model.bin.index.json')
+
+
+_T5X_NAMES = ('find_t5x_checkpoint', 'load_t5x_checkpoint', 'load_t5x_checkpoint_with_step',
+              't5x_config_from_params', 'export_t5x_checkpoint')
+
+
+def __getattr__(name):
+  # The T5X names load promptjax.checkpoints.t5x on first use, so that `python -m promptjax.checkpoints.t5x`
+  # does not find its own module already imported by this package.
+  if name in _T5X_NAMES:
+    from promptjax.checkpoints import t5x
+    return getattr(t5x, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def is_hf_checkpoint(path: str) -> bool:
@@ -35,6 +46,7 @@ def load_checkpoint(path: str, config: Optional[T5Config] = None,
     raise FileNotFoundError(f'Checkpoint path {path!r} does not exist.')
   if is_hf_checkpoint(path):
     return load_hf_checkpoint(path, config)
+  from promptjax.checkpoints.t5x import load_t5x_checkpoint, t5x_config_from_params
   params = load_t5x_checkpoint(path)
   if config is None:
     config = t5x_config_from_params(params, relative_attention_max_distance)

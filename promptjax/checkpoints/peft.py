@@ -166,9 +166,14 @@ def _read_adapter_weights(adapter_dir: str) -> np.ndarray:
 # promptjax training checkpoints.
 
 
-def checkpoint_signature(checkpoint: str) -> Tuple[T5Config, PromptConfig, str]:
+_NO_META_FIX = ('export a checkpoint written by promptjax training, or call export_peft and export_hf with the '
+                'configuration yourself.')
+
+
+def checkpoint_signature(checkpoint: str, fix: str = _NO_META_FIX) -> Tuple[T5Config, PromptConfig, str]:
   """(model config, prompt config, trainable group) recorded in a training checkpoint's ``meta`` (the
-  trainer's `model_signature`). `checkpoint`: a MODEL_DIR (its latest step) or a ``checkpoint_<step>``."""
+  trainer's `model_signature`). `checkpoint`: a MODEL_DIR (its latest step) or a ``checkpoint_<step>``;
+  `fix`: what the error for a checkpoint without ``meta`` suggests."""
   from promptjax.checkpoints import t5x
   try:
     ckpt_dir = t5x.find_t5x_checkpoint(checkpoint)
@@ -179,8 +184,7 @@ def checkpoint_signature(checkpoint: str) -> Tuple[T5Config, PromptConfig, str]:
   meta_path = next((p for p in candidates if os.path.isfile(p)), None)
   if meta_path is None:
     raise ExportError(f'{ckpt_dir} has no meta/metadata, so its model and prompt configuration are unknown; '
-                      'export a checkpoint written by promptjax training, or call export_peft and '
-                      'export_hf with the configuration yourself.')
+                      f'{fix}')
   with open(meta_path) as f:
     signature = json.load(f).get('signature') or {}
   try:

@@ -1,4 +1,8 @@
-"""Import T5X checkpoints: the transformer parameters (float32 numpy, T5X names) and the step.
+"""Import T5X checkpoints: the transformer parameters (float32 numpy, T5X names) and the step; export is
+`export_t5x_checkpoint` (promptjax.checkpoints.t5x_export), also from the shell:
+
+  python -m promptjax.checkpoints.t5x export --checkpoint=MODEL_DIR_or_checkpoint_N --output_dir=DIR
+      [--layout=classic]
 
 Two on-disk layouts are read, both in place (nothing is copied):
 
@@ -29,6 +33,7 @@ Public API:
   load_t5x_checkpoint_with_step(path) -> (params, step or None)
   find_t5x_checkpoint(path) -> resolved checkpoint directory
   t5x_config_from_params(params, relative_attention_max_distance=128, **overrides) -> T5Config
+  export_t5x_checkpoint(params, output_dir, step, *, opt_state=None, layout='orbax') -> checkpoint dir
 """
 
 from __future__ import annotations
@@ -39,11 +44,14 @@ import json
 import math
 import os
 import re
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from flax import traverse_util
 
+from promptjax.checkpoints.t5x_export import (T5X_PARAMS_ONLY_RESTORE, export_t5x_checkpoint,  # noqa: F401
+                                              main)
 from promptjax.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -547,3 +555,7 @@ def t5x_config_from_params(params: Mapping, relative_attention_max_distance: int
                 relative_attention_max_distance=relative_attention_max_distance)
   fields.update(overrides)
   return T5Config(**fields)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -20,6 +20,7 @@ from promptjax.checkpoints import hf as hf_ckpt
 from promptjax.checkpoints import peft as peft_ckpt
 from promptjax.errors import ExportError
 from promptjax.models import PromptConfig, PromptableT5
+from tests.helpers import write_training_checkpoint
 
 TOL = 1e-4
 L = 5
@@ -102,27 +103,12 @@ def test_shallow_prompt_is_exact_in_peft_and_round_trips(tmp_path):
   assert _max_diff(got, _peft_logits(native, batch), batch) <= TOL
 
 
-def _write_training_checkpoint(model_dir, model, params, trainable, step=4):
-  """A checkpoint as `promptjax.training.trainer.train` saves it: orbax items `state` and `meta`."""
-  import optax
-  import orbax.checkpoint as ocp
-  from promptjax.training.train_step import TrainState
-  from promptjax.training.trainer import model_signature
-  state = TrainState.create(params, optax.sgd(0.1), step=step)
-  info = {'step': step, 'data_batches': step, 'signature': model_signature(model, trainable)}
-  options = ocp.CheckpointManagerOptions(step_prefix='checkpoint', create=True)
-  with ocp.CheckpointManager(str(model_dir), options=options) as manager:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(info)))
-    manager.wait_until_finished()
-
-
 def test_export_command_on_a_training_checkpoint(tmp_path, capsys):
   model, params = _random_model(seed=2, relative_attention_max_distance=9)   # only the meta knows the 9
   config = model.config
   model = PromptableT5(config, PromptConfig(kind='shallow', length=L, init='class_labels',
                                             init_labels=((3, 4),)))   # tuples that JSON makes lists
-  _write_training_checkpoint(tmp_path / 'run', model, params, trainable='all')
+  write_training_checkpoint(tmp_path / 'run', model, params, trainable='all')
   out = tmp_path / 'out'
   assert peft_ckpt.main(['export', f'--checkpoint={tmp_path / "run"}', f'--output_dir={out}']) == 0
   assert 'wrote' in capsys.readouterr().out
@@ -151,7 +137,7 @@ def test_deep_prompt_and_no_prompt_are_refused(tmp_path):
                           str(tmp_path / 'bad'))
   assert not (tmp_path / 'deep').exists() and not (tmp_path / 'bad').exists()
   # A deep-prompt training checkpoint fails before any weight is read.
-  _write_training_checkpoint(tmp_path / 'run', deep, params, trainable='prompt')
+  write_training_checkpoint(tmp_path / 'run', deep, params, trainable='prompt')
   with pytest.raises(ExportError, match='deep prompt'):
     peft_ckpt.export_checkpoint(str(tmp_path / 'run'), str(tmp_path / 'out'))
   with pytest.raises(ExportError, match='no adapter_config.json'):
