@@ -26,8 +26,9 @@ class T5Config:
     mlp_dim: hidden width of the gated-GELU MLP (`mlp` axis).
     relative_attention_num_buckets / relative_attention_max_distance: T5 relative position buckets,
       one table per stack (`encoder/relpos_bias`, `decoder/relpos_bias`) shared by its layers.
-    dropout_rate: dropout after attention/MLP blocks and on embeddings (0.0 in the papers'
-      continued pretraining; 0.1 is T5's fine-tuning default).
+    dropout_rate: dropout after attention/MLP blocks and on embeddings. 0.0 is promptjax's default
+      (``DROPOUT_RATE`` in the model gin files); the papers do not state it, and 0.1 is T5's
+      fine-tuning default (and the value in HF's T5 v1.1 LM-adapted configs).
     layer_norm_epsilon: RMS-norm epsilon.
     dtype: activation/computation dtype (float32 or bfloat16). Parameters stay float32; softmax
       and the loss are always computed in float32.
