@@ -1,4 +1,4 @@
-"""T5X's own trainer as an independent check of promptjax's: `promptjax.t5x_model.T5XModel` trained by
+"""T5X's own trainer as an independent check of promptjax's: `promptjax.interop.t5x.T5XModel` trained by
 `t5x.trainer.Trainer` (T5X's loss, partitioner and optimizer wrapper) and promptjax's trainer, from the same
 parameters on the same batches with the same optax Adafactor, give the same per-step losses for MTL-T✓P✓
 (shallow prompt), MTL-T✗P✓ (deep prompt) and MTL-T✓P✗ (no prompt) (Wu et al. 2022 §3)."""
@@ -62,7 +62,7 @@ def _promptjax_losses(model, trainable, batches, model_dir):
 
 def _t5x_losses(model, trainable, batches):
   from t5x import partitioning, trainer as t5x_trainer, utils
-  from promptjax import t5x_model
+  from promptjax.interop import t5x as t5x_model
   opt_def = t5x_model.optimizer(_adafactor(), trainable)
   net = t5x_model.T5XModel(model, optimizer_def=opt_def)
   partitioner = partitioning.PjitPartitioner(num_partitions=1)
@@ -89,3 +89,24 @@ def test_t5x_trainer_gives_promptjax_losses(case, tmp_path):
   print(f'{case}: max |promptjax - T5X| per-step loss = {diff:.2e}; batch-0 loss {ours[0]:.4f} -> {ours[8]:.4f}')
   assert ours[0] - ours[8] > 100 * TOLERANCE, ours   # training lowered the loss of the first batch
   np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+
+
+def test_scoring_decoding_and_refusals():
+  """`score_batch` (T5X's) is promptjax's summed target log-likelihood, `predict_batch` decodes greedily; packed
+  batches, beams and a loss normalization T5X lacks are refused with the fix named."""
+  import dataclasses
+  from promptjax.errors import DataError, TrainingError
+  from promptjax.interop import t5x as t5x_model
+  model, batch = _model('shallow'), _batches()[0]
+  net = t5x_model.T5XModel(model)
+  params = model.init_params(jax.random.PRNGKey(1))
+  np.testing.assert_allclose(jax.jit(net.score_batch)(params, batch), model.score_batch(params, batch),
+                             atol=1e-5)
+  predicted = np.asarray(jax.jit(net.predict_batch)(params, batch))   # `greedy_tokens`, as promptjax eval
+  assert predicted.shape == (BATCH, LENGTHS['targets']) and predicted.min() >= 0 and predicted.max() < VOCAB
+  with pytest.raises(NotImplementedError, match='greedily only'):
+    net.predict_batch_with_aux(params, batch, num_decodes=4)
+  with pytest.raises(DataError, match='pack = False'):
+    net.loss_fn(params, {**batch, 'encoder_segment_ids': batch['encoder_input_tokens'] > 0}, None)
+  with pytest.raises(TrainingError, match='no T5X equivalent'):
+    t5x_model.T5XModel(dataclasses.replace(model, loss_normalization='num_examples'))

@@ -12,8 +12,9 @@ Loss: the model's `loss_normalization` and `z_loss` become T5X's `loss_normalizi
 ('num_real_target_tokens' -> 'NUM_REAL_TARGET_TOKENS', 'none' -> None, a float stays a float), so both
 trainers minimize the same loss. T5X computes it itself (`t5x.models.BaseTransformerModel.loss_fn`).
 
-Not supported: packed examples (segment ids / positions; use an unpacked feature converter) and decoding
-(`predict_batch`: promptjax has no key/value cache); scoring (`score_batch`) and evaluation losses work.
+Not supported: packed examples (segment ids / positions; use an unpacked feature converter), and beam
+search or sampling: `predict_batch` decodes greedily without a key/value cache (each step re-runs the
+decoder on the prefix, fine for short targets). Scoring (`score_batch`) and evaluation losses work.
 
 This module imports T5X; `import promptjax` does not import it.
 """
@@ -32,6 +33,7 @@ from t5x import models as t5x_models
 from t5x import optimizers as t5x_optimizers
 
 from promptjax.errors import DataError, TrainingError
+from promptjax.evaluation.generation import greedy_tokens
 from promptjax.models.model import PromptableT5
 from promptjax.models.prompts import init_prompt_params
 from promptjax.models.t5 import Transformer
@@ -40,9 +42,9 @@ from promptjax.training import partitioning
 from promptjax.training.method import masked_default_optimizer
 
 _PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions', 'decoder_positions')
-_NO_DECODING = ('promptjax.t5x_model.T5XModel cannot decode (predict_batch / infer / predict-metric evals): '
-                'promptjax has no key/value cache; score with score_batch (rank classification) or use '
-                'promptjax.evaluation.generation.')
+_NO_DECODING = ('promptjax.interop.t5x.T5XModel decodes greedily only (one decode, no beam search, sampling, '
+                'decoder_params or forced target prefixes; promptjax has no key/value cache); use the default '
+                'predict_batch, or score_batch for rank classification.')
 
 
 class T5XModule(Transformer):
@@ -58,7 +60,7 @@ class T5XModule(Transformer):
                                          decoder_positions)))
     packed = [k for k, v in given.items() if v is not None]
     if packed:
-      raise DataError(f'promptjax.t5x_model.T5XModel got {packed[0]}: packed examples are not supported; set '
+      raise DataError(f'promptjax.interop.t5x.T5XModel got {packed[0]}: packed examples are not supported; set '
                       'utils.DatasetConfig.pack = False for train, train_eval and infer_eval.')
     return super().__call__(jnp.asarray(encoder_input_tokens, jnp.int32),
                             jnp.asarray(decoder_input_tokens, jnp.int32),
@@ -76,7 +78,7 @@ def loss_normalizing_factor(model: PromptableT5):
   if norm == 'none':
     return None
   raise TrainingError(f'PromptableT5.loss_normalization={norm!r} has no T5X equivalent; use '
-                      "'num_real_target_tokens', 'none' or a float with promptjax.t5x_model.T5XModel.")
+                      "'num_real_target_tokens', 'none' or a float with promptjax.interop.t5x.T5XModel.")
 
 
 def params_axes(model: PromptableT5) -> Mapping[str, Any]:
@@ -148,4 +150,14 @@ class T5XModel(t5x_models.EncoderDecoderModel):
 
   def predict_batch_with_aux(self, params, batch, rng=None, decoder_params=None, return_all_decodes=None,
                              num_decodes=None, prompt_with_targets=False):
-    raise NotImplementedError(_NO_DECODING)
+    """Greedy decoding up to the batch's target length (`promptjax.evaluation.generation.greedy_tokens`:
+    no key/value cache, each step re-runs the decoder on the prefix), with each sequence's log-likelihood
+    as its score. `rng` is ignored (greedy is deterministic); beams, sampling and forced prefixes raise."""
+    del rng
+    if (num_decodes or 1) > 1 or return_all_decodes or prompt_with_targets or decoder_params:
+      raise NotImplementedError(_NO_DECODING)
+    tokens = greedy_tokens(self.promptable, params, batch['encoder_input_tokens'],
+                           batch['decoder_input_tokens'].shape[1])
+    scores = self.promptable.score_batch(params, {'encoder_input_tokens': batch['encoder_input_tokens'],
+                                                  'decoder_target_tokens': tokens})
+    return tokens, {'scores': scores}
