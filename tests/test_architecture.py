@@ -9,7 +9,8 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'promptjax')
 
 # Lowest first. The entry points (cli, demo, tour, train, the package's __init__) sit above everything.
-LAYERS = ('errors', 'models', 'checkpoints', 'tasks', 'data', 'training', 'meta', 'supmer', 'evaluation')
+LAYERS = ('errors', 'models', 'checkpoints', 'tasks', 'data', 'training', 'meta', 'supmer', 'evaluation',
+          'interop')
 ENTRY_POINTS = ('cli', 'demo', 'tour', 'train', '__init__', '__main__')
 
 

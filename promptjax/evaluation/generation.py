@@ -41,29 +41,32 @@ from promptjax.models.model import shift_right
 EOS = 1
 
 
+def greedy_tokens(model, params, inputs: jax.Array, max_length: int) -> jax.Array:
+  """Traceable greedy decoding: [b, max_length] ids (EOS kept, zeros after it) for encoder inputs [b, n]."""
+  encoded, mask = model.encode(params, inputs)
+  b = inputs.shape[0]
+  ones = jnp.ones((b, max_length), jnp.int32)
+
+  def cond(carry):
+    i, _, done = carry
+    return (i < max_length) & ~jnp.all(done)
+
+  def body(carry):
+    i, tokens, done = carry
+    logits = model.decode(params, encoded, mask, ones, decoder_input_tokens=shift_right(tokens))
+    step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
+    nxt = jnp.argmax(step.astype(jnp.float32), axis=-1).astype(jnp.int32)
+    nxt = jnp.where(done, 0, nxt)
+    return i + 1, tokens.at[:, i].set(nxt), done | (nxt == EOS)
+
+  _, tokens, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((b, max_length), jnp.int32),
+                                                 jnp.zeros((b,), bool)))
+  return tokens
+
+
 @functools.lru_cache(maxsize=16)
 def _decoder(model, max_length: int):
-  def run(params, inputs):
-    encoded, mask = model.encode(params, inputs)
-    b = inputs.shape[0]
-    ones = jnp.ones((b, max_length), jnp.int32)
-
-    def cond(carry):
-      i, _, done = carry
-      return (i < max_length) & ~jnp.all(done)
-
-    def body(carry):
-      i, tokens, done = carry
-      logits = model.decode(params, encoded, mask, ones, decoder_input_tokens=shift_right(tokens))
-      step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
-      nxt = jnp.argmax(step.astype(jnp.float32), axis=-1).astype(jnp.int32)
-      nxt = jnp.where(done, 0, nxt)
-      return i + 1, tokens.at[:, i].set(nxt), done | (nxt == EOS)
-
-    _, tokens, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((b, max_length), jnp.int32),
-                                                   jnp.zeros((b,), bool)))
-    return tokens
-  return jax.jit(run)
+  return jax.jit(functools.partial(greedy_tokens, model, max_length=max_length))
 
 
 def _padded_batches(arrays: Sequence[np.ndarray], batch_size: int, multiples: Sequence[int]):

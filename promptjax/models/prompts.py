@@ -153,30 +153,30 @@ def make_prompt_module(prompt: PromptConfig, config: T5Config) -> Optional[nn.Mo
 # Initialization from the transformer's parameters.
 
 
-def _rms_norm(x, scale, eps):
-  x = np.asarray(x, np.float32)
-  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * np.asarray(scale)
+def _rms_norm(x, scale, eps, xp=np):
+  x = xp.asarray(x, np.float32)
+  return x / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps) * xp.asarray(scale)
 
 
-def _embedding_rows(rng, prompt: PromptConfig, embedding: np.ndarray) -> np.ndarray:
+def _embedding_rows(rng, prompt: PromptConfig, embedding: np.ndarray, xp=np) -> np.ndarray:
   """[L, embed] rows: vocab-sampled, or label words first then vocab-sampled."""
   L = prompt.length
   vocab = min(prompt.init_vocab_size, embedding.shape[0])
   rows = []
   if prompt.init == 'class_labels':
     for ids in prompt.init_labels[:L]:
-      rows.append(np.mean(embedding[np.asarray(ids, np.int64)], axis=0))
+      rows.append(xp.mean(embedding[np.asarray(ids, np.int32)], axis=0, keepdims=True))
   need = L - len(rows)
   if need > 0:
     if need > vocab:
       raise ValueError(f'Cannot sample {need} distinct prompt rows from {vocab} vocabulary rows.')
-    ids = np.asarray(jax.random.choice(rng, vocab, (need,), replace=False))
-    rows.extend(embedding[ids])
-  return np.stack(rows).astype(np.float32) if rows else np.zeros((0, embedding.shape[1]), np.float32)
+    ids = xp.asarray(jax.random.choice(rng, vocab, (need,), replace=False))
+    rows.append(embedding[ids])
+  return xp.concatenate(rows).astype(np.float32) if rows else xp.zeros((0, embedding.shape[1]), np.float32)
 
 
 def init_prompt_params(rng: jax.Array, prompt: PromptConfig, config: T5Config,
-                       transformer_params: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+                       transformer_params: Mapping[str, Any], xp=np) -> Optional[Dict[str, Any]]:
   """Builds the `prompt` subtree with the configured initializer (None for kind='none').
 
   Args:
@@ -184,6 +184,8 @@ def init_prompt_params(rng: jax.Array, prompt: PromptConfig, config: T5Config,
     prompt: the prompt configuration.
     config: the architecture.
     transformer_params: the transformer's parameters (T5X names), used by the embedding-based inits.
+    xp: `numpy` (on the host, reading only the pieces it needs) or `jax.numpy` (traceable, e.g. inside
+      T5X's jitted initialization; the same values up to float rounding of the deep-prompt projections).
   """
   if not prompt.enabled:
     return None
@@ -192,31 +194,31 @@ def init_prompt_params(rng: jax.Array, prompt: PromptConfig, config: T5Config,
   if prompt.init == 'uniform':
     shapes = prompt_shapes(prompt, config)
     keys = jax.random.split(rng, len(shapes))
-    flat = {path: np.asarray(jax.random.uniform(k, shape, jnp.float32, -prompt.init_range,
+    flat = {path: xp.asarray(jax.random.uniform(k, shape, jnp.float32, -prompt.init_range,
                                                 prompt.init_range))
             for k, (path, shape) in zip(keys, sorted(shapes.items()))}
     return traverse_util.unflatten_dict(flat)
-  emb = np.asarray(transformer_params['token_embedder']['embedding'], np.float32)
-  rows = _embedding_rows(rng, prompt, emb)  # [L, d]
+  emb = xp.asarray(transformer_params['token_embedder']['embedding'], np.float32)
+  rows = _embedding_rows(rng, prompt, emb, xp)  # [L, d]
   if prompt.kind == 'shallow':
     return {'prompt': rows}
   eps = config.layer_norm_epsilon
   tp = transformer_params
 
   def kv(x, attn):
-    return {'key': np.asarray(x @ np.asarray(attn['key']['kernel']), np.float32),
-            'value': np.asarray(x @ np.asarray(attn['value']['kernel']), np.float32)}
+    return {'key': xp.asarray(x @ xp.asarray(attn['key']['kernel']), np.float32),
+            'value': xp.asarray(x @ xp.asarray(attn['value']['kernel']), np.float32)}
 
   enc = {}
   for i in range(config.num_encoder_layers):
     lp = tp['encoder'][f'layers_{i}']
-    x = _rms_norm(rows, lp['pre_attention_layer_norm']['scale'], eps)
+    x = _rms_norm(rows, lp['pre_attention_layer_norm']['scale'], eps, xp)
     enc[f'layers_{i}'] = {'attention': kv(x, lp['attention'])}
-  cross_in = _rms_norm(rows, tp['encoder']['encoder_norm']['scale'], eps)
+  cross_in = _rms_norm(rows, tp['encoder']['encoder_norm']['scale'], eps, xp)
   dec = {}
   for i in range(config.num_decoder_layers):
     lp = tp['decoder'][f'layers_{i}']
-    x = _rms_norm(rows, lp['pre_self_attention_layer_norm']['scale'], eps)
+    x = _rms_norm(rows, lp['pre_self_attention_layer_norm']['scale'], eps, xp)
     dec[f'layers_{i}'] = {'self_attention': kv(x, lp['self_attention']),
                           'encoder_decoder_attention': kv(cross_in, lp['encoder_decoder_attention'])}
   return {'encoder': enc, 'decoder': dec}

@@ -498,10 +498,19 @@ def optimizer_state_shardings(optimizer: Any, abstract_params: PyTree, param_sha
   """
   abstract_params = _unbox(abstract_params)
   state = abstract_optimizer_state(optimizer, abstract_params)
+  specs = optimizer_state_specs(state, abstract_params, param_shardings)
+  return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs,
+                                is_leaf=lambda s: isinstance(s, P))
+
+
+def optimizer_state_specs(state: PyTree, params: PyTree, param_specs: PyTree) -> PyTree:
+  """PartitionSpecs for an optax state (arrays or ShapeDtypeStructs) from its parameters' specs, by the
+  rules of `optimizer_state_shardings`. `param_specs` holds PartitionSpecs (of mesh axes or of logical
+  axis names, e.g. for T5X's `derive_logical_axes`) or NamedShardings, with the structure of `params`."""
   is_sharding = lambda s: isinstance(s, (NamedSharding, P))
-  shapes = _flatten_by_path(abstract_params)
+  shapes = _flatten_by_path(_unbox(params))
   specs = {k: (s.spec if isinstance(s, NamedSharding) else s)
-           for k, s in _flatten_by_path(param_shardings, is_leaf=is_sharding).items()}
+           for k, s in _flatten_by_path(param_specs, is_leaf=is_sharding).items()}
   if set(shapes) != set(specs):
     raise PartitioningError('param_shardings does not have the structure of abstract_params '
                             f'(e.g. {sorted(set(shapes) ^ set(specs))[:1]}).')
@@ -510,9 +519,8 @@ def optimizer_state_shardings(optimizer: Any, abstract_params: PyTree, param_sha
     names = _path_names(path)
     match = _match_param(names, shapes)
     if match is None or not hasattr(leaf, 'shape'):
-      return NamedSharding(mesh, P())
-    spec = _state_leaf_spec(leaf.shape, names[:-len(match)], np.shape(shapes[match]), specs[match])
-    return NamedSharding(mesh, spec)
+      return P()
+    return _state_leaf_spec(leaf.shape, names[:-len(match)], np.shape(shapes[match]), specs[match])
   return jax.tree_util.tree_map_with_path(one, state)
 
 

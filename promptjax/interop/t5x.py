@@ -1,0 +1,163 @@
+"""promptjax's network as a T5X model: T5X's `Trainer`, `PjitPartitioner` and checkpointer run it unchanged.
+
+`T5XModel` is a `t5x.models.EncoderDecoderModel` whose `module` is promptjax's T5 v1.1 (`T5XModule`, the
+`promptjax.models.t5.Transformer` behind `PromptableT5`) with its shallow prompt (Lester et al. 2021) or
+deep prompt (Li & Liang 2021; Wu et al. 2022 §2). Parameter names are T5X's (a stock T5 v1.1 T5X
+checkpoint restores into the transformer; the prompt is the extra `prompt/` subtree), and
+`get_initial_variables` emits the `params_axes` collection T5X's partitioner reads. `optimizer` wraps an
+optax optimizer of `promptjax.training.optimizers` (default: the papers' Adafactor) for T5X, masked to
+the trainable group ('all' = T✓P✓, 'transformer' = T✓P✗, 'prompt' = T✗P✓, Wu et al. 2022 §3).
+
+Loss: the model's `loss_normalization` and `z_loss` become T5X's `loss_normalizing_factor` and `z_loss`
+('num_real_target_tokens' -> 'NUM_REAL_TARGET_TOKENS', 'none' -> None, a float stays a float), so both
+trainers minimize the same loss. T5X computes it itself (`t5x.models.BaseTransformerModel.loss_fn`).
+
+Not supported: packed examples (segment ids / positions; use an unpacked feature converter), and beam
+search or sampling: `predict_batch` decodes greedily without a key/value cache (each step re-runs the
+decoder on the prefix, fine for short targets). Scoring (`score_batch`) and evaluation losses work.
+
+This module imports T5X; `import promptjax` does not import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax
+from flax import traverse_util
+from flax.linen import partitioning as flax_partitioning
+import jax
+import jax.numpy as jnp
+import optax
+from t5x import models as t5x_models
+from t5x import optimizers as t5x_optimizers
+
+from promptjax.errors import DataError, TrainingError
+from promptjax.evaluation.generation import greedy_tokens
+from promptjax.models.model import PromptableT5
+from promptjax.models.prompts import init_prompt_params
+from promptjax.models.t5 import Transformer
+from promptjax.training import optimizers as opt_lib
+from promptjax.training import partitioning
+from promptjax.training.method import masked_default_optimizer
+
+_PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions', 'decoder_positions')
+_NO_DECODING = ('promptjax.interop.t5x.T5XModel decodes greedily only (one decode, no beam search, sampling, '
+                'decoder_params or forced target prefixes; promptjax has no key/value cache); use the default '
+                'predict_batch, or score_batch for rank classification.')
+
+
+class T5XModule(Transformer):
+  """`Transformer` with the call signature T5X's `EncoderDecoderModel` uses. Packing features must be None."""
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
+               max_decode_length: Optional[int] = None):
+    if decode or max_decode_length is not None:
+      raise NotImplementedError(_NO_DECODING)
+    given = dict(zip(_PACKING_FEATURES, (encoder_segment_ids, decoder_segment_ids, encoder_positions,
+                                         decoder_positions)))
+    packed = [k for k, v in given.items() if v is not None]
+    if packed:
+      raise DataError(f'promptjax.interop.t5x.T5XModel got {packed[0]}: packed examples are not supported; set '
+                      'utils.DatasetConfig.pack = False for train, train_eval and infer_eval.')
+    return super().__call__(jnp.asarray(encoder_input_tokens, jnp.int32),
+                            jnp.asarray(decoder_input_tokens, jnp.int32),
+                            None if decoder_target_tokens is None else
+                            jnp.asarray(decoder_target_tokens, jnp.int32), enable_dropout)
+
+
+def loss_normalizing_factor(model: PromptableT5):
+  """T5X's `loss_normalizing_factor` for the model's `loss_normalization` (see `promptjax.models.losses`)."""
+  norm = model.loss_normalization
+  if not isinstance(norm, str):
+    return float(norm)
+  if norm == 'num_real_target_tokens':
+    return 'NUM_REAL_TARGET_TOKENS'
+  if norm == 'none':
+    return None
+  raise TrainingError(f'PromptableT5.loss_normalization={norm!r} has no T5X equivalent; use '
+                      "'num_real_target_tokens', 'none' or a float with promptjax.interop.t5x.T5XModel.")
+
+
+def params_axes(model: PromptableT5) -> Mapping[str, Any]:
+  """T5X's `params_axes` collection: `<name>_axes` AxisMetadata (logical axis names) per parameter."""
+  flat = traverse_util.flatten_dict(model.logical_axes(),
+                                    is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec))
+  return traverse_util.unflatten_dict({k[:-1] + (k[-1] + '_axes',): flax_partitioning.AxisMetadata(tuple(v))
+                                       for k, v in flat.items()})
+
+
+class OptaxWrapper(t5x_optimizers.OptaxWrapper):
+  """T5X's `OptaxWrapper` that also partitions factored Adafactor states (T5X's rules stop at optax's
+  `FactoredState`): each state leaf follows its parameter's logical axes, a factored row/column statistic
+  the parameter's axes minus the averaged dimension, anything else replicated
+  (`promptjax.training.partitioning.optimizer_state_specs`)."""
+
+  def derive_logical_axes(self, optimizer, param_logical_axes):
+    axes = jax.tree_util.tree_map(lambda x: None, optimizer.state_dict())
+    axes['target'] = param_logical_axes
+    state_axes = partitioning.optimizer_state_specs(optimizer.state.param_states, optimizer.target,
+                                                    flax.core.unfreeze(param_logical_axes))
+    axes['state']['param_states'] = flax.serialization.to_state_dict(state_axes)
+    return optimizer.restore_state(flax.core.unfreeze(axes))
+
+
+def optimizer(optimizer: Optional[optax.GradientTransformation] = None, trainable: str = 'all'
+              ) -> OptaxWrapper:
+  """T5X's `optimizer_def`: `optimizer` (None: the papers' Adafactor, lr 1e-3, `optimizers.adafactor`)
+  masked to `trainable` ('all', 'transformer', 'prompt'; frozen leaves get zero updates and no state)."""
+  return OptaxWrapper(masked_default_optimizer(optimizer, None, trainable))
+
+
+def learning_rate_fn(optimizer_def: OptaxWrapper):
+  """The learning rate T5X's `Trainer` logs (the optax optimizer applies its own schedule)."""
+  schedule = opt_lib.learning_rate_schedule(getattr(optimizer_def, 'optax_optimizer', None))
+  return schedule or (lambda step: jnp.zeros((), jnp.float32))
+
+
+class T5XModel(t5x_models.EncoderDecoderModel):
+  """A `PromptableT5` as a T5X `EncoderDecoderModel` (see the module docstring).
+
+  Args:
+    model: the promptjax model (architecture, prompt, loss normalization, z_loss).
+    input_vocabulary, output_vocabulary: seqio vocabularies (T5X's feature converter and evaluation).
+    optimizer_def: T5X's optimizer (`optimizer(...)`; None: `optimizer()`, Adafactor on everything).
+    label_smoothing, feature_converter_cls: as in T5X.
+  """
+
+  def __init__(self, model: PromptableT5, input_vocabulary=None, output_vocabulary=None,
+               optimizer_def=None, label_smoothing: float = 0.0, feature_converter_cls=None):
+    self.promptable = model
+    super().__init__(module=T5XModule(model.config, model.prompt), input_vocabulary=input_vocabulary,
+                     output_vocabulary=output_vocabulary or input_vocabulary,
+                     optimizer_def=optimizer() if optimizer_def is None else optimizer_def,
+                     feature_converter_cls=feature_converter_cls, label_smoothing=label_smoothing,
+                     z_loss=model.z_loss, loss_normalizing_factor=loss_normalizing_factor(model))
+
+  def get_initial_variables(self, rng, input_shapes=None, input_types=None):
+    """{'params': the values of `PromptableT5.init_params(rng)`, 'params_axes': their logical axes}.
+    Traceable (T5X jits it); the prompt comes from the freshly initialized transformer (a deep prompt's
+    projections equal the host-side ones up to float rounding)."""
+    del input_shapes, input_types  # parameter values do not depend on them
+    init_rng, prompt_rng = jax.random.split(rng)
+    params = self.promptable.init_transformer(init_rng)
+    prompt = init_prompt_params(prompt_rng, self.promptable.prompt, self.promptable.config, params, xp=jnp)
+    if prompt is not None:
+      params['prompt'] = jax.tree_util.tree_map(jnp.asarray, prompt)
+    return flax.core.freeze({'params': params, 'params_axes': params_axes(self.promptable)})
+
+  def predict_batch_with_aux(self, params, batch, rng=None, decoder_params=None, return_all_decodes=None,
+                             num_decodes=None, prompt_with_targets=False):
+    """Greedy decoding up to the batch's target length (`promptjax.evaluation.generation.greedy_tokens`:
+    no key/value cache, each step re-runs the decoder on the prefix), with each sequence's log-likelihood
+    as its score. `rng` is ignored (greedy is deterministic); beams, sampling and forced prefixes raise."""
+    del rng
+    if (num_decodes or 1) > 1 or return_all_decodes or prompt_with_targets or decoder_params:
+      raise NotImplementedError(_NO_DECODING)
+    tokens = greedy_tokens(self.promptable, params, batch['encoder_input_tokens'],
+                           batch['decoder_input_tokens'].shape[1])
+    scores = self.promptable.score_batch(params, {'encoder_input_tokens': batch['encoder_input_tokens'],
+                                                  'decoder_target_tokens': tokens})
+    return tokens, {'scores': scores}

@@ -1,0 +1,112 @@
+"""T5X's own trainer as an independent check of promptjax's: `promptjax.interop.t5x.T5XModel` trained by
+`t5x.trainer.Trainer` (T5X's loss, partitioner and optimizer wrapper) and promptjax's trainer, from the same
+parameters on the same batches with the same optax Adafactor, give the same per-step losses for MTL-T✓P✓
+(shallow prompt), MTL-T✗P✓ (deep prompt) and MTL-T✓P✗ (no prompt) (Wu et al. 2022 §3)."""
+
+import jax
+import numpy as np
+import pytest
+
+t5x = pytest.importorskip('t5x')
+
+from promptjax.models import PromptableT5, PromptConfig, get_config  # noqa: E402
+from promptjax.models.model import shift_right  # noqa: E402
+from promptjax.training import optimizers, trainer  # noqa: E402
+from promptjax.training.method import MultiTask  # noqa: E402
+
+VOCAB, BATCH, LENGTHS, STEPS = 128, 8, {'inputs': 12, 'targets': 6}, 10
+LEARNING_RATE = 1e-2  # large enough that 10 Adafactor steps move the loss well beyond the tolerance
+# Same math, different float summation order (T5X divides each token's loss by the token count before
+# summing; promptjax sums, then divides) and different fusions: the losses agree to float32 rounding.
+TOLERANCE = 1e-5
+CASES = {'shallow-T✓P✓': ('shallow', 'all'), 'deep-T✗P✓': ('deep', 'prompt'), 'none-T✓P✗': ('none', 'transformer')}
+
+
+def _batches():
+  """STEPS batches cycling through two (so step 9 sees step 1's batch again: the loss must have dropped)."""
+  rng = np.random.RandomState(0)
+  out = []
+  for _ in range(2):
+    enc = rng.randint(2, VOCAB, size=(BATCH, LENGTHS['inputs'])).astype(np.int32)
+    enc[:, -3:] *= rng.randint(0, 2, size=(BATCH, 1))       # some padded inputs
+    tgt = rng.randint(2, VOCAB, size=(BATCH, LENGTHS['targets'])).astype(np.int32)
+    lengths = rng.randint(2, LENGTHS['targets'] + 1, size=BATCH)
+    for row, n in zip(tgt, lengths):                        # EOS, then padding: ragged targets
+      row[n - 1], row[n:] = 1, 0
+    out.append({'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
+                'decoder_input_tokens': np.asarray(shift_right(tgt)),
+                'decoder_loss_weights': (tgt > 0).astype(np.float32)})
+  return [out[i % 2] for i in range(STEPS)]
+
+
+def _model(kind):
+  # 8 heads: T5X's CPU mesh puts all 8 test devices on its 'model' axis, and every sharded dimension
+  # (vocab, heads, heads x head_dim, mlp) must divide by 8 there; promptjax runs data-parallel on 8.
+  config = get_config('tiny', vocab_size=VOCAB, num_heads=8, head_dim=2, num_encoder_layers=1,
+                      num_decoder_layers=1)
+  return PromptableT5(config, PromptConfig(kind=kind, length=3))
+
+
+def _adafactor():
+  # Factor every matrix with both dimensions >= 8, so T5X partitions factored second moments too.
+  return optimizers.adafactor(LEARNING_RATE, min_dim_size_to_factor=8)
+
+
+def _promptjax_losses(model, trainable, batches, model_dir):
+  cfg = trainer.DatasetConfig('none', LENGTHS, batch_size=BATCH)
+  result = trainer.train(model_dir=model_dir, model=model, method=MultiTask(cfg), total_steps=STEPS,
+                         optimizer=_adafactor(), trainable=trainable,
+                         batches=iter(batches), progress=False, async_checkpointing=False)
+  return [result.losses[s] for s in range(1, STEPS + 1)]
+
+
+def _t5x_losses(model, trainable, batches):
+  from t5x import partitioning, trainer as t5x_trainer, utils
+  from promptjax.interop import t5x as t5x_model
+  opt_def = t5x_model.optimizer(_adafactor(), trainable)
+  net = t5x_model.T5XModel(model, optimizer_def=opt_def)
+  partitioner = partitioning.PjitPartitioner(num_partitions=1)
+  shapes = {k: v.shape for k, v in batches[0].items()}
+  types = {k: v.dtype for k, v in batches[0].items()}
+  init = utils.TrainStateInitializer(opt_def, net.get_initial_variables, shapes, partitioner, types)
+  # T5X's own initialization: `get_initial_variables` gives `PromptableT5.init_params(PRNGKey(0))`, the
+  # parameters promptjax's trainer starts from with seed 0 (a deep prompt's projections up to float rounding).
+  state = init.from_scratch(jax.random.PRNGKey(0))
+  t = t5x_trainer.Trainer(net, state, partitioner, eval_names=[], summary_dir=None,
+                          train_state_axes=init.train_state_axes, rng=jax.random.PRNGKey(0),
+                          learning_rate_fn=t5x_model.learning_rate_fn(opt_def), num_microbatches=None)
+  with t:
+    return [float(t.train(iter([b]), num_steps=1).result()['loss'].value) for b in batches]
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_t5x_trainer_gives_promptjax_losses(case, tmp_path):
+  kind, trainable = CASES[case]
+  model, batches = _model(kind), _batches()
+  ours = _promptjax_losses(model, trainable, batches, str(tmp_path))
+  theirs = _t5x_losses(model, trainable, batches)
+  diff = np.max(np.abs(np.subtract(ours, theirs)))
+  print(f'{case}: max |promptjax - T5X| per-step loss = {diff:.2e}; batch-0 loss {ours[0]:.4f} -> {ours[8]:.4f}')
+  assert ours[0] - ours[8] > 100 * TOLERANCE, ours   # training lowered the loss of the first batch
+  np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+
+
+def test_scoring_decoding_and_refusals():
+  """`score_batch` (T5X's) is promptjax's summed target log-likelihood, `predict_batch` decodes greedily; packed
+  batches, beams and a loss normalization T5X lacks are refused with the fix named."""
+  import dataclasses
+  from promptjax.errors import DataError, TrainingError
+  from promptjax.interop import t5x as t5x_model
+  model, batch = _model('shallow'), _batches()[0]
+  net = t5x_model.T5XModel(model)
+  params = model.init_params(jax.random.PRNGKey(1))
+  np.testing.assert_allclose(jax.jit(net.score_batch)(params, batch), model.score_batch(params, batch),
+                             atol=1e-5)
+  predicted = np.asarray(jax.jit(net.predict_batch)(params, batch))   # `greedy_tokens`, as promptjax eval
+  assert predicted.shape == (BATCH, LENGTHS['targets']) and predicted.min() >= 0 and predicted.max() < VOCAB
+  with pytest.raises(NotImplementedError, match='greedily only'):
+    net.predict_batch_with_aux(params, batch, num_decodes=4)
+  with pytest.raises(DataError, match='pack = False'):
+    net.loss_fn(params, {**batch, 'encoder_segment_ids': batch['encoder_input_tokens'] > 0}, None)
+  with pytest.raises(TrainingError, match='no T5X equivalent'):
+    t5x_model.T5XModel(dataclasses.replace(model, loss_normalization='num_examples'))
