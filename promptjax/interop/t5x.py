@@ -60,8 +60,10 @@ class T5XModule(Transformer):
                                          decoder_positions)))
     packed = [k for k, v in given.items() if v is not None]
     if packed:
-      raise DataError(f'promptjax.interop.t5x.T5XModel got {packed[0]}: packed examples are not supported; set '
-                      'utils.DatasetConfig.pack = False for train, train_eval and infer_eval.')
+      raise DataError(f'promptjax.interop.t5x.T5XModel got {packed[0]}: packed examples are not supported. Use '
+                      "promptjax's T5X run files (promptjax/configs/t5x/runs/pretrain.gin, finetune.gin) or bind "
+                      'train/utils.DatasetConfig.pack = False and train_eval/utils.DatasetConfig.pack = False '
+                      "(T5X's run files bind these scoped ones, which an unscoped binding does not override).")
     return super().__call__(jnp.asarray(encoder_input_tokens, jnp.int32),
                             jnp.asarray(decoder_input_tokens, jnp.int32),
                             None if decoder_target_tokens is None else

@@ -1,0 +1,124 @@
+"""The T5X gin files promptjax ships (`promptjax/configs/t5x`) parse as `python -m t5x.train` / `t5x.eval`
+parse them (`t5x.gin_utils.parse_gin_flags`, `from __gin__ import dynamic_registration`, unknown names
+refused) and build the intended `T5XModel`: its architecture and vocabulary, its prompt, and an optimizer
+that updates exactly the method's trainable group (Wu et al. 2022 §3). Nothing is trained here."""
+
+import contextlib
+import os
+import sys
+
+import jax
+import pytest
+
+t5x = pytest.importorskip('t5x')
+
+import gin  # noqa: E402
+from t5x import gin_utils  # noqa: E402
+
+import promptjax  # noqa: E402
+from promptjax.interop import t5x as pj_t5x  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(promptjax.__file__), 'configs', 't5x')
+T5X_SEARCH_PATH = os.path.dirname(os.path.dirname(t5x.__file__))  # where t5x.train finds t5x/configs/...
+
+# method file: (prompt kind, prompt length, trainable group)
+METHODS = {'mtl_prompt.gin': ('shallow', 20, 'all'), 'mtl_prompt_deep.gin': ('deep', 20, 'all'),
+           't0.gin': ('none', None, 'transformer'), 'ppt.gin': ('shallow', 20, 'prompt')}
+# model file: (promptjax.models.get_config name, vocabulary name)
+MODELS = {'models/t5_1_1_mini.gin': ('mini', 'mini'),
+          'models/t5_1_1_lm100k_large.gin': ('t5_1_1_lm100k_large', 't5'),
+          'models/t5_1_1_lm100k_xl.gin': ('t5_1_1_lm100k_xl', 't5')}
+TRAIN_BINDINGS = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'mini_train'", 'TRAIN_STEPS = 2',
+                  "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 16}"]
+EVAL_BINDINGS = ["CHECKPOINT_PATH = '/tmp/unused'", "EVAL_OUTPUT_DIR = '/tmp/unused'",
+                 "MIXTURE_OR_TASK_NAME = 'mini_heldout_rank_classification'"]
+
+
+@contextlib.contextmanager
+def _parsed(files, bindings=(), script=None):
+  """Parses `files` as t5x's scripts do; `script` ('train' / 'eval') stands in for the `__main__` their run
+  files import. The gin config is cleared before and after."""
+  main = sys.modules['__main__']
+  gin.clear_config()
+  try:
+    if script:
+      sys.modules['__main__'] = __import__(f't5x.{script}', fromlist=['_'])
+    gin_utils.parse_gin_flags([CONFIG_DIR, T5X_SEARCH_PATH], files, list(bindings), finalize_config=False)
+    yield
+  finally:
+    sys.modules['__main__'] = main
+    gin.clear_config()
+
+
+def test_shipped_files_are_tested():
+  shipped = {os.path.relpath(os.path.join(d, f), CONFIG_DIR) for d, _, fs in os.walk(CONFIG_DIR) for f in fs
+             if f.endswith('.gin')}
+  runs = {'models/promptable_t5.gin', 'runs/pretrain.gin', 'runs/finetune.gin', 'runs/eval.gin',
+          'runs/promptjax_overrides.gin'}
+  assert shipped == set(METHODS) | set(MODELS) | runs
+
+
+def _optimized_groups(model):
+  """The parameter groups ('transformer', 'prompt') the model's T5X optimizer keeps state for, i.e. updates
+  (`optimizers.masked_optimizer`: frozen leaves are `MaskedNode`s inside the inner optimizer and get zero
+  updates). Abstract shapes only: nothing is initialized or compiled."""
+  params = jax.eval_shape(model.get_initial_variables, jax.random.PRNGKey(0))['params']
+  state = jax.eval_shape(model.optimizer_def.optax_optimizer.init, params)
+  groups = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(state.inner_states['trainable'])[0]:
+    keys = [getattr(k, 'key', None) for k in path]
+    groups.update('prompt' if k == 'prompt' else 'transformer' for k in keys if k in params)
+  return groups
+
+
+GROUPS = {'all': {'transformer', 'prompt'}, 'transformer': {'transformer'}, 'prompt': {'prompt'}}
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_method_files_build_the_model(method):
+  kind, length, trainable = METHODS[method]
+  with _parsed(['models/t5_1_1_mini.gin', method]):
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+    assert gin.query_parameter('pj_t5x.optimizer.trainable') == trainable
+  assert isinstance(model, pj_t5x.T5XModel) and isinstance(model.optimizer_def, pj_t5x.OptaxWrapper)
+  assert model.promptable.prompt.kind == kind
+  if length is not None:
+    assert model.promptable.prompt.length == length
+  expected = GROUPS[trainable] - ({'prompt'} if kind == 'none' else set())
+  assert _optimized_groups(model) == expected
+
+
+@pytest.mark.parametrize('model_file', sorted(MODELS))
+def test_model_files(model_file):
+  from promptjax import tasks
+  from promptjax.models import get_config
+  name, vocab = MODELS[model_file]
+  with _parsed([model_file, 'mtl_prompt.gin']):
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+  assert model.promptable.config == get_config(name, dropout_rate=0.0)
+  # the very object promptjax's tasks use, so t5x's vocabulary check passes without reading the model file
+  assert model.input_vocabulary is tasks.get_vocabulary(vocab)
+  assert model.output_vocabulary is tasks.get_vocabulary(vocab)
+  assert model._loss_normalizing_factor == 'NUM_REAL_TARGET_TOKENS' and model._z_loss == 0.0
+
+
+@pytest.mark.parametrize('run', ['runs/pretrain.gin', 'runs/finetune.gin'])
+def test_train_run_files(run):
+  bindings = TRAIN_BINDINGS + (["INITIAL_CHECKPOINT_PATH = '/tmp/unused'"] if 'finetune' in run else [])
+  with _parsed(['models/t5_1_1_mini.gin', 'ppt.gin', run], bindings, script='train'):
+    for scope in ('train', 'train_eval'):
+      assert gin.query_parameter(f'{scope}/utils.DatasetConfig.pack') is False
+    assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'promptjax.tasks'
+    assert gin.query_parameter('%USE_CACHED_TASKS') is False
+    assert gin.query_parameter('%DROPOUT_RATE') == 0.0
+    lr = gin.query_parameter('trainer.Trainer.learning_rate_fn').scoped_configurable_fn()
+    assert float(lr(0)) == pytest.approx(1e-3)
+    if 'finetune' in run:
+      assert gin.query_parameter('utils.RestoreCheckpointConfig.fallback_to_scratch') is True
+
+
+def test_eval_run_file():
+  with _parsed(['models/t5_1_1_mini.gin', 'mtl_prompt.gin', 'runs/eval.gin'], EVAL_BINDINGS, script='eval'):
+    assert gin.query_parameter('utils.DatasetConfig.split') == 'validation'
+    assert gin.query_parameter('utils.DatasetConfig.pack') is False
+    assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'promptjax.tasks'
