@@ -66,35 +66,40 @@ def supmer_construction(tmp_path_factory, worker_id):
 # The longest test files first: `make test` runs `pytest -n 2 --dist loadfile`, which hands files to the two
 # workers in collection order, so long files collected last (tests/training sorts after the rest) leave one
 # worker running alone at the end. Longest-first keeps both busy. The order is by the per-file times of a
-# `--durations` run (2 cores; the seconds in the comments are from before the suite was sped up, kept
-# as relative weights). Files not listed keep their order after these.
-_LONG_FILES = (
-    'training/test_trainer.py',                 # ~410
-    'meta/test_meta_training.py',               # ~315
-    'test_demo.py',                             # ~175
-    'evaluation/test_eval_cli.py',              # ~140
-    'training/test_multiprocess.py',            # ~110
-    'supmer/test_end_to_end.py',                # ~90 (+ the shared SUPMER construction when first)
-    'models/test_t5.py',                        # ~105
-    'supmer/test_train.py',                     # ~95
-    'evaluation/test_fewshot.py',               # ~80
-    'training/test_hardening.py',               # ~60
-    'supmer/test_baselines.py',                 # ~75
-    'evaluation/test_downstream.py',            # ~70
-    'models/test_prompts.py',                   # ~70
-    'evaluation/test_rank_classification.py',   # ~60
-    'supmer/test_algorithm.py',                 # ~60
-    'meta/test_maml_reference.py',              # ~55
-    'test_readme.py',                           # ~40
-    'interop/test_t5x_trainer.py',              # ~40 (measured alone: 3 x (promptjax + T5X trainer) + scoring)
-    'meta/test_meta_gradients.py',              # ~35
-    'tasks/test_mini.py',                       # ~35
-    'supmer/test_downstream_protocol.py',       # ~30
-    'models/test_input_vectors.py',             # ~30
-    'supmer/test_construct.py',                 # ~30
-    'checkpoints/test_load.py',                 # ~25
-    'checkpoints/test_peft.py',                 # ~25
-    'test_tour.py',                             # ~25
+# `--junitxml` run of the whole suite (scaled to an idle 2-core run); files under ~8 s are not listed and
+# keep their order after these. Re-measure when a file grows.
+_LONG_FILES = (  # seconds on 2 idle cores, from a --junitxml run of the whole suite
+    'training/test_trainer.py',                 # ~190
+    'meta/test_meta_training.py',               # ~110
+    'meta/test_meta_gradients.py',              # ~85
+    'supmer/test_baselines.py',                 # ~65
+    'evaluation/test_eval_cli.py',              # ~55
+    'supmer/test_algorithm.py',                 # ~50
+    'test_demo.py',                             # ~45
+    'evaluation/test_fewshot.py',               # ~40
+    'models/test_t5.py',                        # ~40
+    'supmer/test_end_to_end.py',                # ~40
+    'evaluation/test_downstream.py',            # ~35
+    'interop/test_t5x_trainer.py',              # ~35
+    'evaluation/test_rank_classification.py',   # ~30
+    'training/test_hardening.py',               # ~30
+    'meta/test_maml_reference.py',              # ~30
+    'training/test_partitioning.py',            # ~30
+    'tasks/test_mini.py',                       # ~25
+    'supmer/test_train.py',                     # ~25
+    'models/test_input_vectors.py',             # ~25
+    'models/test_t5_parity.py',                 # ~20
+    'training/test_multiprocess.py',            # ~20
+    'data/test_meta_sampler.py',                # ~20
+    'evaluation/test_seqio_generative.py',      # ~20
+    'models/test_prompts.py',                   # ~15
+    'tasks/test_crossfit.py',                   # ~15
+    'checkpoints/test_t5x.py',                  # ~15
+    'tasks/test_mini_benchmark_data.py',        # ~15
+    'training/test_method.py',                  # ~10
+    'tasks/test_p3.py',                         # ~10
+    'test_tour.py',                             # ~10
+    'supmer/test_construct.py',                 # ~10
 )
 
 
