@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m promptjax.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

@@ -63,11 +63,12 @@ def supmer_construction(tmp_path_factory, worker_id):
     return out, json.load(f)
 
 
-# The longest test files first: `make test` runs `pytest -n 2 --dist loadfile`, which hands files to the two
-# workers in collection order, so long files collected last (tests/training sorts after the rest) leave one
-# worker running alone at the end. Longest-first keeps both busy. The order is by the per-file times of a
-# `--junitxml` run of the whole suite (scaled to an idle 2-core run); files under ~8 s are not listed and
-# keep their order after these. Re-measure when a file grows.
+# The longest test files first: `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`, which
+# hands files to the two workers in collection order (without the flag, xdist orders files by their number
+# of tests and a one-test file like the demo's runs last, alone). Longest-first keeps both workers busy to
+# the end. The order is by the per-file times of a `--junitxml` run of the whole suite (scaled to an idle
+# 2-core run); files under ~8 s are not listed and keep their order after these. Re-measure when a file
+# grows.
 _LONG_FILES = (  # seconds on 2 idle cores, from a --junitxml run of the whole suite
     'training/test_trainer.py',                 # ~190
     'meta/test_meta_training.py',               # ~110

@@ -39,6 +39,10 @@ def _parsed(files, bindings=(), script=None):
   """Parses `files` as t5x's scripts do; `script` ('train' / 'eval') stands in for the `__main__` their run
   files import. The gin config is cleared before and after."""
   main = sys.modules['__main__']
+  # `promptjax` CLI tests in the same process add promptjax/configs to gin's search paths, where the same
+  # relative names (models/t5_1_1_mini.gin, mtl_prompt.gin, runs/eval.gin) are promptjax's own files.
+  prefixes = list(gin.config._LOCATION_PREFIXES)  # pylint: disable=protected-access
+  gin.config._LOCATION_PREFIXES[:] = ['']  # pylint: disable=protected-access
   gin.clear_config()
   try:
     if script:
@@ -48,6 +52,7 @@ def _parsed(files, bindings=(), script=None):
   finally:
     sys.modules['__main__'] = main
     gin.clear_config()
+    gin.config._LOCATION_PREFIXES[:] = prefixes  # pylint: disable=protected-access
 
 
 def test_shipped_files_are_tested():
