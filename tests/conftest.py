@@ -72,11 +72,12 @@ def supmer_construction(tmp_path_factory, worker_id):
 _LONG_FILES = (  # seconds on 2 idle cores, from a --junitxml run of the whole suite
     'training/test_trainer.py',                 # ~190
     'meta/test_meta_training.py',               # ~110
+    'test_demo.py',                             # ~75 (one test: 65-85 s)
     'meta/test_meta_gradients.py',              # ~85
     'supmer/test_baselines.py',                 # ~65
+    'training/test_multiprocess.py',            # ~40 (one test: 35-48 s)
     'evaluation/test_eval_cli.py',              # ~55
     'supmer/test_algorithm.py',                 # ~50
-    'test_demo.py',                             # ~45
     'evaluation/test_fewshot.py',               # ~40
     'models/test_t5.py',                        # ~40
     'supmer/test_end_to_end.py',                # ~40
@@ -90,7 +91,6 @@ _LONG_FILES = (  # seconds on 2 idle cores, from a --junitxml run of the whole s
     'supmer/test_train.py',                     # ~25
     'models/test_input_vectors.py',             # ~25
     'models/test_t5_parity.py',                 # ~20
-    'training/test_multiprocess.py',            # ~20
     'data/test_meta_sampler.py',                # ~20
     'evaluation/test_seqio_generative.py',      # ~20
     'models/test_prompts.py',                   # ~15
