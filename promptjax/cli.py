@@ -39,7 +39,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
-from promptjax.errors import PromptjaxError
+from promptjax.errors import PromptjaxError, first_line
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')  # package data
 EXIT_USAGE = 2
@@ -176,14 +176,9 @@ def _init_distributed(args) -> None:
       jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                  num_processes=args.process_count, process_id=args.process_index)
   except (ValueError, RuntimeError) as e:
-    raise CliError(f'multi-host start-up failed ({_first_line(e)}): --multiprocess joins a cluster JAX can '
+    raise CliError(f'multi-host start-up failed ({first_line(e)}): --multiprocess joins a cluster JAX can '
                    'detect (Cloud TPU pod, SLURM, Open MPI); elsewhere give --coordinator_address=HOST:PORT '
                    '--process_count=N --process_index=I, or drop the flag for one process.') from e
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
 
 
 def _macro(name: str):

@@ -32,3 +32,10 @@ class EvaluationError(PromptjaxError, RuntimeError):
 
 class ExportError(PromptjaxError, ValueError):
   """A checkpoint or prompt that cannot be written in the asked-for format (or read back from it)."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+  """The first line of an exception's message (its type name when it has none), at most `limit` characters:
+  what a one-line ``error:`` message quotes of a library's error."""
+  text = str(e).strip()
+  return (text.splitlines()[0] if text else type(e).__name__)[:limit]

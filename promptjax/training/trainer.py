@@ -19,7 +19,6 @@ a checkpoint at the current step and return cleanly; no checkpoint of diverged p
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import json
 import logging
@@ -35,7 +34,7 @@ import numpy as np
 import optax
 
 from promptjax.data.feeds import DatasetConfig, dataset_batches
-from promptjax.errors import TrainingError
+from promptjax.errors import TrainingError, first_line
 from promptjax.models.model import PromptableT5
 from promptjax.training import optimizers as opt_lib
 from promptjax.training import partitioning
@@ -390,11 +389,6 @@ def _check_t5x_step_count(total_steps: int, initial_checkpoint_path: Optional[st
           f'{total_steps} more steps. For T5X\'s meaning pass TRAIN_STEPS={total_steps - pretrained}.')
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 def _restore_latest(manager, model_dir: str, run: Setup, signature, restore_fallback: bool):
   """(state, step, data position) of the newest checkpoint in `manager`, or None when it has none.
   A checkpoint of another model or method is refused; an unreadable one stops the run naming the previous
@@ -424,10 +418,10 @@ def _restore_latest(manager, model_dir: str, run: Setup, signature, restore_fall
                f'(checkpoint_{latest} is moved to checkpoint_{latest}.unreadable), or restore '
                f'checkpoint_{latest} from a backup.' if previous is not None else
                'It is the only checkpoint: restore it from a backup, or start over in a new MODEL_DIR.')
-        raise TrainingError(f'{path} cannot be restored ({type(e).__name__}: {_first_line(e)}). {fix}') from e
+        raise TrainingError(f'{path} cannot be restored ({type(e).__name__}: {first_line(e)}). {fix}') from e
       if jax.process_index() == 0:
         os.rename(path, path + '.unreadable')
-      log.warning('%s cannot be restored (%s); moved it to %s.unreadable and trying %s.', path, _first_line(e),
+      log.warning('%s cannot be restored (%s); moved it to %s.unreadable and trying %s.', path, first_line(e),
                   path, f'checkpoint_{previous}' if previous is not None else 'nothing older')
       if previous is None:
         raise TrainingError(f'No checkpoint in {model_dir} can be restored (the unreadable ones were moved to '
