@@ -159,7 +159,7 @@ def summary(results: Mapping[str, rc.TaskResult]) -> Dict[str, Any]:
 
 
 def evaluate_zero_shot(model, params, tasks: Sequence[str], *, split: str = 'validation',
-                       length_normalize: bool = False, examples_per_batch: int = 32,
+                       length_normalize: bool = True, examples_per_batch: int = 32,
                        task_feature_lengths: Optional[Mapping[str, int]] = None,
                        max_examples: Optional[int] = None, output_dir: Optional[str] = None,
                        progress: bool = True, eval_choices: Optional[Mapping[str, rc.ChoiceSet]] = None
@@ -180,7 +180,7 @@ def evaluate_zero_shot(model, params, tasks: Sequence[str], *, split: str = 'val
 
 
 def evaluate_few_shot(model, params, tasks: Sequence[str], cfg: FewShotConfig = FewShotConfig(), *,
-                      split: str = 'validation', length_normalize: bool = False,
+                      split: str = 'validation', length_normalize: bool = True,
                       examples_per_batch: int = 32, task_feature_lengths: Optional[Mapping[str, int]] = None,
                       max_examples: Optional[int] = None, output_dir: Optional[str] = None,
                       progress: bool = True, eval_choices: Optional[Mapping[str, rc.ChoiceSet]] = None,

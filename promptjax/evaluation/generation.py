@@ -202,10 +202,11 @@ def seqio_predict_fn(model, params, max_length: int, batch_size: int = 32):
 
 def seqio_score_fn(model, params, length_normalize: bool = False, batch_size: int = 32):
   """A ``seqio.Evaluator`` ``score_fn(dataset, model_feature_shapes=None) -> [(index, score)]``: the
-  log-likelihood of each enumerated example's targets (EOS included), summed or, ``length_normalize``,
-  divided by the number of target tokens (the official Wu et al. code). seqio calls it for tasks with
-  score metrics: the rank-classification views, whose `promptjax.tasks.p3.rank_classification_accuracy`
-  then equals `promptjax eval`'s accuracy with the same `length_normalize`."""
+  log-likelihood of each enumerated example's targets (EOS included), summed as T5X's ``score_batch`` or,
+  ``length_normalize``, divided by the number of target tokens. seqio calls it for tasks with score
+  metrics: the rank-classification views, whose `promptjax.tasks.p3.rank_classification_accuracy`
+  divides the summed scores by the target length itself, so its accuracy equals `promptjax eval`'s
+  (both length-normalized by default, as the official Wu et al. 2022 code)."""
   def score_fn(dataset, model_feature_shapes=None):
     del model_feature_shapes
     indices, arrays = _enumerated_features(dataset, ['encoder_input_tokens', 'decoder_target_tokens'])

@@ -1,9 +1,10 @@
 """Zero-shot rank classification: score every answer choice by its target log-likelihood, pick the argmax.
 
 Wu et al. 2022 (§2) predict ``argmax_{y'} LM(f(x), f(y'))`` and report accuracy per
-template. The score is the summed log-likelihood of the choice's target tokens (EOS included), as in
-T0 / T5X rank classification — the paper's definition and the default here. The official Wu et al. code
-divides it by the number of target tokens including EOS: ``length_normalize=True``.
+template. The paper does not say how LM(f(x), f(y')) is normalized; the official code behind its Table 1
+scores a choice by the mean log-likelihood of its target tokens (the summed log-likelihood divided by the
+number of target tokens, EOS included), and that is the default here (``length_normalize=True``).
+``length_normalize=False`` is the sum, as T0 (Sanh et al. 2022) / T5X rank classification.
 
 Data: any ``<task>_rank_classification`` task (one record per (instance, choice) with ``idx`` =
 [instance, choice] and ``is_correct``), read without shuffling and regrouped by instance (`load_choices`).
@@ -173,7 +174,7 @@ class ChoiceScorer:
   `PromptableT5` parameters (with or without a prompt) can be passed to `scores`.
   """
 
-  def __init__(self, model, length_normalize: bool = False, examples_per_batch: int = 32):
+  def __init__(self, model, length_normalize: bool = True, examples_per_batch: int = 32):
     self.model = model
     self.length_normalize = length_normalize
     self.examples_per_batch = int(examples_per_batch)
@@ -213,7 +214,7 @@ class ChoiceScorer:
 
 
 @functools.lru_cache(maxsize=16)
-def get_scorer(model, length_normalize: bool = False, examples_per_batch: int = 32) -> ChoiceScorer:
+def get_scorer(model, length_normalize: bool = True, examples_per_batch: int = 32) -> ChoiceScorer:
   """One `ChoiceScorer` (compiled once per shape) per (model, options) in this process."""
   return ChoiceScorer(model, length_normalize, examples_per_batch)
 

@@ -85,7 +85,7 @@ def _is_generative(task_name: str, split: str) -> bool:
 
 
 def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_or_task_name: str,
-             split: str = 'validation', use_prompt: bool = True, length_normalize: bool = False,
+             split: str = 'validation', use_prompt: bool = True, length_normalize: bool = True,
              task_feature_lengths: Optional[Mapping[str, int]] = None, examples_per_batch: int = 32,
              max_examples: Optional[int] = None, fewshot: Optional[fewshot_lib.FewShotConfig] = None,
              seed: int = 0, module: Optional[str] = 'promptjax.tasks', progress: bool = True,

@@ -297,7 +297,7 @@ def rank_classification_postprocessor(output_or_target, example=None, is_target:
           float(example.get('weight', 1.0)), int(len(example['targets'])))
 
 
-def rank_classification_accuracy(targets, scores, normalize_by_target_length: bool = False
+def rank_classification_accuracy(targets, scores, normalize_by_target_length: bool = True
                                  ) -> Dict[str, float]:
   """seqio score metric of a rank-classification view (T5's ``metrics.rank_classification`` with a variable
   number of choices, as T0 (Sanh et al. 2022) scores its held-out tasks): per instance (``idx[0]``) the
@@ -305,7 +305,10 @@ def rank_classification_accuracy(targets, scores, normalize_by_target_length: bo
   accuracy is the weight (of the predicted choice, as T5) of correct predictions over the weight of all, a
   fraction as in promptjax's metrics (T5 reports ×100). With weight 1 everywhere (the expanded views, the
   mini benchmark's records) it is `promptjax eval`'s accuracy on the same scores.
-  `normalize_by_target_length` divides each score by its target length (EOS included) first.
+  `normalize_by_target_length` (the default) divides each score by its target length (EOS included)
+  first: a seqio ``score_fn`` (T5X's ``score_batch``, `promptjax.evaluation.seqio_score_fn`) returns
+  summed log-likelihoods, and the mean per target token is how the official Wu et al. 2022 code ranks
+  choices (`promptjax eval`'s default, ``LENGTH_NORMALIZE=True``). Bind it to False for T0's sum.
 
   Args:
     targets: `rank_classification_postprocessor` targets ``(idx, is_correct, weight, target length)``.

@@ -104,7 +104,7 @@ def test_uneven_choice_counts_and_several_correct_choices(uneven_task):
   assert choices.random_baseline == pytest.approx(np.mean([1 / 3, 1 / 2, 1, 2 / 2]))
   model, params = _model('shallow')
   result = rc.rank_classify(rc.ChoiceScorer(model, examples_per_batch=2), params, choices)
-  ref = _brute_force(model, params, choices, False)
+  ref = _brute_force(model, params, choices, True)   # the default: mean log-likelihood per target token
   np.testing.assert_allclose(result.scores, ref, rtol=1e-5, atol=1e-5)
   assert np.all(np.isneginf(result.scores[~choices.valid]))
   # Hand-made scores: a padded choice would win if it were not masked; instance 3 has two gold choices.
@@ -148,8 +148,8 @@ def test_readable_errors(tmp_path):
 
 def test_seqio_evaluator_accuracy_equals_promptjax_rank_classification():
   """T0-style evaluation (`seqio.Evaluator` with promptjax's `seqio_score_fn` and the view's score metric)
-  gives `promptjax eval`'s accuracy on the same parameters and the whole validation split; the metric's
-  length normalization is `length_normalize`'s."""
+  gives `promptjax eval`'s accuracy on the same parameters and the whole validation split, both with
+  the official Wu et al. code's length normalization by default, and both with the sum as the option."""
   from promptjax.evaluation import seqio_score_fn
   from promptjax.tasks import p3
   model, params = _model('shallow')
@@ -157,18 +157,20 @@ def test_seqio_evaluator_accuracy_equals_promptjax_rank_classification():
                               use_memory_cache=True, async_compute_metrics=False)
   metrics, outputs = evaluator.evaluate(compute_metrics=True, score_fn=seqio_score_fn(model, params))
   choices = rc.load_choices(NLI, 'validation')
-  result = rc.rank_classify(rc.ChoiceScorer(model), params, choices)
+  summed = rc.rank_classify(rc.ChoiceScorer(model, length_normalize=False), params, choices)
   assert choices.num_examples == 100
-  assert metrics.result()[NLI] == {'accuracy': pytest.approx(result.accuracy, abs=1e-9)}
-  # seqio's scores are the flat (instance, choice) scores of promptjax's [E, C] matrix, in record order.
+  # seqio's scores are the flat (instance, choice) summed scores of promptjax's [E, C] matrix, in record order.
   scores = outputs[NLI][seqio.metrics.ModelOutputType.SCORE]
-  np.testing.assert_allclose(scores, result.scores[choices.valid], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(scores, summed.scores[choices.valid], rtol=1e-5, atol=1e-5)
+  # Default: the metric divides by the target length (EOS included), as promptjax eval's default scorer.
+  lengths = (choices.targets > 0).sum(-1)
+  by_length = rc.classify(summed.scores / np.maximum(lengths, 1), choices)
+  assert metrics.result()[NLI] == {'accuracy': pytest.approx(by_length.accuracy, abs=1e-9)}
+  assert rc.get_scorer(model).length_normalize and p3.rank_classification_accuracy.__defaults__ == (True,)
   targets = [p3.rank_classification_postprocessor(None, ex, is_target=True)
              for ex in evaluator.cached_task_datasets[NLI].as_numpy_iterator()]
-  lengths = (choices.targets > 0).sum(-1)
-  normalized = p3.rank_classification_accuracy(targets, scores, normalize_by_target_length=True)
-  by_length = rc.classify(result.scores / np.maximum(lengths, 1), choices)
-  assert normalized == {'accuracy': pytest.approx(by_length.accuracy)}
+  as_sum = p3.rank_classification_accuracy(targets, scores, normalize_by_target_length=False)
+  assert as_sum == {'accuracy': pytest.approx(summed.accuracy)}
   for mixture in ('mini_heldout_rank_classification', 'mini_train_rank_classification'):
     assert all(t.score_metric_fns for t in seqio.get_mixture_or_task(mixture).tasks)
 
