@@ -61,6 +61,7 @@ def register_gin_configurables() -> None:
   gin.external_configurable(models.PromptConfig, module='promptjax.models')
   gin.external_configurable(models.get_config, module='promptjax.models')
   gin.external_configurable(feeds.DatasetConfig, module='promptjax.training')
+  gin.external_configurable(feeds.epoch_steps, module='promptjax.data')
   gin.external_configurable(trainer.train, module='promptjax.training')
   gin.external_configurable(method.MultiTask, module='promptjax.training')
   gin.external_configurable(meta_algorithms.MetaConfig, module='promptjax.meta')
@@ -289,13 +290,31 @@ def _configure(args, bindings: List[str]) -> None:
   check_command_line_macros(bindings)
 
 
+def _dry_run_steps() -> str:
+  """A TRAIN_STEPS computed from the data (``@promptjax.data.epoch_steps()``, a row that states epochs) is
+  computed once here; where the data cannot be read the dry run, which reads no data, goes on with 1 step
+  and says so in one line after its report."""
+  from promptjax.errors import DataError
+  ref = _macro('TRAIN_STEPS')
+  if not isinstance(ref, gin.config.ConfigurableReference):
+    return ''
+  try:
+    gin.bind_parameter('%TRAIN_STEPS', ref.scoped_configurable_fn())
+    return ''
+  except DataError as e:
+    gin.bind_parameter('%TRAIN_STEPS', 1)
+    return (f'\nTRAIN_STEPS = {ref!r} needs the training data, which cannot be read here ({first_line(e)}); '
+            'the estimate above assumes 1 step.')
+
+
 def run_train(args, bindings: List[str]) -> int:
   _configure(args, bindings)
   _check_required_macros(dry_run=args.dry_run)
   from promptjax.training import trainer
   if args.dry_run:
+    note = _dry_run_steps()
     report = gin.get_configurable(trainer.train)(dry_run=True)
-    print(report)
+    print(f"{report}{note}")
     return 0
   _init_distributed(args)
   # train() writes config.gin into MODEL_DIR only once the run is validated (never over a refused one).

@@ -56,6 +56,27 @@ class DatasetConfig:
   module: Optional[str] = 'promptjax.tasks'
 
 
+def epoch_steps(mixture_or_task_name: str, epochs: float, batch_size: int, split: str = 'train',
+                module: Optional[str] = 'promptjax.tasks') -> int:
+  """Training steps for `epochs` passes over the examples of a task or mixture's `split`:
+  ``ceil(epochs * examples / batch_size)``, the examples counted by seqio (``num_input_examples``; a
+  mixture sums its tasks). For a paper that states epochs rather than steps, so one row file is right for
+  every partition: ``TRAIN_STEPS = @promptjax.data.epoch_steps()`` (e.g. Qin et al. 2023 §5.3's 20
+  epochs). A mixture is sampled by its rates, so an "epoch" there is that many examples, not each once."""
+  import math
+  if not epochs or epochs <= 0:
+    raise DataError(f'TRAIN_EPOCHS must be positive, got {epochs!r}.')
+  if batch_size < 1:
+    raise DataError(f'BATCH_SIZE must be positive, got {batch_size!r}.')
+  import_task_module(module)
+  task = task_utils.get_task_or_mixture(mixture_or_task_name)
+  count = task.num_input_examples(split)
+  if not count:
+    raise DataError(f'{mixture_or_task_name!r} has no {split!r} examples to count (seqio num_input_examples '
+                    f'is {count!r}); set TRAIN_STEPS instead of TRAIN_EPOCHS.')
+  return max(1, math.ceil(epochs * count / batch_size))
+
+
 def model_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size: int,
                   split: str = 'train', shuffle: bool = False, seed: Optional[int] = None,
                   num_epochs: Optional[int] = 1, shard_info: Optional[seqio.ShardInfo] = None,

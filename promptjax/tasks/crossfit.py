@@ -32,7 +32,8 @@ Mixing rates. MPT "sample[s] one source task" per meta-training iteration (§4.3
 uniformly, whatever their size: the plain source mixtures therefore give every task rate 1. CrossFit's own
 multi-task upstream training and Qin's multi-task-learning baseline concatenate all examples instead; the
 ``_examples`` variants reproduce that (`seqio.mixing_rate_num_examples`, counted from the train files).
-Use split ``train`` as the support set and ``dev`` as the query / validation set. Target mixtures list the
+Use split ``train`` as the support set and ``dev`` as the query / validation set; ``train_dev`` reads both
+(the train file, then the dev file). Target mixtures list the
 target tasks with rate 1 (targets are tuned and evaluated one task at a time; the mixture is a handle).
 Mixtures keep only ``inputs``/``targets`` (+ ``_pretokenized``); pass ``passthrough_features=['answers']``
 to `seqio.Mixture.get_dataset` to keep the references.
@@ -66,6 +67,9 @@ from promptjax.tasks.config import DataError
 
 SEEDS = (100, 13, 21, 42, 87)
 SPLITS = ('train', 'dev', 'test')
+# Splits made of several files, in this order: ``train_dev`` is the support and query data together, what
+# Qin et al. 2023 §5.3 train the MTL baseline on ("fair data access" with the meta-learners).
+COMBINED_SPLITS = {'train_dev': ('train', 'dev')}
 METRICS = ('ACC', 'Classification-F1', 'EM', 'QA-F1', 'Rouge-L', 'Pearson-Correlation',
            'Matthew-Correlation')
 TYPES = ('classification', 'non-classification')
@@ -191,6 +195,7 @@ class CrossFitDataSource(seqio.DataSource):
 
   def __init__(self, info: CrossFitTaskInfo, seed: int, data_dir_fn: Callable[[], str], *,
                seqio_name: str, family: Optional[str] = None, splits: Sequence[str] = SPLITS):
+    splits = tuple(splits) + tuple(c for c, parts in COMBINED_SPLITS.items() if set(parts) <= set(splits))
     super().__init__(splits=splits, num_input_examples=None, caching_permitted=True)
     self.info = info
     self.seed = seed
@@ -238,7 +243,9 @@ class CrossFitDataSource(seqio.DataSource):
     return path
 
   def read(self, split: str) -> List[Tuple[str, List[str]]]:
-    """``[(input, [reference, ...]), ...]`` in file order."""
+    """``[(input, [reference, ...]), ...]`` in file order (a combined split: its files in turn)."""
+    if split in COMBINED_SPLITS and split in self.splits:
+      return [ex for part in COMBINED_SPLITS[split] for ex in self.read(part)]
     path = self.path(split)
     with tf.io.gfile.GFile(path, 'rb') as f:
       raw = f.read()
@@ -256,6 +263,8 @@ class CrossFitDataSource(seqio.DataSource):
     return path, stat.length, stat.mtime_nsec
 
   def num_input_examples(self, split: str) -> int:
+    if split in COMBINED_SPLITS and split in self.splits:
+      return sum(self.num_input_examples(part) for part in COMBINED_SPLITS[split])
     key = self._stat_key(self.path(split))
     if key not in self._counts:
       self.read(split)

@@ -224,6 +224,21 @@ def test_counts(crossfit_dir):
   assert seqio.TaskRegistry.get('crossfit_kilt_nq_100').num_input_examples('train') == 3
 
 
+def test_train_dev_split_and_epoch_steps(crossfit_dir, t5_vocab):
+  """'train_dev' (Qin et al. 2023 §5.3's MTL data) is the train file, then the dev file; epoch_steps is
+  ceil(epochs * those lines / batch size), the lines counted from what the fixture wrote."""
+  from promptjax.data import epoch_steps
+  task = seqio.TaskRegistry.get('crossfit_glue_sst2_13')
+  got = _texts(task.source.get_dataset('train_dev', shuffle=False).as_numpy_iterator(), 'inputs')
+  assert got == [x for x, _ in SST2_TRAIN + SST2_DEV]
+  n = len(SST2_TRAIN) + len(SST2_DEV)
+  assert task.num_input_examples('train_dev') == n
+  assert epoch_steps('crossfit_glue_sst2_13', 20, 4, split='train_dev') == -(-20 * n // 4)
+  assert epoch_steps('crossfit_glue_sst2_13', 1, 64, split='train') == 1
+  with pytest.raises(cfg.DataError, match='TRAIN_EPOCHS must be positive'):
+    epoch_steps('crossfit_glue_sst2_13', 0, 4)
+
+
 def test_tokenization_equals_the_vocabulary_plus_eos(crossfit_dir, t5_vocab):
   exs = _read('crossfit_glue_sst2_13', split='dev')
   assert [(x, refs) for x, refs in SST2_DEV] == [
