@@ -513,6 +513,19 @@ def qin2023_mixture_name(setting: str, role: str, seed: Union[int, str], rate: s
   return f'{name_prefix}_qin2023_{qin2023_setting(setting).slug}_{role}{suffix}_{seed}'
 
 
+def qin2023_table4_mixture_name(num_source_tasks: int, seed: Union[int, str], rate: str = 'equal',
+                                name_prefix: str = DEFAULT_PREFIX) -> str:
+  """Qin et al. 2023 Table 4's Cls->Cls source mixture of 12 or 24 tasks (45: the Table 2 setting), e.g.
+  ``crossfit_qin2023_cls_to_cls_12tasks_source_all``."""
+  if num_source_tasks not in QIN2023_TABLE4_SOURCES:
+    raise ValueError(f'Table 4 has {sorted(QIN2023_TABLE4_SOURCES)} source tasks besides the 45 of Cls->Cls '
+                     f'(qin2023_mixture_name); got {num_source_tasks}.')
+  if rate not in RATES:
+    raise ValueError(f'rate must be one of {RATES}, got {rate!r}.')
+  suffix = '_examples' if rate == 'examples' else ''
+  return f'{name_prefix}_qin2023_cls_to_cls_{num_source_tasks}tasks_source{suffix}_{seed}'
+
+
 def qin2023_task_names(setting: str, role: str, seed: int, name_prefix: str = DEFAULT_PREFIX) -> List[str]:
   """The seqio task names of a setting's source or target tasks for one seed, in Table 9 order."""
   s = qin2023_setting(setting)
@@ -544,6 +557,11 @@ def _register_defaults() -> None:
     for rate in RATES:
       register_crossfit_mixture(qin2023_mixture_name(setting.name, 'source', 'all', rate), setting.source,
                                 SEEDS, rate=rate)
+  for n, tasks in QIN2023_TABLE4_SOURCES.items():
+    for rate in RATES:
+      for seed in SEEDS:
+        register_crossfit_mixture(qin2023_table4_mixture_name(n, seed, rate), tasks, seed, rate=rate)
+      register_crossfit_mixture(qin2023_table4_mixture_name(n, 'all', rate), tasks, SEEDS, rate=rate)
   for split_file, lists in CROSSFIT_SPLITS.items():
     for part, tasks in lists.items():
       for seed in SEEDS:
@@ -571,6 +589,17 @@ QIN2023_SETTINGS: Mapping[str, Qin2023Setting] = types.MappingProxyType({
     name: Qin2023Setting(name=name, slug=qin2023_slug(name), source_list=src, target_list=tgt,
                          source=QIN2023_LISTS[src], target=QIN2023_LISTS[tgt])
     for name, src, tgt in _FACTS['qin2023_settings']})
+# Qin et al. 2023 Table 4 (App. A.4, Table 10): Cls->Cls with 12 or 24 of the 45 classification source tasks
+# (sampled by the paper; 12 is a subset of 24), in Table 10's order. Mixtures
+# ``crossfit_qin2023_cls_to_cls_<n>tasks_source[_examples]_<seed|all>`` (`qin2023_table4_mixture_name`).
+QIN2023_TABLE4_SOURCES: Mapping[int, Tuple[str, ...]] = types.MappingProxyType({
+    12: ('superglue-rte', 'tweet_eval-sentiment', 'discovery', 'glue-rte', 'hatexplain', 'glue-cola', 'health_fact',
+         'glue-mnli', 'imdb', 'ethos-disability', 'glue-wnli', 'scitail'),
+    24: ('superglue-rte', 'tweet_eval-sentiment', 'discovery', 'glue-rte', 'superglue-wsc', 'scicite', 'hatexplain',
+         'glue-cola', 'tweet_eval-emotion', 'sms_spam', 'health_fact', 'glue-mnli', 'imdb', 'ethos-disability',
+         'glue-wnli', 'scitail', 'glue-sst2', 'tweet_eval-stance_abortion', 'glue-qnli',
+         'ethos-directed_vs_generalized', 'ag_news', 'hate_speech_offensive', 'ethos-gender', 'kilt_fever'),
+})
 # CrossFit split file (without .json) -> list ('train', 'dev', 'test', 'all') -> task names.
 CROSSFIT_SPLITS: Mapping[str, Mapping[str, Tuple[str, ...]]] = types.MappingProxyType({
     f: types.MappingProxyType({part: tuple(v) for part, v in lists.items()})

@@ -160,6 +160,23 @@ def test_qin2023_partitions_equal_shared_json_and_are_registered_per_seed():
       assert {(cf.get_task_info(t.name).crossfit_name, cf.get_task_info(t.name).seed)
               for t in every_seed.tasks} == {(n, seed) for n in source for seed in (100, 13, 21, 42, 87)}
   assert cf.qin2023_setting('Non-Cls->Cls').slug == 'noncls_to_cls'
+
+
+def test_qin2023_table4_partitions():
+  """Table 4's 12 / 24 source tasks (App. A.4 Table 10): nested samples of the 45 Cls->Cls source tasks
+  (the shared Table 9 list), registered like the other source mixtures."""
+  cls_source = set(_shared(PARTITIONS_JSON)['qin2023']['lists']['Classification Source'])
+  twelve, twenty_four = (cf.QIN2023_TABLE4_SOURCES[n] for n in (12, 24))
+  assert (len(set(twelve)), len(set(twenty_four))) == (12, 24)
+  assert set(twelve) <= set(twenty_four) <= cls_source
+  for n, tasks in ((12, twelve), (24, twenty_four)):
+    mix = seqio.MixtureRegistry.get(cf.qin2023_table4_mixture_name(n, 'all', 'examples'))
+    assert {(cf.get_task_info(t.name).crossfit_name, cf.get_task_info(t.name).seed) for t in mix.tasks} == {
+        (x, seed) for x in tasks for seed in cf.SEEDS}
+    assert {t.name for t in seqio.MixtureRegistry.get(f'crossfit_qin2023_cls_to_cls_{n}tasks_source_13').tasks} == {
+        f'crossfit_{x.replace("-", "_")}_13' for x in tasks}
+  with pytest.raises(ValueError, match='Table 4'):
+    cf.qin2023_table4_mixture_name(45, 'all')
   assert cf.qin2023_mixture_name('NP->P', 'target', 87) == 'crossfit_qin2023_np_to_p_target_87'
 
 
