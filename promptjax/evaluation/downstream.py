@@ -36,6 +36,7 @@ from promptjax.training import optimizers as opt_lib
 
 OPTIMIZERS = ('adafactor', 'adamw')
 SCORINGS = ('generative', 'rank')
+TRAINABLE = ('prompt', 'all')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,9 @@ class DownstreamConfig:
       = CrossFit's `seqio_task_name` (``glue-rte`` → ``crossfit_glue_rte_13``).
     dev_split, test_split: the split names (CrossFit's ``dev`` / ``test``).
     length_normalize: rank scoring with length-normalized log-likelihoods.
+    trainable: ``prompt`` (prompt tuning, the transformer frozen) or ``all`` (full-model fine-tuning with no
+      prompt: Qin et al. 2023's fine-tuning baseline, §5.2-5.3, lr from {5e-4, 3e-4, 2e-4, 1e-4}); the grid
+      is tuned side by side either way, so ``all`` holds one copy of the model per learning rate.
     data_seed: if set, every run reads the task sample of this seed, and `seeds` only seed the runs (batch
       order): SUPMER samples its few-shot data once (data seed 100) and repeats training with seeds 10–50.
       None: one sample per seed (CrossFit's five samples, Qin et al.).
@@ -79,8 +83,11 @@ class DownstreamConfig:
   test_split: str = 'test'
   length_normalize: bool = False
   data_seed: Optional[int] = None
+  trainable: str = 'prompt'
 
   def __post_init__(self):
+    if self.trainable not in TRAINABLE:
+      raise generation.EvaluationError(f'DownstreamConfig.trainable={self.trainable!r}: use one of {TRAINABLE}.')
     if self.optimizer not in OPTIMIZERS:
       raise generation.EvaluationError(f'DownstreamConfig.optimizer={self.optimizer!r}: use one of {OPTIMIZERS}.')
     if self.scoring not in SCORINGS:
@@ -108,6 +115,15 @@ def pan2023(**overrides) -> DownstreamConfig:
             task_name_format='supmer_{task}_{seed}', dev_split='validation', test_split='test')
   kw.update(overrides)
   return DownstreamConfig(**kw)
+
+
+def split_tuned(params, cfg: DownstreamConfig):
+  """(fixed, tuned): the transformer and the prompt, or nothing and every parameter (``trainable='all'``)."""
+  return ({}, params) if cfg.trainable == 'all' else inner.split_prompt(params)
+
+
+def join_tuned(fixed, tuned, cfg: DownstreamConfig):
+  return tuned if cfg.trainable == 'all' else inner.join_prompt(fixed, tuned)
 
 
 def _batch_indices(n: int, batch: int, steps: int, seed: int) -> np.ndarray:
@@ -139,7 +155,7 @@ def _segment_fn(model, cfg: DownstreamConfig, gradient_fn: Optional[Callable] = 
     def step(carry, rows):
       p, s = carry
       batch = {'encoder_input_tokens': inputs[rows], 'decoder_target_tokens': targets[rows]}
-      loss, g = jax.value_and_grad(lambda q: model.loss_fn(inner.join_prompt(transformer, q), batch)[0])(p)
+      loss, g = jax.value_and_grad(lambda q: model.loss_fn(join_tuned(transformer, q, cfg), batch)[0])(p)
       if gradient_fn is not None:
         g = gradient_fn(g, transformer, p, batch)
       u, s = base.update(g, s, p)
@@ -170,7 +186,7 @@ class _Scorer:
       self.scorer = rc.get_scorer(model, cfg.length_normalize)
 
   def __call__(self, prompt) -> float:
-    params = inner.join_prompt(self.transformer, prompt)
+    params = join_tuned(self.transformer, prompt, self.cfg)
     if self.cfg.scoring == 'generative':
       return float(generation.evaluate_generative(self.model, params, self.texts, self.metric,
                                                   self.cfg.max_decode_length)['score'])
@@ -185,11 +201,11 @@ def tune_and_select(model, params, train: generation.TextSet, dev, metric: Optio
 
   `dev` is a `generation.TextSet` (scored with the CrossFit `metric`) or any callable prompt -> score.
   """
-  transformer, prompt = inner.split_prompt(params)
+  transformer, prompt = split_tuned(params, cfg)
   if isinstance(dev, generation.TextSet):
     texts = dev
     dev = lambda p: float(generation.evaluate_generative(  # pylint: disable=unnecessary-lambda-assignment
-        model, inner.join_prompt(transformer, p), texts, metric, cfg.max_decode_length)['score'])
+        model, join_tuned(transformer, p, cfg), texts, metric, cfg.max_decode_length)['score'])
   fn, base = _segment_fn(model, cfg, gradient_fn)
   n_lr = len(cfg.learning_rates)
   prompts = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_lr,) + x.shape), prompt)
@@ -231,7 +247,7 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
   name_for_seed = name_for_seed or cfg.seqio_name
   if callable(task_feature_lengths):   # per-dataset lengths, e.g. supmer_downstream.feature_lengths
     task_feature_lengths = task_feature_lengths(task)
-  transformer, _ = inner.split_prompt(params)
+  transformer, _ = split_tuned(params, cfg)
   per_seed = {}
   for seed in cfg.seeds:
     name = name_for_seed(task, seed if cfg.data_seed is None else cfg.data_seed)
@@ -241,7 +257,7 @@ def evaluate_task(model, params, task: str, cfg: DownstreamConfig = DownstreamCo
     best = tune_and_select(model, params, train, dev, dev.metric, cfg, seed, gradient_fn)
     per_seed[seed] = {'test': test(best['prompt']), 'dev': best['score'], 'step': best['step'],
                       'learning_rate': best['learning_rate'], 'metric': dev.metric, 'dev_curves': best['dev_curves']}
-    if prompt_dir:
+    if prompt_dir and cfg.trainable == 'prompt':
       import os
       from promptjax.models import export_prompt
       os.makedirs(prompt_dir, exist_ok=True)
@@ -315,8 +331,12 @@ def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks:
   (the checkpoint must come from a SUPMER run)."""
   from promptjax.evaluation.run import load_params_with_info
   feeds.import_task_module(module)
-  if model.prompt.kind == 'none':
-    raise generation.EvaluationError('Downstream prompt tuning needs a prompt: set PromptConfig.kind.')
+  if model.prompt.kind == 'none' and config.trainable == 'prompt':
+    raise generation.EvaluationError('Downstream prompt tuning needs a prompt: set PromptConfig.kind (or '
+                                     "DownstreamConfig.trainable='all' to fine-tune the whole model).")
+  if model.prompt.kind != 'none' and config.trainable == 'all':
+    raise generation.EvaluationError("DownstreamConfig.trainable='all' fine-tunes the model without a prompt "
+                                     "(Qin et al. 2023's fine-tuning baseline): set PromptConfig.kind = 'none'.")
   gradient_fn = None
   if use_supmer_regularizer:
     from promptjax.evaluation.run import load_supmer

@@ -149,3 +149,34 @@ def test_pan2023_protocol_and_bad_options():
     downstream.DownstreamConfig(optimizer='sgd')
   with pytest.raises(downstream.generation.EvaluationError, match='scoring'):
     downstream.DownstreamConfig(scoring='bleu')
+
+
+def test_full_model_fine_tuning_equals_plain_optax_runs():
+  """Qin et al. 2023's fine-tuning baseline (trainable='all', no prompt): every parameter tuned per learning
+  rate of the grid, against plain optax loops over the whole parameter tree (AdamW: its program compiles in a
+  fraction of factored Adafactor's, and the optimizer is the prompt-tuning tests' business)."""
+  model = PromptableT5(CONFIG.replace(num_encoder_layers=1, num_decoder_layers=1))   # few leaves: fast compiles
+  params = model.init_params(jax.random.PRNGKey(1))
+  train = generation.load_texts(TASK, 'train')
+  cfg = downstream.DownstreamConfig(learning_rates=(5e-4, 1e-4), batch_size=8, total_steps=2, eval_interval=1,
+                                    seeds=(13,), trainable='all', optimizer='adamw', global_norm_clip=None)
+  seen = []
+  downstream.tune_and_select(model, params, train, lambda p: seen.append(p) or 0.0, None, cfg, seed=13)
+  idx = downstream._batch_indices(train.num_examples, 8, 2, seed=13)
+  adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+  @jax.jit
+  def step(p, s, batch, lr):   # AdamW: p <- p - lr (adam(g) + 0.01 p), PyTorch's decoupled weight decay
+    u, s = adam.update(jax.grad(lambda q: model.loss_fn(q, batch)[0])(p), s, p)
+    return jax.tree.map(lambda x, d: x - lr * (d + 0.01 * x), p, u), s
+
+  for i, lr in enumerate(cfg.learning_rates):
+    p, s = params, adam.init(params)
+    for t, rows in enumerate(idx):
+      p, s = step(p, s, {'encoder_input_tokens': train.inputs[rows], 'decoder_target_tokens': train.targets[rows]}, lr)
+      for got, want in zip(jax.tree.leaves(seen[2 * t + i]), jax.tree.leaves(p)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(seen[-1]['encoder']['layers_0']['mlp']['wo']['kernel'],
+                         params['encoder']['layers_0']['mlp']['wo']['kernel'])
+  with pytest.raises(generation.EvaluationError, match="trainable='nope'"):
+    downstream.DownstreamConfig(trainable='nope')
