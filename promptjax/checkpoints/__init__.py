@@ -39,7 +39,7 @@ def load_checkpoint(path: str, config: Optional[T5Config] = None,
   """Imports transformer weights from an HF directory/file or a T5X checkpoint -> (params, config).
 
   The format is detected from the files. For T5X the architecture is inferred from the shapes
-  (`relative_attention_max_distance` is not stored in T5X checkpoints: 128 for all T5.1.1 sizes);
+  (`relative_attention_max_distance` is not stored in T5X checkpoints: 128 for all released T5 sizes);
   a given `config` is checked against the weights instead.
   """
   if not os.path.exists(path):

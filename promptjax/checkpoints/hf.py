@@ -1,9 +1,22 @@
-"""Hugging Face `T5ForConditionalGeneration` (v1.1, untied) <-> T5X parameter names.
+"""Hugging Face `T5ForConditionalGeneration` <-> T5X parameter names, for original T5 and T5.1.1.
 
 HF stores torch Linear weights as [out, in]; T5X kernels are [in, out], so every kernel is transposed.
 HF's relative attention bias lives in block 0 as [buckets, heads]; T5X keeps one [heads, buckets] table
-per stack (`encoder/relpos_bias/rel_embedding`). HF's `lm_head.weight` [vocab, d] is T5X's
-`decoder/logits_dense/kernel` [d, vocab]; `shared.weight` is `token_embedder/embedding`.
+per stack (`encoder/relpos_bias/rel_embedding`). `shared.weight` is `token_embedder/embedding`.
+
+The two architectures (`promptjax.models.config`) in HF's config.json:
+
+* T5.1.1 / LM-adapted / Flan-T5 (`google/t5-v1_1-*`, `google/t5-base-lm-adapt`, `google/flan-t5-*`):
+  ``feed_forward_proj='gated-gelu'``, ``tie_word_embeddings=false``; `DenseReluDense.wi_0/wi_1/wo` are
+  `mlp/wi_0`, `mlp/wi_1`, `mlp/wo`, and `lm_head.weight` [vocab, d] is `decoder/logits_dense/kernel` [d, vocab].
+* Original T5 (`t5-small` … `t5-11b`): ``feed_forward_proj='relu'`` and ``tie_word_embeddings=true`` (HF's
+  defaults, which those config.json files leave unset); `DenseReluDense.wi/wo` are `mlp/wi`, `mlp/wo`, and
+  there is no `lm_head.weight` (a stored copy must equal `shared.weight`): HF scales the decoder output by
+  d_model**-0.5 and multiplies it by `shared.weight`, as `T5Config.logits_via_embedding`.
+
+HF builds the other two combinations as well (ReLU with an untied lm_head, gated GELU with a tied one),
+and so does promptjax: the MLP and the output projection are independent switches, as in T5X. Other
+`feed_forward_proj` values (e.g. 'gated-silu') are refused.
 
 Reads `model.safetensors` (or sharded `model.safetensors.index.json`) and `pytorch_model.bin`
 (or its sharded index; needs torch), writes config.json + model.safetensors that
@@ -18,7 +31,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
-from promptjax.models.config import T5Config
+from promptjax.models.config import T5_1_0, T5_1_1, T5Config, describe_architecture, mlp_input_names
 
 Params = Dict[str, Any]
 
@@ -28,16 +41,19 @@ _IGNORED_SUFFIXES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight
                      'EncDecAttention.relative_attention_bias.weight')
 
 
+# HF's feed_forward_proj <-> T5Config.mlp_activations ('gated-gelu' is HF's tanh GELU, 'gelu_new').
+_HF_MLP = {'relu': T5_1_0, 'gated-gelu': T5_1_1, 'gated-gelu_new': T5_1_1}
+
+
 def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
-  """T5Config from an HF T5 `config.json` dict (v1.1 / LM-adapted: gated-gelu, untied)."""
+  """T5Config from an HF T5 `config.json` dict: original T5 (feed_forward_proj 'relu', HF's default, and
+  tie_word_embeddings true, HF's default) or T5.1.1 / LM-adapted / Flan-T5 ('gated-gelu', untied)."""
   proj = hf.get('feed_forward_proj', 'relu')
-  if proj not in ('gated-gelu', 'gated-gelu_new'):
-    raise ValueError(f'HF config has feed_forward_proj={proj!r}; promptjax implements T5 v1.1 '
-                     "('gated-gelu'). T5 v1.0 checkpoints (t5-small, ...) are not supported.")
-  if hf.get('tie_word_embeddings', True):
-    raise ValueError('HF config has tie_word_embeddings=true (T5 v1.0 style); T5 v1.1 / LM-adapted '
-                     'checkpoints have an untied lm_head. Set it to false if lm_head.weight exists.')
+  if proj not in _HF_MLP:
+    raise ValueError(f"HF config has feed_forward_proj={proj!r}; promptjax implements 'relu' (original T5: "
+                     "t5-small ... t5-11b) and 'gated-gelu' (T5.1.1, LM-adapted T5, Flan-T5).")
   return T5Config(
+      mlp_activations=_HF_MLP[proj], logits_via_embedding=bool(hf.get('tie_word_embeddings', True)),
       vocab_size=hf['vocab_size'], emb_dim=hf['d_model'], num_heads=hf['num_heads'],
       num_encoder_layers=hf['num_layers'],
       num_decoder_layers=hf.get('num_decoder_layers') or hf['num_layers'],
@@ -50,6 +66,13 @@ def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
 
 def hf_config_dict(config: T5Config) -> Dict[str, Any]:
   """The HF `config.json` contents for a T5Config."""
+  if config.mlp_activations == T5_1_1:
+    mlp = {'feed_forward_proj': 'gated-gelu', 'dense_act_fn': 'gelu_new', 'is_gated_act': True}
+  elif config.mlp_activations == T5_1_0:
+    mlp = {'feed_forward_proj': 'relu', 'dense_act_fn': 'relu', 'is_gated_act': False}
+  else:
+    raise ValueError(f'mlp_activations={config.mlp_activations!r} has no HF T5 equivalent; HF has '
+                     f'{T5_1_1!r} (gated-gelu) and {T5_1_0!r} (relu).')
   return {
       'architectures': ['T5ForConditionalGeneration'], 'model_type': 't5',
       'vocab_size': config.vocab_size, 'd_model': config.emb_dim, 'd_kv': config.head_dim,
@@ -58,8 +81,8 @@ def hf_config_dict(config: T5Config) -> Dict[str, Any]:
       'relative_attention_num_buckets': config.relative_attention_num_buckets,
       'relative_attention_max_distance': config.relative_attention_max_distance,
       'dropout_rate': config.dropout_rate, 'layer_norm_epsilon': config.layer_norm_epsilon,
-      'feed_forward_proj': 'gated-gelu', 'dense_act_fn': 'gelu_new', 'is_gated_act': True,
-      'tie_word_embeddings': False, 'is_encoder_decoder': True, 'initializer_factor': 1.0,
+      **mlp, 'tie_word_embeddings': config.logits_via_embedding, 'is_encoder_decoder': True,
+      'initializer_factor': 1.0,
       'pad_token_id': 0, 'eos_token_id': 1, 'decoder_start_token_id': 0, 'use_cache': True,
   }
 
@@ -67,7 +90,8 @@ def hf_config_dict(config: T5Config) -> Dict[str, Any]:
 def _name_map(config: T5Config) -> Iterator[Tuple[Tuple[str, ...], str, bool]]:
   """Yields (T5X path, HF key, transpose?) for every transformer parameter."""
   yield ('token_embedder', 'embedding'), 'shared.weight', False
-  yield ('decoder', 'logits_dense', 'kernel'), 'lm_head.weight', True
+  if not config.logits_via_embedding:
+    yield ('decoder', 'logits_dense', 'kernel'), 'lm_head.weight', True
   for stack, n in (('encoder', config.num_encoder_layers), ('decoder', config.num_decoder_layers)):
     yield ((stack, 'relpos_bias', 'rel_embedding'),
            f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight', True)
@@ -88,7 +112,7 @@ def _name_map(config: T5Config) -> Iterator[Tuple[Tuple[str, ...], str, bool]]:
         for t5x, hf in (('query', 'q'), ('key', 'k'), ('value', 'v'), ('out', 'o')):
           yield lp + (att, t5x, 'kernel'), f'{hf_layer}.{hf_att}.{hf}.weight', True
       yield lp + ('pre_mlp_layer_norm', 'scale'), f'{blk}.{mlp_idx}.layer_norm.weight', False
-      for w in ('wi_0', 'wi_1', 'wo'):
+      for w in mlp_input_names(config.mlp_activations) + ('wo',):
         yield lp + ('mlp', w, 'kernel'), f'{blk}.{mlp_idx}.DenseReluDense.{w}.weight', True
 
 
@@ -114,18 +138,26 @@ def from_hf_state_dict(state_dict: Mapping[str, Any], config: T5Config) -> Param
   sd = {k: v for k, v in state_dict.items()}
   params: Params = {}
   used = set()
+  arch = describe_architecture(config)
   for path, key, transpose in _name_map(config):
     if key not in sd:
       raise ValueError(f'HF checkpoint is missing {key!r} (needed for {"/".join(path)}); is this a '
-                       f'T5 v1.1 checkpoint with {config.num_encoder_layers} encoder and '
+                       f'{arch} checkpoint with {config.num_encoder_layers} encoder and '
                        f'{config.num_decoder_layers} decoder layers?')
     arr = _to_numpy(sd[key])
     _set(params, path, np.ascontiguousarray(arr.T if transpose else arr))
     used.add(key)
+  if config.logits_via_embedding and 'lm_head.weight' in sd:
+    # A tied model may store its output projection too (HF's state_dict() does); it must be the embedding.
+    if not np.array_equal(_to_numpy(sd['lm_head.weight']), params['token_embedder']['embedding']):
+      raise ValueError("HF checkpoint has its own 'lm_head.weight', different from 'shared.weight', but its "
+                       'config has tie_word_embeddings=true (HF would ignore lm_head.weight); set '
+                       'tie_word_embeddings to false in config.json if the lm_head is meant to be used.')
+    used.add('lm_head.weight')
   extra = sorted(k for k in sd if k not in used and not k.endswith(_IGNORED_SUFFIXES))
   if extra:
-    raise ValueError(f'HF checkpoint has unexpected key {extra[0]!r} ({len(extra)} in all) for a T5 '
-                     f'v1.1 model with {config.num_encoder_layers}+{config.num_decoder_layers} layers.')
+    raise ValueError(f'HF checkpoint has unexpected key {extra[0]!r} ({len(extra)} in all) for a {arch} '
+                     f'model with {config.num_encoder_layers}+{config.num_decoder_layers} layers.')
   PromptableT5(config).check_params(params, include_prompt=False)
   return params
 
@@ -189,7 +221,7 @@ def read_hf_state_dict(path: str) -> Dict[str, np.ndarray]:
 
 
 def load_hf_checkpoint(path: str, config: Optional[T5Config] = None) -> Tuple[Params, T5Config]:
-  """Imports an HF T5 v1.1 checkpoint directory (config.json + weights) -> (params, config).
+  """Imports an HF T5 checkpoint directory (config.json + weights) -> (params, config).
 
   `config` overrides/replaces config.json (needed when `path` is a bare weights file).
   """

@@ -52,7 +52,7 @@ from flax import traverse_util
 
 from promptjax.checkpoints.t5x_export import (T5X_PARAMS_ONLY_RESTORE, export_t5x_checkpoint,  # noqa: F401
                                               main)
-from promptjax.models.config import T5Config
+from promptjax.models.config import T5_1_0, T5_1_1, T5Config
 
 Params = Dict[str, Any]
 
@@ -503,7 +503,7 @@ def _shape(params: Mapping, path: str) -> Tuple[int, ...]:
   node = _get(params, path.split('/'))
   if node is None or isinstance(node, Mapping):
     raise ValueError(f'Cannot infer the T5 architecture: parameter {path!r} is missing (expected a '
-                     f'T5 v1.1 parameter tree with T5X names).')
+                     f'T5 parameter tree with T5X names).')
   return tuple(int(d) for d in np.shape(node))
 
 
@@ -520,30 +520,30 @@ def _num_layers(params: Mapping, stack: str) -> int:
 
 def t5x_config_from_params(params: Mapping, relative_attention_max_distance: int = 128,
                            **overrides) -> T5Config:
-  """Infers the T5 v1.1 `T5Config` from a parameter tree with T5X names (shapes only).
+  """Infers the `T5Config` from a parameter tree with T5X names (shapes only).
 
   vocab/emb_dim from `token_embedder/embedding`, num_heads/buckets from `encoder/relpos_bias/
   rel_embedding` [heads, buckets], head_dim = joined_kv / num_heads from the query kernel, mlp_dim
-  from `mlp/wi_0`, the depths from the `layers_<i>` count. The maximum relative distance is not
-  stored in a checkpoint: pass it (128 in all released T5 checkpoints). `overrides` set the other
-  fields (dropout_rate, dtype, remat, ...). A `prompt` subtree is ignored.
+  from `mlp/wi_0` or `mlp/wi`, the depths from the `layers_<i>` count. The architecture follows T5X's
+  released checkpoints: `mlp/wi` is original T5's ReLU MLP (T5X's t5_1_0 networks; a non-gated MLP
+  with another activation stores the same names, so pass ``mlp_activations`` for one), `mlp/wi_0` and
+  `mlp/wi_1` T5.1.1's gated GELU, and no `decoder/logits_dense` means logits via the token embedding
+  (`logits_via_embedding`). The maximum relative distance is not stored in a checkpoint: pass it (128
+  in all released T5 checkpoints). `overrides` set the other fields (dropout_rate, dtype, remat, ...).
+  A `prompt` subtree is ignored.
   """
   vocab, emb = _shape(params, 'token_embedder/embedding')
   heads, buckets = _shape(params, 'encoder/relpos_bias/rel_embedding')
   q_in, joined_kv = _shape(params, 'encoder/layers_0/attention/query/kernel')
-  if _get(params, ['encoder', 'layers_0', 'mlp', 'wi']) is not None:
-    raise ValueError('The parameters have a non-gated `mlp/wi` (T5.1.0); promptjax implements '
-                     'T5 v1.1 (gated GELU, `mlp/wi_0` and `mlp/wi_1`).')
-  mlp_in, mlp = _shape(params, 'encoder/layers_0/mlp/wi_0/kernel')
-  if _get(params, ['decoder', 'logits_dense', 'kernel']) is None:
-    raise ValueError('The parameters have no `decoder/logits_dense/kernel`: T5.1.0-style tied '
-                     'input/output embeddings are not supported (promptjax implements T5 v1.1).')
+  gated = _get(params, ['encoder', 'layers_0', 'mlp', 'wi']) is None
+  wi = 'wi_0' if gated else 'wi'
+  mlp_in, mlp = _shape(params, f'encoder/layers_0/mlp/{wi}/kernel')
   if joined_kv % heads:
     raise ValueError(f'Cannot infer head_dim: the query kernel width {joined_kv} is not a multiple '
                      f'of the {heads} heads of encoder/relpos_bias/rel_embedding.')
   if q_in != emb or mlp_in != emb:
     raise ValueError(f'Inconsistent parameter shapes: embedding width {emb}, but the query kernel '
-                     f'takes {q_in} and mlp/wi_0 takes {mlp_in}.')
+                     f'takes {q_in} and mlp/{wi} takes {mlp_in}.')
   dec_rel = _shape(params, 'decoder/relpos_bias/rel_embedding')
   if dec_rel != (heads, buckets):
     raise ValueError(f'decoder/relpos_bias/rel_embedding has shape {dec_rel}, but the encoder\'s is '
@@ -552,7 +552,9 @@ def t5x_config_from_params(params: Mapping, relative_attention_max_distance: int
                 num_encoder_layers=_num_layers(params, 'encoder'),
                 num_decoder_layers=_num_layers(params, 'decoder'), head_dim=joined_kv // heads,
                 mlp_dim=mlp, relative_attention_num_buckets=buckets,
-                relative_attention_max_distance=relative_attention_max_distance)
+                relative_attention_max_distance=relative_attention_max_distance,
+                mlp_activations=T5_1_1 if gated else T5_1_0,
+                logits_via_embedding=_get(params, ['decoder', 'logits_dense', 'kernel']) is None)
   fields.update(overrides)
   return T5Config(**fields)
 

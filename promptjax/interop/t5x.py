@@ -1,12 +1,12 @@
 """promptjax's network as a T5X model: T5X's `Trainer`, `PjitPartitioner` and checkpointer run it unchanged.
 
-`T5XModel` is a `t5x.models.EncoderDecoderModel` whose `module` is promptjax's T5 v1.1 (`T5XModule`, the
-`promptjax.models.t5.Transformer` behind `PromptableT5`) with its shallow prompt (Lester et al. 2021) or
-deep prompt (Li & Liang 2021; Wu et al. 2022 §2). Parameter names are T5X's (a stock T5 v1.1 T5X
-checkpoint restores into the transformer; the prompt is the extra `prompt/` subtree), and
-`get_initial_variables` emits the `params_axes` collection T5X's partitioner reads. `optimizer` wraps an
-optax optimizer of `promptjax.training.optimizers` (default: the papers' Adafactor) for T5X, masked to
-the trainable group ('all' = T✓P✓, 'transformer' = T✓P✗, 'prompt' = T✗P✓, Wu et al. 2022 §3).
+`T5XModel` is a `t5x.models.EncoderDecoderModel` whose `module` is promptjax's T5 (`T5XModule`, the
+`promptjax.models.t5.Transformer` behind `PromptableT5`: T5.1.1 or original T5) with its shallow prompt
+(Lester et al. 2021) or deep prompt (Li & Liang 2021; Wu et al. 2022 §2). Parameter names are T5X's (a stock
+T5X checkpoint of the same architecture restores into the transformer; the prompt is the extra `prompt/`
+subtree), and `get_initial_variables` emits the `params_axes` collection T5X's partitioner reads.
+`optimizer` wraps an optax optimizer of `promptjax.training.optimizers` (default: the papers' Adafactor) for
+T5X, masked to the trainable group ('all' = T✓P✓, 'transformer' = T✓P✗, 'prompt' = T✗P✓, Wu et al. 2022 §3).
 
 Loss: the model's `loss_normalization` and `z_loss` become T5X's `loss_normalizing_factor` and `z_loss`
 ('num_real_target_tokens' -> 'NUM_REAL_TARGET_TOKENS', 'none' -> None, a float stays a float), so both

@@ -1,4 +1,5 @@
-"""T5 v1.1 in Flax linen with T5X parameter names, soft prompts and the pure-function model API."""
+"""T5 (original T5 and T5.1.1) in Flax linen with T5X parameter names, soft prompts and the pure-function
+model API."""
 
 from promptjax.models.config import T5Config, get_config, preset_names
 from promptjax.models.model import PromptableT5, shift_right

@@ -1,4 +1,5 @@
-"""Building blocks of T5 v1.1 in Flax linen, with T5X (flaxformer) parameter names and logical axes.
+"""Building blocks of T5 (original T5 and T5.1.1) in Flax linen, with T5X (flaxformer) parameter names and
+logical axes.
 
 Every parameter is created through `nn.with_logical_partitioning`, so `jax.eval_shape(model.init, ...)`
 yields the logical axis names (`vocab`, `embed`, `joined_kv`, `mlp`, `heads`, `relpos_buckets`) that the
@@ -16,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from promptjax.models.config import mlp_input_names
 
 Array = jax.Array
 # Large negative additive bias for masked attention logits (as T5X; finite so fully masked rows stay
@@ -72,6 +75,12 @@ class Embed(nn.Module):
   def __call__(self, tokens: Array) -> Array:
     """[batch, length] int -> [batch, length, embed]."""
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, query: Array) -> Array:
+    """[..., embed] -> [..., vocab]: query @ embedding^T (a tied output projection)."""
+    y = jnp.dot(query.reshape(-1, query.shape[-1]).astype(self.dtype),
+                self.embedding.astype(self.dtype).T)
+    return y.reshape(query.shape[:-1] + (self.num_embeddings,))
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
@@ -163,18 +172,32 @@ class MultiHeadDotProductAttention(nn.Module):
                  name='out')(out)
 
 
+# `T5Config.mlp_activations` names -> functions ('gelu': tanh approximation, as T5X and HF's 'gelu_new').
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': functools.partial(jax.nn.gelu, approximate=True),
+               'linear': lambda x: x}
+
+
 class MlpBlock(nn.Module):
-  """Gated-GELU MLP of T5 v1.1: wo(gelu(x @ wi_0) * (x @ wi_1)), kernels [embed, mlp] / [mlp, embed]."""
+  """T5's MLP (T5X's `MlpBlock`): wo(act_0(x @ wi_0) * act_1(x @ wi_1) * ...), kernels [embed, mlp] /
+  [mlp, embed]; a single activation names its kernel `wi`.
+
+  ('gelu', 'linear'): T5.1.1's gated GELU, wo(gelu(x @ wi_0) * (x @ wi_1)). ('relu',): original T5's
+  wo(relu(x @ wi)). Dropout acts on the hidden activations (after the activations and their product,
+  before wo), in both: as HF's `T5DenseGatedActDense` and `T5DenseActDense` (dropout after the
+  activation) and T5X's intermediate dropout.
+  """
   mlp_dim: int
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  activations: Tuple[str, ...] = ('gelu', 'linear')
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     emb = x.shape[-1]
     dense = functools.partial(Dense, dtype=self.dtype)
-    h0 = dense(self.mlp_dim, axes=('embed', 'mlp'), name='wi_0')(x)
-    h1 = dense(self.mlp_dim, axes=('embed', 'mlp'), name='wi_1')(x)
-    hidden = jax.nn.gelu(h0, approximate=True) * h1
+    hidden = None
+    for name, act in zip(mlp_input_names(self.activations), self.activations):
+      h = ACTIVATIONS[act](dense(self.mlp_dim, axes=('embed', 'mlp'), name=name)(x))
+      hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
     return dense(emb, axes=('mlp', 'embed'), name='wo')(hidden)

@@ -26,7 +26,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
-from promptjax.models.config import T5Config
+from promptjax.models.config import T5Config, describe_architecture
 from promptjax.models.prompts import PromptConfig, init_prompt_params
 from promptjax.models.t5 import Transformer
 from promptjax.models import losses
@@ -67,7 +67,7 @@ def _loss_weights(batch: Batch) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class PromptableT5:
-  """A T5 v1.1 with an optional soft prompt, exposed as pure functions.
+  """A T5 (original T5 or T5.1.1, `T5Config`) with an optional soft prompt, exposed as pure functions.
 
   Attributes:
     config: architecture (`promptjax.models.get_config('small')`, ...).
@@ -135,17 +135,24 @@ class PromptableT5:
     exp = traverse_util.flatten_dict(expected, sep='/', is_leaf=lambda _, x: isinstance(x, tuple))
     got = {k: tuple(jnp.shape(v)) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
     missing = sorted(set(exp) - set(got))
+    extra = sorted(set(got) - set(exp))
     if missing:
       raise ValueError(f'Parameter {missing[0]!r} is missing ({len(missing)} missing in all) for '
-                       f'model {self.config}.')
-    extra = sorted(set(got) - set(exp))
+                       f'model {self.config}.{self._architecture_hint(missing + extra)}')
     if extra:
       raise ValueError(f'Unexpected parameter {extra[0]!r} ({len(extra)} unexpected in all) for '
-                       f'model {self.config}.')
+                       f'model {self.config}.{self._architecture_hint(extra)}')
     for k in sorted(exp):
       if exp[k] != got[k]:
         raise ValueError(f'Parameter {k!r} has shape {got[k]}, but the model expects {exp[k]} '
                          f'(config {self.config}).')
+
+  def _architecture_hint(self, keys) -> str:
+    if not any(k.endswith(('/mlp/wi/kernel', '/mlp/wi_0/kernel', 'logits_dense/kernel')) for k in keys):
+      return ''
+    return (f' The parameters are of another T5 architecture than the model, {describe_architecture(self.config)}: '
+            "original T5 has mlp/wi and no decoder/logits_dense (get_config('t5_base'), ...), T5.1.1 and "
+            "Flan-T5 have mlp/wi_0, mlp/wi_1 and decoder/logits_dense (get_config('t5_1_1_base'), ...).")
 
   # ----------------------------------------------------------------------------------------------
   # Computation.

@@ -1,6 +1,7 @@
-"""T5 v1.1 encoder-decoder in Flax linen with T5X parameter names, plus optional soft prompts.
+"""T5 encoder-decoder (original T5 or T5.1.1) in Flax linen with T5X parameter names, plus optional soft
+prompts.
 
-Parameter tree (T5X / flaxformer t5_1_1 layout; kernels are 2-D [in, out]):
+Parameter tree (T5X / flaxformer layout; kernels are 2-D [in, out]):
 
   token_embedder/embedding                                   [vocab, embed]
   encoder/relpos_bias/rel_embedding                          [heads, buckets]
@@ -8,15 +9,21 @@ Parameter tree (T5X / flaxformer t5_1_1 layout; kernels are 2-D [in, out]):
   encoder/layers_{i}/attention/{query,key,value}/kernel      [embed, heads*head_dim]
   encoder/layers_{i}/attention/out/kernel                    [heads*head_dim, embed]
   encoder/layers_{i}/pre_mlp_layer_norm/scale                [embed]
-  encoder/layers_{i}/mlp/{wi_0,wi_1}/kernel, mlp/wo/kernel   [embed, mlp], [mlp, embed]
+  encoder/layers_{i}/mlp/{wi_0,wi_1}/kernel, mlp/wo/kernel   [embed, mlp], [mlp, embed]  (T5.1.1)
+  encoder/layers_{i}/mlp/wi/kernel, mlp/wo/kernel            [embed, mlp], [mlp, embed]  (original T5)
   encoder/encoder_norm/scale                                 [embed]
   decoder/relpos_bias/rel_embedding                          [heads, buckets]
   decoder/layers_{i}/pre_self_attention_layer_norm, self_attention,
                      pre_cross_attention_layer_norm, encoder_decoder_attention,
                      pre_mlp_layer_norm, mlp
   decoder/decoder_norm/scale                                 [embed]
-  decoder/logits_dense/kernel                                [embed, vocab]
+  decoder/logits_dense/kernel                                [embed, vocab]  (T5.1.1 only)
   prompt/...                                                 see `promptjax.models.prompts`
+
+The two architectures differ only in the MLP (`T5Config.mlp_activations`: T5.1.1's gated GELU with
+`wi_0`/`wi_1`, original T5's ReLU with `wi`) and the output projection (`T5Config.logits_via_embedding`:
+original T5 has no `decoder/logits_dense`; its logits are the decoder output scaled by emb_dim**-0.5, times
+`token_embedder/embedding` transposed, as HF's tied `T5ForConditionalGeneration` and T5X compute them).
 
 Inserted input vectors (SUPMER's cluster-centroid template, Pan et al. 2023, App. A.2 Eq. 19): `encode`
 optionally takes ``encoder_input_vectors`` [b, V, embed] and ``encoder_input_vector_positions`` [b, V]
@@ -82,7 +89,7 @@ class EncoderLayer(nn.Module):
                                                 deterministic=self.deterministic)
     x = x + drop(h)
     h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_mlp_layer_norm')(x)
-    h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, name='mlp')(h, self.deterministic)
+    h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, c.mlp_activations, name='mlp')(h, self.deterministic)
     return x + drop(h)
 
 
@@ -108,7 +115,7 @@ class DecoderLayer(nn.Module):
                                           deterministic=self.deterministic)
     x = x + drop(h)
     h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_mlp_layer_norm')(x)
-    h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, name='mlp')(h, self.deterministic)
+    h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, c.mlp_activations, name='mlp')(h, self.deterministic)
     return x + drop(h)
 
 
@@ -143,6 +150,9 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   config: T5Config
+  # The token embedding the logits are computed with when `config.logits_via_embedding` (shared with the
+  # Transformer: its parameters stay at `token_embedder/embedding`).
+  embedder: Optional[layers.Embed] = None
 
   @nn.compact
   def __call__(self, embedded: Array, encoded: Array, encoder_mask: Array,
@@ -171,12 +181,15 @@ class Decoder(nn.Module):
           x, encoded, self_bias, cross_bias, None if prefixes is None else prefixes[i])
     x = layers.RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name='decoder_norm')(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    if c.logits_via_embedding:
+      # Original T5: the output projection is the input embedding, applied to the output scaled by d**-0.5.
+      return self.embedder.attend(x * jnp.asarray(c.emb_dim ** -0.5, x.dtype))
     return layers.Dense(c.vocab_size, axes=('embed', 'vocab'), dtype=c.jnp_dtype,
                         name='logits_dense')(x)
 
 
 class Transformer(nn.Module):
-  """T5 v1.1 encoder-decoder with an optional shallow or deep soft prompt (`prompt/` subtree)."""
+  """T5 encoder-decoder with an optional shallow or deep soft prompt (`prompt/` subtree)."""
   config: T5Config
   prompt_config: PromptConfig = PromptConfig()
 
@@ -184,7 +197,7 @@ class Transformer(nn.Module):
     c = self.config
     self.token_embedder = layers.Embed(c.vocab_size, c.emb_dim, c.jnp_dtype)
     self.encoder = Encoder(c)
-    self.decoder = Decoder(c)
+    self.decoder = Decoder(c, self.token_embedder if c.logits_via_embedding else None)
     self.prompt = make_prompt_module(self.prompt_config, c)
 
   def _deep(self):

@@ -35,6 +35,7 @@ import optax
 
 from promptjax.data.feeds import DatasetConfig, dataset_batches
 from promptjax.errors import TrainingError, first_line
+from promptjax.models.config import T5Config
 from promptjax.models.model import PromptableT5
 from promptjax.training import optimizers as opt_lib
 from promptjax.training import partitioning
@@ -47,6 +48,18 @@ log = logging.getLogger(__name__)
 def model_signature(model: PromptableT5, trainable: str) -> Dict[str, Any]:
   return {'config': dataclasses.asdict(model.config), 'prompt': dataclasses.asdict(model.prompt),
           'trainable': trainable}
+
+
+def _with_config_defaults(signature: Any) -> Any:
+  """A saved signature whose model config has the defaults of fields added since it was written (a checkpoint
+  of an earlier promptjax, before `mlp_activations` and `logits_via_embedding`, is a T5.1.1 model)."""
+  if not isinstance(signature, Mapping) or not isinstance(signature.get('config'), Mapping):
+    return signature
+  try:
+    config = T5Config(**signature['config'])
+  except (TypeError, ValueError):
+    return signature
+  return {**signature, 'config': json.loads(json.dumps(dataclasses.asdict(config)))}
 
 
 def _describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
@@ -402,6 +415,7 @@ def _restore_latest(manager, model_dir: str, run: Setup, signature, restore_fall
     log.info('Restoring checkpoint %s', path)
     try:
       saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      saved['signature'] = _with_config_defaults(saved.get('signature'))
       if saved.get('signature') != signature:
         raise TrainingError(
             f'{model_dir}/checkpoint_{latest} was written by a different model or method '

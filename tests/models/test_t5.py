@@ -190,8 +190,8 @@ def test_hf_import_errors_name_the_key(tmp_path):
   (tmp_path / 'empty' / 'config.json').write_text(hf_model.config.to_json_string())
   with pytest.raises(FileNotFoundError, match='No HF weights'):
     hf_ckpt.load_hf_checkpoint(str(tmp_path / 'empty'))
-  with pytest.raises(ValueError, match='T5 v1.0'):
-    hf_ckpt.config_from_hf({**hf_model.config.to_dict(), 'feed_forward_proj': 'relu'})
+  with pytest.raises(ValueError, match="feed_forward_proj='gated-silu'; promptjax implements 'relu'"):
+    hf_ckpt.config_from_hf({**hf_model.config.to_dict(), 'feed_forward_proj': 'gated-silu'})
 
 
 def test_encode_once_decode_per_choice_equals_full_forward():
