@@ -29,10 +29,11 @@ applied to each prompt token's gradient row g_l ∈ R^d:
 The gate starts at z ≡ `gate_init` (W = 0, b = logit(gate_init); 0.5 by default): with h = identity at
 initialization ψ is then the identity too, and SUPMER starts as prompt-only MAML.
 
-Regularized loss (A.3, Eq. 20): L_reg = mean_d (z_d − b_k)² (the squared norm ‖z − b_k‖² divided by d,
-so that λ = 1 of Table 6 weighs it like one loss term whatever d is — our reading), averaged over the
-tasks, added with coefficient λ (`reg_coefficient`) to the objective of φ only (Alg. 1 line 20); b_k is
-a constant (the curriculum's current value).
+Regularized loss (A.3, Eq. 20): L_reg = ‖z − b_k‖² = Σ_d (z_d − b_k)², the squared norm over the d
+gate dimensions (z_i of task i has its own H), averaged over the tasks as the query loss is below (one
+L_reg per task: Σ_i [L_{Q_i} + λ L_reg,i] up to the common factor 1/M), added with coefficient λ
+(`reg_coefficient`, Table 6: 1.0) to the objective of φ only (Alg. 1 line 20); b_k is a constant (the
+curriculum's current value).
 
 Task augmentation (§3.3, Eq. 4, Alg. 2 lines 7-12). For task i and a mixing ratio λ_i (one per task):
 
@@ -81,11 +82,15 @@ per task on the prompt only:
 (mean over the M tasks where Alg. 1 sums: a constant factor, which Adam does not see except through ε).
 The θ-update uses ∇_θ L_outer and the φ-update ∇_φ [L_outer + λ L_reg] (Alg. 1 lines 19-20).
 
-* default (first order in θ, as the official code): g_s and H are constants (stop_gradient), so
-  ∂θ'/∂θ = I and the θ-gradient is mean_i ∇L_{Q̃_i}(θ'_i); the φ-gradient is exact through the inner step,
-  −α₁ mean_i (∂ψ_φ(g_s,i)/∂φ)ᵀ ∇L_{Q̃_i}(θ'_i) (g_s does not depend on φ).
-* ``second_order=True``: the full Eq. 8, differentiating through ∇_θ L_S(θ) and H(θ) (z depends on θ
-  through H); L_reg still only updates φ (its H is a constant).
+* default (``second_order=True``, the paper: Eq. 8 and the gradients g_θ, g_φ of App. A.1, Eq. 13-15, which
+  carry the Hessian H_0 of the support loss): the full Eq. 8, differentiating through ∇_θ L_S(θ) and H(θ)
+  (z depends on θ through H); L_reg still only updates φ (its H is a constant). Cost: one more
+  backward pass through the support forward/backward (a Hessian-vector product per task); the memory
+  of the support pass is kept for it.
+* ``second_order=False`` (first order in θ, the official code's ``create_graph=False``): g_s and H are
+  constants (stop_gradient), so ∂θ'/∂θ = I and the θ-gradient is mean_i ∇L_{Q̃_i}(θ'_i); the φ-gradient
+  is still exact through the inner step, −α₁ mean_i (∂ψ_φ(g_s,i)/∂φ)ᵀ ∇L_{Q̃_i}(θ'_i) (g_s does not
+  depend on φ).
 
 The M tasks are vmapped; the transformer is shared (broadcast), only prompt copies are batched, and the
 transformer gets no gradient. Dropout is off in the SUPMER step (the model's `encode`/`decode` are
@@ -155,7 +160,8 @@ class SupmerConfig:
     similarity_query: where g_q is taken: 'initial' (θ, Alg. 1 line 13) | 'adapted' (θ').
     similarity_decay: κ of the running average of s (0: Alg. 1 line 18).
     beta_form: 'alg2' (λ ~ Beta(α, bα), Eq. 10 / Alg. 2) | 'increasing' (Beta(bα, α), §3.5's text).
-    second_order: the full Eq. 8 (through ∇_θ L_S and H) instead of first order in θ.
+    second_order: the full Eq. 8 (through ∇_θ L_S and H; the paper, App. A.1); False: first order in θ
+      (the official code).
     task_augmentation: mixup of query sets (ablation: False).
     curriculum: the curriculum of b (ablation: False, b = 1).
     gradient_regularization: ψ_φ (ablation: False, plain prompt FoMAML).
@@ -174,7 +180,7 @@ class SupmerConfig:
   similarity_query: str = 'initial'
   similarity_decay: float = 0.0
   beta_form: str = 'alg2'
-  second_order: bool = False
+  second_order: bool = True
   task_augmentation: bool = True
   curriculum: bool = True
   gradient_regularization: bool = True
@@ -439,7 +445,7 @@ def supmer_gradient(model, transformer: Params, prompt: Params, phi: Params, set
     q_losses, reg_gs = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0))(g_s, reps, offsets, query, mix_query, lam)
     if cfg.gradient_regularization:
       z_reg = jax.vmap(lambda r: gate(phi_, r))(jax.lax.stop_gradient(reps))
-      reg = jnp.mean(jnp.square(z_reg - b))
+      reg = jnp.mean(jnp.sum(jnp.square(z_reg - b), axis=-1))   # mean_i ‖z_i − b‖² (Eq. 20)
     else:
       z_reg, reg = jnp.zeros_like(reps), jnp.zeros((), jnp.float32)
     q_loss = jnp.mean(q_losses)

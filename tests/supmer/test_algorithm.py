@@ -119,7 +119,7 @@ def ref_soft_loss(model, params, q, mq, lam):
 
 
 def ref_objective(model, frozen, sets, lam, transform, theta0, first_order):
-  """J(θ, φ) = mean_i L_{Q̃_i}(θ − α ψ_φ(∇L_{S_i}(θ))) + mean_i mean_d (z_i − b)², with ∇L_S and H taken
+  """J(θ, φ) = mean_i L_{Q̃_i}(θ − α ψ_φ(∇L_{S_i}(θ))) + mean_i ‖z_i − b‖², with ∇L_S and H taken
   at θ_0 (first order in θ) or at θ (second order); the L_reg term (φ only) uses H at θ_0."""
   def join(p):
     return {**frozen, 'prompt': {'prompt': p}}
@@ -132,7 +132,7 @@ def ref_objective(model, frozen, sets, lam, transform, theta0, first_order):
       g = jax.grad(lambda p: model.loss_fn(join(p), sup)[0])(at)
       h_rep = ref_rep(model, join(at), sup)
       adapted = theta - ALPHA * ref_psi(phi, g, h_rep, transform)
-      reg = jnp.mean((ref_gate(phi, ref_rep(model, join(theta0), sup)) - B_K) ** 2)
+      reg = jnp.sum((ref_gate(phi, ref_rep(model, join(theta0), sup)) - B_K) ** 2)   # Eq. 20: ‖z − b‖²
       total = total + ref_soft_loss(model, join(adapted), q, mq, lam[i]) + reg
     return total / M
   return objective
@@ -270,7 +270,8 @@ def _gradient(model, params, phi, sets, lam, cfg):
 @pytest.mark.parametrize('transform', ['affine', 'official_mlp'])
 def test_first_order_gradients_match_finite_differences(f64, transform):
   model, params = f64
-  cfg = supmer.SupmerConfig(transform=transform, inner_learning_rate=ALPHA, reg_coefficient=1.0)
+  cfg = supmer.SupmerConfig(transform=transform, inner_learning_rate=ALPHA, reg_coefficient=1.0,
+                            second_order=False)
   sets = jax.tree.map(jnp.asarray, _sets(2))
   lam = jnp.asarray([0.3, 0.8])
   phi = _phi(cfg, scale=1.0)
@@ -292,7 +293,8 @@ def test_first_order_gradients_match_finite_differences(f64, transform):
 
 def test_second_order_theta_gradient_matches_finite_differences(f64):
   model, params = f64
-  cfg = supmer.SupmerConfig(inner_learning_rate=ALPHA, second_order=True)
+  cfg = supmer.SupmerConfig(inner_learning_rate=ALPHA)   # second order is the default (Eq. 8, App. A.1)
+  assert cfg.second_order
   sets = jax.tree.map(jnp.asarray, _sets(3))
   lam = jnp.asarray([0.6, 0.2])
   phi = _phi(cfg, seed=4)
@@ -313,6 +315,22 @@ def test_second_order_theta_gradient_matches_finite_differences(f64):
   assert max(errs) < 1e-7, errs
 
 
+def test_reg_loss_is_the_squared_norm_of_eq_20(base):
+  """L_reg = ‖z − b‖² summed over the d gate dimensions (Eq. 20), in closed form: with W = 0 the gate is
+  z = σ(bias) whatever H is, so L_reg = Σ_d (σ(bias_d) − b)²; with α₁ = 0 the query loss does not depend on
+  φ, so the φ-gradient is λ ∂L_reg/∂bias = 2λ(z − b)·z(1 − z)."""
+  model, params = base
+  cfg = supmer.SupmerConfig(inner_learning_rate=0.0, reg_coefficient=0.7, second_order=False)
+  phi = supmer.init_phi(cfg, L, 8)
+  phi['gate']['bias'] = jnp.asarray(np.random.RandomState(11).standard_normal(8), jnp.float32)
+  out = _gradient(model, params, phi, jax.tree.map(jnp.asarray, _sets(6)), jnp.asarray([0.3, 0.7]), cfg)
+  z = 1 / (1 + np.exp(-np.asarray(phi['gate']['bias'], np.float64)))
+  np.testing.assert_allclose(float(out.metrics['reg_loss']), np.sum((z - B_K) ** 2), rtol=1e-5)
+  assert float(out.metrics['reg_loss']) > 2 * np.mean((z - B_K) ** 2)   # a sum over d = 8, not the mean
+  np.testing.assert_allclose(out.phi_grad['gate']['bias'], 0.7 * 2 * (z - B_K) * z * (1 - z), rtol=1e-4,
+                             atol=1e-7)
+
+
 def dataclasses_replace(cfg, **kw):
   import dataclasses
   return dataclasses.replace(cfg, **kw)
@@ -325,7 +343,7 @@ def test_no_psi_no_augmentation_is_prompt_fomaml(base):
   model, params = base
   sets = jax.tree.map(jnp.asarray, _sets(4))
   cfg = supmer.SupmerConfig(inner_learning_rate=0.5, gradient_regularization=False, task_augmentation=False,
-                            similarity='raw')
+                            similarity='raw', second_order=False)
   out = _gradient(model, params, supmer.init_phi(cfg, L, 8), sets, jnp.zeros(M), cfg)
   meta = MetaConfig('fomaml', inner_steps=1, inner_optimizer=optax.sgd(0.5), inner_learning_rate=0.5,
                     inner_global_norm_clip=None)
