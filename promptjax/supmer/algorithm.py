@@ -43,9 +43,11 @@ on the *encoder output states* [Q, L+n, d] of the query examples (example q of Q
 both encoded with task i's current prompt; padding states are zeroed before mixing and the mixed
 sequence attends to the union of the two masks (a position valid in one only carries that one's
 weighted state) — the union of the masks of the sides with non-zero weight, so that λ = 0 gives exactly
-m_i (and λ = 1 exactly m_j): a zeroed state is not masked out by itself (its attention logit is 0). The decoder is teacher-forced with τ_i's decoder inputs (for SUPMER's one-token
-verbalizers — yes/no/maybe, A-D — the label position sees BOS in both tasks, so it mixes exactly;
-later positions, e.g. EOS, are conditioned on τ_i's label) and its causal/target mask is the union of the
+m_i (and λ = 1 exactly m_j): a zeroed state is not masked out by itself (its attention logit is 0).
+The decoder is teacher-forced with τ_i's decoder inputs (SUPMER's targets are ``<extra_id_0> word`` with
+one-token verbalizers — yes/no/maybe, A-D —: the sentinel and the label positions see the same decoder
+inputs, BOS and ``<extra_id_0>``, in both tasks, so they mix exactly; later positions, e.g. EOS, are
+conditioned on τ_i's label) and its causal/target mask is the union of the
 two targets' masks. The soft targets Ỹ_t = (1 − λ) w_{i,t}·onehot(y_{i,t}) + λ w_{j,t}·onehot(y_{j,t})
 over the vocabulary (targets of different lengths mix position by position; where only one has a label the
 soft label has mass (1 − λ) or λ) give the soft-label cross-entropy Σ_t −Σ_v Ỹ_{t,v} log p_{t,v}

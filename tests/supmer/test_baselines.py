@@ -90,7 +90,7 @@ def test_exemplar_task_renders_each_centroid_as_a_sentence_of_that_cluster(supme
     want = (f'{_question(anchor)} A. {_term(ex[0])} B. {_term(ex[1])} C. {_term(ex[2])} D. {_term(ex[3])} '
             'Answer: <extra_id_0>')
     assert g['inputs_pretokenized'] == want
-    assert g['targets_pretokenized'] == 'ABCD'[label] == r['targets_pretokenized'][0]
+    assert g['targets_pretokenized'] == '<extra_id_0> ' + 'ABCD'[label] == r['targets_pretokenized'][0]
     assert '<extra_id_99>' not in g['inputs_pretokenized'] and 'encoder_input_vectors' not in g
     assert anchor not in ex
     assert set(ex) <= split_sentences  # exemplars come from the record's own split
@@ -102,6 +102,8 @@ def test_unified_ppt_templates_by_hand_for_one_record_of_each_format(supmer_dir)
     raw = _records(supmer_dir, fmt)[0]
     got = _task_examples(f'mini_unified_ppt_{fmt}', limit=1)[0]
     anchor, inputs, target = raw['anchor'][0], raw['inputs_pretokenized'][0], raw['targets_pretokenized'][0]
+    assert target.startswith('<extra_id_0> ')   # the word at the sentinel, as the construction writes it
+    target = target[len('<extra_id_0> '):]
     if fmt == 'nsp_yes_maybe_no':
       s2 = inputs.split(' <extra_id_0>. ', 1)[1]
       want = f'{_question(anchor)} {s2} A. yes. B. no. C. maybe. ? The correct one is <extra_id_0>'
@@ -120,9 +122,9 @@ def test_unified_ppt_templates_by_hand_for_one_record_of_each_format(supmer_dir)
               '? The correct one is <extra_id_0>')
       letter = target
     assert got['inputs_pretokenized'] == want, fmt
-    assert got['targets_pretokenized'] == letter, fmt
-    assert list(got['answer_choices']) == [b'A', b'B', b'C', b'D'][:{'nsp_yes_maybe_no': 3,
-                                                                    'sp_same_cluster': 2}.get(fmt, 4)]
+    assert got['targets_pretokenized'] == f'<extra_id_0> {letter}', fmt
+    assert list(got['answer_choices']) == [f'<extra_id_0> {c}'.encode() for c in 'ABCD'][
+        :{'nsp_yes_maybe_no': 3, 'sp_same_cluster': 2}.get(fmt, 4)]
 
 
 def test_unified_ppt_answers_map_to_the_right_letter_for_every_record(supmer_dir):
@@ -130,7 +132,7 @@ def test_unified_ppt_answers_map_to_the_right_letter_for_every_record(supmer_dir
     raw, got = _records(supmer_dir, fmt, 'validation'), _task_examples(f'mini_unified_ppt_{fmt}', 'validation')
     assert len(raw) == len(got) > 0
     letters = [g['targets_pretokenized'] for g in got]
-    assert letters == ['ABC'[words.index(r['targets_pretokenized'][0])] for r in raw]
+    assert letters == ['<extra_id_0> ' + 'ABC'[words.index(r['targets_pretokenized'][0].split()[-1])] for r in raw]
     assert {g['label'] for g in got} == set(range(len(words)))
   raw, got = _records(supmer_dir, 'mc_next_segment'), _task_examples('mini_unified_ppt_mc_next_segment')
   assert [g['targets_pretokenized'] for g in got] == [r['targets_pretokenized'][0] for r in raw]
@@ -217,7 +219,7 @@ def test_metapt_clusters_are_balanced_sentiment_tasks(metapt, metapt_dir):
     assert counts.min() == counts.max() >= 2, (task.name, counts)   # balanced labels
     for e, s in zip(exs, stars):
       assert e['inputs_pretokenized'] == f'{e["review"]} It was <extra_id_0>.'
-      assert e['targets_pretokenized'] == STARS[s]
+      assert e['targets_pretokenized'] == f'<extra_id_0> {STARS[s]}'   # the word at the sentinel
       assert '\\' not in e['review'] and 'said "me".' in e['review']
     tok = np.zeros((len(exs), 32), np.int32)
     for r, e in enumerate(exs):
