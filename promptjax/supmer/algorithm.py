@@ -487,6 +487,25 @@ def supmer_gradient(model, transformer: Params, prompt: Params, phi: Params, set
   return SupmerOutput(q_loss, g_theta, g_phi, jnp.mean(sims), metrics)
 
 
+def validation_loss(model, params: Params, batch: Mapping[str, Any], cfg: SupmerConfig) -> jax.Array:
+  """The meta-validation loss of a flat meta-batch of validation tasks (App. C.2: θ and φ are chosen by
+  "the lowest validation loss"): mean_i L_{Q_i}(θ − α₁ ψ_φ(∇_θ L_{S_i}(θ))) — one ψ-regulated inner step
+  on each task's support set, the loss of its query set as it is (no task augmentation), as the
+  official code validates. `params` are the trainer's (the model's plus the 'supmer' subtree)."""
+  sets = split_batch(batch)
+  transformer, prompt = split_prompt({k: v for k, v in params.items() if k != SUPMER_KEY})
+  phi = params[SUPMER_KEY]['phi']
+
+  def one(support, query):
+    support_loss = lambda p: plain_loss(model, join_prompt(transformer, p), support)
+    (_, rep), g = jax.value_and_grad(support_loss, has_aux=True)(prompt)
+    reg_g, _ = psi(phi, g, rep, cfg)
+    adapted = jax.tree.map(lambda t, u: t - cfg.inner_learning_rate * u, prompt, reg_g)
+    return plain_loss(model, join_prompt(transformer, adapted), query)[0]
+
+  return jnp.mean(jax.vmap(one)(sets['support'], sets['query']))
+
+
 # ------------------------------------------------------------------------------------------------
 # Outer optimizer and the train step.
 
