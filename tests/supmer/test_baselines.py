@@ -263,25 +263,64 @@ def test_cli_ppt_train_one_step(supmer_dir, tmp_path):
   # meta-step of it is prompt-only MAML, exercised in tests/meta.
 
 
+def _parse_row(repo, name):
+  gin.clear_config()
+  cli.register_gin_configurables()
+  gin.add_config_file_search_path(os.path.join(repo, 'promptjax', 'configs'))
+  gin.parse_config_file(f'paper/{name}', skip_unknown=False)
+
+
+def _macro(name):
+  value = gin.query_parameter(f'{name}/gin.macro.value')
+  if isinstance(value, gin.config.ConfigurableReference) and value.scoped_selector.endswith('/gin.macro'):
+    return _macro(value.scoped_selector.split('/')[0])   # a macro bound to another macro
+  return value
+
+
 def test_paper_gin_files_dry_run_and_parse():
+  """The rows bind the values Pan et al. 2023 give: Table 6 / App. C.2 for the meta-training and pre-training
+  rows, App. C.1 for the downstream rows (the numbers are written here from the paper)."""
   from tests.training.common import dry_run_reports
-  names = ['pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin', 'pan2023_base_metapt.gin']
+  names = ['pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin', 'pan2023_base_metapt.gin',
+           'pan2023_base_supmer.gin']
   reports = dict(dry_run_reports(names))
   for name in names:
     assert 'trainable: prompt' in reports[name], name
   assert 'meta-learning: ' in reports['pan2023_base_metapt.gin']
+  assert 'second order' in reports['pan2023_base_supmer.gin']   # Eq. 8, App. A.1
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  gin.clear_config()
   try:
-    cli.register_gin_configurables()
-    gin.add_config_file_search_path(os.path.join(repo, 'promptjax', 'configs'))
-    gin.parse_config_file('paper/pan2023_base_pt.gin', skip_unknown=False)
-    assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100
-    assert gin.query_parameter('promptjax.models.PromptConfig.init') == 'uniform'
-    assert gin.query_parameter('DOWNSTREAM_LEARNING_RATES/gin.macro.value') == (0.1, 0.2, 0.3)
-    gin.clear_config()
-    gin.parse_config_file('paper/pan2023_base_unified_ppt.gin')
-    assert gin.query_parameter('MIXTURE_OR_TASK_NAME/gin.macro.value') == 'unified_ppt_pretrain'
-    assert gin.query_parameter('BATCH_SIZE/gin.macro.value') == 256
+    # Downstream (App. C.1): AdamW, lr grid {0.1, 0.2, 0.3}, batch 32, 200 epochs, validation every 10 steps,
+    # seeds 10-50, 100 soft tokens; ψ* for SUPMER only; PT from a normal prompt (App. B).
+    for name, psi in (('pan2023_base_fewshot.gin', True), ('pan2023_base_domain.gin', True),
+                      ('pan2023_base_pt.gin', False), ('pan2023_base_baseline_downstream.gin', False)):
+      _parse_row(repo, name)
+      assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100, name
+      assert _macro('DOWNSTREAM_LEARNING_RATES') == (0.1, 0.2, 0.3), name
+      assert (_macro('DOWNSTREAM_EPOCHS'), _macro('DOWNSTREAM_EVAL_INTERVAL')) == (200, 10), name
+      assert _macro('DOWNSTREAM_SEEDS') == (10, 20, 30, 40, 50), name
+      assert gin.query_parameter('promptjax.evaluation.DownstreamConfig.batch_size') == 32, name
+      assert gin.query_parameter('promptjax.evaluation.DownstreamConfig.optimizer') == 'adamw', name
+      assert _macro('USE_SUPMER_REGULARIZER') is psi, name
+      assert _macro('FRESH_PROMPT_STD') == (1e-4 if name == 'pan2023_base_pt.gin' else None), name
+      assert len(_macro('TARGET_TASKS')) == (6 if 'domain' in name else 12), name
+    # Pre-training (App. C.2): rsqrt lr 0.1, batch 256, 200,000 steps, validation every 2,000, lowest kept.
+    for name in ('pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin'):
+      _parse_row(repo, name)
+      assert (_macro('BATCH_SIZE'), _macro('TRAIN_STEPS'), _macro('EVAL_PERIOD')) == (256, 200000, 2000), name
+      assert _macro('KEEP_BEST') is True, name
+    assert _macro('MIXTURE_OR_TASK_NAME') == 'unified_ppt_pretrain'
+    # MetaPT (App. C.2): inner lr 0.08, outer lr 0.025, early stopping patience 6, SUPMER's other settings.
+    _parse_row(repo, 'pan2023_base_metapt.gin')
+    assert (_macro('INNER_LEARNING_RATE'), _macro('LEARNING_RATE')) == (0.08, 0.025)
+    assert (_macro('EARLY_STOPPING_PATIENCE'), _macro('EVAL_PERIOD'), _macro('KEEP_BEST')) == (6, 2000, True)
+    assert (_macro('META_BATCH_SIZE'), _macro('INNER_BATCH_SIZE'), _macro('TRAIN_STEPS')) == (4, 32, 100000)
+    assert sb.METAPT_NUM_CLUSTERS == 10
+    # SUPMER (Table 6, App. C.2).
+    _parse_row(repo, 'pan2023_base_supmer.gin')
+    assert (_macro('META_BATCH_SIZE'), _macro('INNER_LEARNING_RATE'), _macro('LEARNING_RATE'),
+            _macro('PHI_LEARNING_RATE'), _macro('TRAIN_STEPS')) == (4, 0.1, 0.1, 1e-4, 100000)
+    assert (_macro('EVAL_PERIOD'), _macro('KEEP_BEST'), _macro('SECOND_ORDER')) == (2000, True, True)
+    assert (_macro('REG_COEFFICIENT'), _macro('CURVE')) == (1.0, 2.0)
   finally:
     gin.clear_config()
