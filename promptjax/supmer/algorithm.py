@@ -88,7 +88,11 @@ The θ-update uses ∇_θ L_outer and the φ-update ∇_φ [L_outer + λ L_reg] 
   carry the Hessian H_0 of the support loss): the full Eq. 8, differentiating through ∇_θ L_S(θ) and H(θ)
   (z depends on θ through H); L_reg still only updates φ (its H is a constant). Cost: one more
   backward pass through the support forward/backward (a Hessian-vector product per task); the memory
-  of the support pass is kept for it.
+  of the support pass is kept for it. Measured (XLA's cost and buffer analysis of the compiled step,
+  T5-base, M = 4 tasks of 32 + 32 examples, 512 input + 100 prompt tokens, all tasks in one program):
+  149 vs 106 TFLOP and ~620 vs ~300 GiB of temporaries for second vs first order (layer remat does not
+  lower the second-order figure) — beyond one accelerator either way: shard over several devices
+  (MESH_SHAPE) or use smaller task batches.
 * ``second_order=False`` (first order in θ, the official code's ``create_graph=False``): g_s and H are
   constants (stop_gradient), so ∂θ'/∂θ = I and the θ-gradient is mean_i ∇L_{Q̃_i}(θ'_i); the φ-gradient
   is still exact through the inner step, −α₁ mean_i (∂ψ_φ(g_s,i)/∂φ)ᵀ ∇L_{Q̃_i}(θ'_i) (g_s does not

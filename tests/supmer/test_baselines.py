@@ -293,7 +293,8 @@ def test_paper_gin_files_dry_run_and_parse():
     # Downstream (App. C.1): AdamW, lr grid {0.1, 0.2, 0.3}, batch 32, 200 epochs, validation every 10 steps,
     # seeds 10-50, 100 soft tokens; ψ* for SUPMER only; PT from a normal prompt (App. B).
     for name, psi in (('pan2023_base_fewshot.gin', True), ('pan2023_base_domain.gin', True),
-                      ('pan2023_base_pt.gin', False), ('pan2023_base_baseline_downstream.gin', False)):
+                      ('pan2023_base_pt.gin', False), ('pan2023_base_baseline_downstream.gin', False),
+                      ('pan2023_base_ptuning_v2.gin', False)):
       _parse_row(repo, name)
       assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100, name
       assert _macro('DOWNSTREAM_LEARNING_RATES') == (0.1, 0.2, 0.3), name
@@ -304,6 +305,14 @@ def test_paper_gin_files_dry_run_and_parse():
       assert _macro('USE_SUPMER_REGULARIZER') is psi, name
       assert _macro('FRESH_PROMPT_STD') == (1e-4 if name == 'pan2023_base_pt.gin' else None), name
       assert len(_macro('TARGET_TASKS')) == (6 if 'domain' in name else 12), name
+      # P-Tuning-v2: prompts "at each layer of PLM" (App. B); the others: a shallow prompt.
+      assert gin.query_parameter('promptjax.models.PromptConfig.kind') == ('deep' if 'v2' in name else 'shallow')
+    # Zero-shot inference (App. B): the backbone without a prompt, on the test splits of the 12 datasets.
+    _parse_row(repo, 'pan2023_xl_zeroshot.gin')
+    assert (_macro('USE_PROMPT'), _macro('EVAL_SPLIT')) == (False, 'test')
+    mix = seqio.get_mixture_or_task(_macro('MIXTURE_OR_TASK_NAME'))
+    assert sorted(t.name for t in mix.tasks) == sorted(f'supmer_{d}_100_rank_classification' for d in (
+        'sst2', 'sst5', 'mr', 'cr', 'subj', 'trec', 'cb', 'rte', 'qnli', 'wic', 'mrpc', 'qqp'))
     # Pre-training (App. C.2): rsqrt lr 0.1, batch 256, 200,000 steps, validation every 2,000, lowest kept.
     for name in ('pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin'):
       _parse_row(repo, name)
