@@ -305,13 +305,15 @@ def supmer_gradient_fn(model, phi, supmer_cfg) -> Callable:
   return fn
 
 
-def normal_prompt(prompt: Mapping[str, Any], std: float, seed: int) -> Dict[str, Any]:
-  """A fresh prompt of `prompt`'s structure with every entry drawn from N(0, std²) (Pan et al. 2023, App.
-  B: vanilla prompt tuning's prompt "randomly initialized from a normal distribution"); seeded."""
-  leaves, tree = jax.tree.flatten(prompt)
-  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), len(leaves))
-  return jax.tree.unflatten(tree, [np.asarray(std * jax.random.normal(k, np.shape(x), jnp.float32))
-                                   for k, x in zip(keys, leaves)])
+def normal_prompt(shapes: Mapping[Tuple[str, ...], Tuple[int, ...]], std: float, seed: int) -> Dict[str, Any]:
+  """A fresh prompt subtree (`shapes`: {path: shape}, `promptjax.models.prompts.prompt_shapes`) with every
+  entry drawn from N(0, std²) (Pan et al. 2023, App. B: vanilla prompt tuning's prompt "randomly initialized
+  from a normal distribution"); seeded."""
+  from flax import traverse_util
+  paths = sorted(shapes)
+  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), len(paths))
+  return traverse_util.unflatten_dict({p: np.asarray(std * jax.random.normal(k, shapes[p], jnp.float32))
+                                       for k, p in zip(keys, paths)})
 
 
 def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks: Sequence[str],
@@ -347,8 +349,9 @@ def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks:
       raise generation.EvaluationError(
           f'FRESH_PROMPT_STD tunes a fresh prompt drawn from N(0, std²) (vanilla prompt tuning), but '
           f'CHECKPOINT_PATH={checkpoint_path} holds a trained prompt: give the backbone\'s weights.') from None
-    shapes = model.init_params(jax.random.PRNGKey(seed), transformer_params=transformer)['prompt']
-    params = {**transformer, 'prompt': normal_prompt(shapes, fresh_prompt_std, seed)}
+    from promptjax.models.prompts import prompt_shapes
+    params = {**transformer, 'prompt': normal_prompt(prompt_shapes(model.prompt, model.config), fresh_prompt_std,
+                                                     seed)}
   return evaluate_tasks(model, params, list(target_tasks), config, output_dir=output_dir, baseline=baseline,
                         task_feature_lengths=task_feature_lengths, gradient_fn=gradient_fn,
                         checkpoint=checkpoint.to_json())

@@ -284,6 +284,8 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   if early_stopping_patience is not None and early_stopping_patience < 1:
     raise TrainingError(f'EARLY_STOPPING_PATIENCE must be None (no early stopping) or 1 or more, got '
                         f'{early_stopping_patience}.')
+  if (keep_best or early_stopping_patience) and eval_period <= 0:
+    raise TrainingError('KEEP_BEST / EARLY_STOPPING_PATIENCE select by the validation loss: set EVAL_PERIOD > 0.')
   run = setup(model, method, total_steps=total_steps, optimizer=optimizer,
               learning_rate_fn=learning_rate_fn or opt_lib.learning_rate_schedule(optimizer), trainable=trainable,
               mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules, dropout_seed=dropout_seed,
@@ -298,9 +300,9 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   validate = (_validation_fn(method, model, mesh, eval_dataset_cfg, eval_batches, trainable) if eval_period > 0
               else None)
   if (keep_best or early_stopping_patience) and validate is None:
-    raise TrainingError('KEEP_BEST / EARLY_STOPPING_PATIENCE select by the validation loss: set EVAL_PERIOD > 0 '
-                        'and a validation set (runs/train.gin\'s validation DatasetConfig, or a method that '
-                        'validates itself).')
+    raise TrainingError('KEEP_BEST / EARLY_STOPPING_PATIENCE select by the validation loss, but there is no '
+                        'validation set: runs/train.gin\'s validation DatasetConfig, or a method that validates '
+                        'itself.')
 
   def make_manager(create: bool):
     # Retention is the guard's (a checkpoint is only pruned for a newer one that is known good).

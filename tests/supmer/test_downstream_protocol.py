@@ -69,8 +69,7 @@ def test_vanilla_pt_prompt_is_drawn_from_a_normal_distribution():
   """App. B: PT's prompt is "randomly initialized from a normal distribution": the moments of the draws
   against N(0, σ²) (mean 0, standard deviation σ, kurtosis 3; a uniform draw has kurtosis 1.8)."""
   from promptjax.evaluation import downstream
-  x = np.asarray(downstream.normal_prompt({'prompt': np.zeros((100, 64), np.float32)}, 0.5, 3)['prompt'],
-                 np.float64).ravel()
+  x = np.asarray(downstream.normal_prompt({('prompt',): (100, 64)}, 0.5, 3)['prompt'], np.float64).ravel()
   assert abs(x.mean()) < 4 * 0.5 / np.sqrt(x.size)
   assert abs(x.std() / 0.5 - 1) < 0.03
   assert abs(np.mean((x - x.mean()) ** 4) / x.var() ** 2 - 3) < 0.25

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import promptjax.tasks as T
+from promptjax.checkpoints import t5x
 from promptjax.evaluation import downstream
 from promptjax.evaluation.run import load_params, load_supmer
 from promptjax.models import PromptConfig, PromptableT5, get_config
@@ -30,7 +31,8 @@ def supmer_run(tmp_path_factory, supmer_construction):
   rc = _cli(['train', '--gin_file=runs/train.gin', *MINI, '--gin_file=supmer.gin', f"--gin.MODEL_DIR='{model_dir}'",
              '--gin.TRAIN_STEPS=2', '--gin.CHECKPOINT_PERIOD=2', "--gin.SUPMER_TASK_PREFIX='mini_supmer'",
              "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 4}", '--gin.META_BATCH_SIZE=2',
-             '--gin.promptjax.models.PromptConfig.length=4', '--gin.EVAL_PERIOD=1', '--gin.EVAL_BATCHES=1'])
+             '--gin.promptjax.models.PromptConfig.length=4', '--gin.EVAL_PERIOD=1', '--gin.EVAL_BATCHES=1',
+             '--gin.SECOND_ORDER=False'])   # the second-order step: tests/supmer/test_algorithm.py
   assert rc == 0
   yield model_dir
   T.set_data_dir('supmer', None)
@@ -79,9 +81,9 @@ def test_best_checkpoint_has_the_lowest_meta_validation_loss(supmer_run):
   grad = jax.jit(jax.grad(lambda theta, params, b: model.loss_fn({**params, 'prompt': {'prompt': theta}}, b)[0]))
   want = {}
   for step in (1, 2):
-    path = os.path.join(supmer_run, f'checkpoint_{step}')
-    _, params = load_params(model, path)
-    phi = jax.tree.map(lambda x: np.asarray(x, np.float64), load_supmer(path)[0])
+    saved = t5x.load_t5x_checkpoint(os.path.join(supmer_run, f'checkpoint_{step}'))   # one read: θ, φ, the rest
+    params = {k: v for k, v in saved.items() if k != 'supmer'}
+    phi = jax.tree.map(lambda x: np.asarray(x, np.float64), saved['supmer']['phi'])
     theta = params['prompt']['prompt']
     losses = []
     for i in range(2):

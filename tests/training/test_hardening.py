@@ -336,9 +336,9 @@ def _logits(model, params, inputs, targets):
 
 def test_keep_best_keeps_the_lowest_validation_loss_and_early_stopping(tmp_path):
   """The validation loss falls while the run trains on the validation batch and rises once it trains on
-  other targets. With validation every step, KEEP_BEST and KEEP_CHECKPOINTS=1 (no periodic checkpoint), `best`
-  is the checkpoint of the lowest validation loss (recomputed here from the validated parameters), written
-  at its step and never pruned; EARLY_STOPPING_PATIENCE=2 stops two validations later, and a rerun resumes the
+  other targets. With validation every 2 steps, KEEP_BEST and KEEP_CHECKPOINTS=1 (no periodic checkpoint),
+  `best` is the checkpoint of the lowest validation loss (recomputed here from the validated parameters),
+  written at its step and never pruned; EARLY_STOPPING_PATIENCE=2 stops two validations later, and a rerun resumes the
   record and trains no further."""
   _, cfg, data = setup()
   model = PromptableT5(get_config('tiny', vocab_size=256, num_encoder_layers=1, num_decoder_layers=1),
@@ -348,16 +348,16 @@ def test_keep_best_keeps_the_lowest_validation_loss_and_early_stopping(tmp_path)
   run_dir = str(tmp_path / 'run')
 
   def run(method, start):
-    return trainer.train(model_dir=run_dir, model=model, method=method, total_steps=12, optimizer=optax.adam(0.03),
-                         checkpoint_period=100, keep_checkpoints=1, eval_period=1, keep_best=True,
-                         early_stopping_patience=2, batches=iter(([val] * 3 + [other] * 9)[start:]),
+    return trainer.train(model_dir=run_dir, model=model, method=method, total_steps=12, optimizer=optax.adam(0.05),
+                         checkpoint_period=100, keep_checkpoints=1, eval_period=2, keep_best=True,
+                         early_stopping_patience=2, batches=iter(([val] * 2 + [other] * 10)[start:]),
                          progress=False, async_checkpointing=False, dropout_seed=None)
 
   method = _ValidatedOn(cfg, val)
   first = run(method, 0)
-  losses = {s: _token_loss(model, p, val) for s, p in enumerate(method.seen, start=1)}
+  losses = {2 * i: _token_loss(model, p, val) for i, p in enumerate(method.seen, start=1)}   # steps 2, 4, ...
   best = min(losses, key=losses.get)
-  assert max(losses) == first.step == best + 2 and first.stopped_early, losses   # it went up, twice
+  assert max(losses) == first.step == best + 4 and first.stopped_early, losses   # it went up, twice
   assert first.best_step == best
   np.testing.assert_allclose([first.validation_losses[s] for s in losses], list(losses.values()), rtol=1e-5)
   record = json.load(open(os.path.join(run_dir, 'best.json')))
@@ -368,7 +368,7 @@ def test_keep_best_keeps_the_lowest_validation_loss_and_early_stopping(tmp_path)
   assert _steps(run_dir) == sorted({best, first.step})
   _, got, info = restore.load_params_with_info(model, os.path.join(run_dir, 'best'))
   assert info.step == best and info.path == os.path.join(run_dir, f'checkpoint_{best}')
-  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(method.seen[best - 1])):
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(method.seen[best // 2 - 1])):
     np.testing.assert_array_equal(x, y)
   # A rerun restores the validation record from the checkpoint: no patience left, nothing is trained.
   again = run(_ValidatedOn(cfg, val), first.step)
