@@ -26,7 +26,8 @@ optax `opt_state`, ...) is never returned.
 
 The path may be a `checkpoint_<step>/` (or orbax `<step>/`) directory, T5X's msgpack file inside
 it, an orbax item directory, or the parent model directory, in which case the checkpoint with the
-highest step is taken. Only local file systems are supported.
+highest step is taken; a symbolic link (a promptjax MODEL_DIR's ``best``, the checkpoint of the lowest
+validation loss) is read as the directory it points to. Only local file systems are supported.
 
 Public API:
   load_t5x_checkpoint(path) -> params
@@ -128,6 +129,8 @@ def _describe_dir(path: str) -> str:
 def _resolve(path: Any) -> Tuple[str, str, Optional[int]]:
   """-> (checkpoint directory, kind, step from the directory name or None)."""
   p = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  if os.path.islink(p):   # e.g. MODEL_DIR/best -> checkpoint_<step> (the trainer's KEEP_BEST)
+    p = os.path.realpath(p)
   if not os.path.exists(p):
     raise FileNotFoundError(f'T5X checkpoint path {p} does not exist; expected {_EXPECTED}.')
   if os.path.isfile(p):

@@ -321,14 +321,28 @@ def supmer_gradient_fn(model, phi, supmer_cfg) -> Callable:
   return fn
 
 
+def normal_prompt(shapes: Mapping[Tuple[str, ...], Tuple[int, ...]], std: float, seed: int) -> Dict[str, Any]:
+  """A fresh prompt subtree (`shapes`: {path: shape}, `promptjax.models.prompts.prompt_shapes`) with every
+  entry drawn from N(0, std²) (Pan et al. 2023, App. B: vanilla prompt tuning's prompt "randomly initialized
+  from a normal distribution"); seeded."""
+  from flax import traverse_util
+  paths = sorted(shapes)
+  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), len(paths))
+  return traverse_util.unflatten_dict({p: np.asarray(std * jax.random.normal(k, shapes[p], jnp.float32))
+                                       for k, p in zip(keys, paths)})
+
+
 def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks: Sequence[str],
         config: DownstreamConfig = DownstreamConfig(), baseline: Optional[str] = None,
         task_feature_lengths: Optional[Mapping[str, int]] = None, seed: int = 0,
-        module: Optional[str] = 'promptjax.tasks', use_supmer_regularizer: bool = False) -> Dict[str, Any]:
+        module: Optional[str] = 'promptjax.tasks', use_supmer_regularizer: bool = False,
+        fresh_prompt_std: Optional[float] = None) -> Dict[str, Any]:
   """`promptjax downstream`: load the checkpoint (its prompt, or a fresh one) and run `evaluate_tasks`.
 
   `use_supmer_regularizer`: apply the checkpoint's frozen SUPMER regularizer ψ* to every prompt gradient
-  (the checkpoint must come from a SUPMER run)."""
+  (the checkpoint must come from a SUPMER run). `fresh_prompt_std`: tune a fresh prompt drawn from
+  N(0, std²) (`normal_prompt`) instead of the model's ``PromptConfig.init`` (vanilla prompt tuning, Pan et
+  al. App. B); the checkpoint must hold no trained prompt."""
   from promptjax.evaluation.run import load_params_with_info
   feeds.import_task_module(module)
   if model.prompt.kind == 'none' and config.trainable == 'prompt':
@@ -342,7 +356,22 @@ def run(*, model, checkpoint_path: Optional[str], output_dir: str, target_tasks:
     from promptjax.evaluation.run import load_supmer
     phi, supmer_cfg = load_supmer(checkpoint_path)
     gradient_fn = supmer_gradient_fn(model, jax.tree.map(jnp.asarray, phi), supmer_cfg)
-  model, params, checkpoint = load_params_with_info(model, checkpoint_path, seed=seed)
+  if fresh_prompt_std is None:
+    model, params, checkpoint = load_params_with_info(model, checkpoint_path, seed=seed)
+  else:
+    from promptjax.models import PromptConfig
+    try:  # the model without a prompt refuses a checkpoint that holds a trained one
+      _, transformer, checkpoint = load_params_with_info(
+          dataclasses.replace(model, prompt=PromptConfig(kind='none')), checkpoint_path, seed=seed)
+    except generation.EvaluationError as e:
+      if 'holds a trained' not in str(e):
+        raise
+      raise generation.EvaluationError(
+          f'FRESH_PROMPT_STD tunes a fresh prompt drawn from N(0, std²) (vanilla prompt tuning), but '
+          f'CHECKPOINT_PATH={checkpoint_path} holds a trained prompt: give the backbone\'s weights.') from None
+    from promptjax.models.prompts import prompt_shapes
+    params = {**transformer, 'prompt': normal_prompt(prompt_shapes(model.prompt, model.config), fresh_prompt_std,
+                                                     seed)}
   return evaluate_tasks(model, params, list(target_tasks), config, output_dir=output_dir, baseline=baseline,
                         task_feature_lengths=task_feature_lengths, gradient_fn=gradient_fn,
                         checkpoint=checkpoint.to_json())

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterator
 
+import jax
+
 from promptjax.data import meta_sampler
 from promptjax.data.feeds import DatasetConfig
 from promptjax.errors import TrainingError
 from promptjax.meta import algorithms
-from promptjax.training.method import ModelOnlyMethod
+from promptjax.training.method import ModelOnlyMethod, meta_validation
 
 
 @dataclasses.dataclass
@@ -61,6 +63,18 @@ class MetaLearning(ModelOnlyMethod):
 
   def batches(self, start_step: int) -> Iterator[Dict[str, Any]]:
     return meta_sampler.meta_batches(self.data_cfg, start_step=start_step)
+
+  def validation(self, model, mesh, num_batches: int, trainable: str):
+    """params -> the meta-loss (`algorithms.meta_gradient`'s: the query loss after the inner loop) on the
+    first `num_batches` meta-batches of the tasks' 'validation' split (support and query from it), the same
+    ones at every validation; no dropout."""
+    cfg = dataclasses.replace(self.data_cfg, support_split='validation', query_split=None)
+    meta = self.config
+
+    def loss(params, batch):
+      support, query = algorithms.split_meta_batch(batch)
+      return algorithms.meta_gradient(model, params, support, query, meta, trainable=trainable)[0]
+    return meta_validation(jax.jit(loss), lambda: meta_sampler.meta_batches(cfg), num_batches, mesh)
 
   def signature(self) -> Dict[str, Any]:
     return {'meta': self.config.algorithm}

@@ -61,9 +61,10 @@ every review with the T5 encoder exactly as the SUPMER construction does (`supme
 train reviews with `supmer_construct.fit_kmeans` (seeded) and assigns every review (test too) to its
 `supmer_construct.nearest_centroid`. Each cluster is one task of the 5-class sentiment format::
 
-    "{review} It was <extra_id_0>."   ->  terrible | bad | okay | good | great    (labels 1..5)
+    "{review} It was <extra_id_0>."   ->  <extra_id_0> terrible | bad | okay | good | great   (labels 1..5)
 
-(PPT's single-sentence template; the verbalizers are single T5 pieces). Splits: ``train`` and
+(PPT's single-sentence template; the verbalizers are single T5 pieces; the target is the word at the
+sentinel, ``<extra_id_0> word``, the form of the downstream targets it is compared on). Splits: ``train`` and
 ``validation`` from train.csv by md5 of (line number, text) (``validation_fraction``, default 5%, as
 SUPMER App. C.2), ``test`` from test.csv when present. Within a cluster and split the labels are balanced
 by downsampling every label to the cluster's rarest one (``balance=True``; seeded), so a task's label prior
@@ -76,7 +77,8 @@ Tasks ``metapt_yelp5_cKKK`` (vocabulary t5, K = `METAPT_NUM_CLUSTERS`) and ``min
 (mini, `MINI_METAPT_NUM_CLUSTERS`); the mixture over them is what `promptjax.data.meta_sampler` draws one task
 per clone from (``task_per='clone'``, uniform). A build with another K needs
 ``register_metapt_tasks(num_clusters=K)``; a task refuses a directory built with another K or vocabulary.
-The number of clusters MetaPT used is not given in the SUPMER paper; 10 is our default.
+Pan et al. 2023 (App. C.2), following Huang et al. 2022, "group all labeled data into 10 clusters through
+K-means": `METAPT_NUM_CLUSTERS` = 10.
 
 Public API: `PPT_FORMATS`, `EXEMPLAR_FORMAT`, `UNIFIED_FORMATS`, `unified_inputs`, `unified_record`,
 `exemplar_table`, `exemplar_record`, `register_ppt_tasks`, `MetaptConfig`, `read_yelp_csv`, `embed_texts`,
@@ -244,6 +246,8 @@ def _render_preprocessor(kind: str, fmt: str, data_dir_fn: Callable[[], str]):
     return new, ss.target_text(letter, _style(root))
 
   def preprocess(dataset):
+    choices = [ss.target_text(letter, _style(data_dir_fn())) for letter in LETTERS[:n]]
+
     def f(ex):
       oc = ex['option_clusters'] if 'option_clusters' in ex else tf.zeros([supmer.NUM_VECTORS], tf.int32)
       new, target = tf.py_function(py, [ex['inputs_pretokenized'], ex['anchor'], ex['label'], ex['split'], oc],
@@ -252,7 +256,7 @@ def _render_preprocessor(kind: str, fmt: str, data_dir_fn: Callable[[], str]):
       target.set_shape([])
       out = {k: ex[k] for k in _KEEP}
       out['inputs_pretokenized'], out['targets_pretokenized'] = new, target
-      out['answer_choices'] = tf.constant(list(LETTERS[:n]))
+      out['answer_choices'] = tf.constant(choices)   # the targets' form
       out['format'] = tf.constant(EXEMPLAR_FORMAT if kind == 'exemplar' else f'unified_{fmt}')
       return out
     return dataset.map(f, num_parallel_calls=1, deterministic=True)
@@ -392,15 +396,21 @@ def metapt_inputs(text: str, max_words: Optional[int] = None) -> str:
   return f'{" ".join(words)} It was {MASK}.'
 
 
+def metapt_answer_choices() -> List[str]:
+  """The targets of the five labels: ``<extra_id_0> terrible`` .. ``<extra_id_0> great``."""
+  return [ss.target_text(w, 'mask') for w in METAPT_VERBALIZER]
+
+
 def _example(text: str, label: int, cluster: int, max_words: int) -> bytes:
   import tensorflow as tf
   def b(vals):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode('utf-8') for v in vals]))
   def i(vals):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in vals]))
+  choices = metapt_answer_choices()
   feats = {'inputs_pretokenized': b([metapt_inputs(text, max_words)]),
-           'targets_pretokenized': b([METAPT_VERBALIZER[label - 1]]),
-           'answer_choices': b(list(METAPT_VERBALIZER)), 'label': i([label - 1]), 'stars': i([label]),
+           'targets_pretokenized': b([choices[label - 1]]),
+           'answer_choices': b(choices), 'label': i([label - 1]), 'stars': i([label]),
            'cluster': i([cluster]), 'review': b([text])}
   return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 

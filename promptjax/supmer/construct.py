@@ -29,6 +29,9 @@ with the Table 6 defaults (K = 250 clusters per format, support 32 + query 32 pe
        replaces by that cluster's centroid (``encoder_input_vectors`` / ``_positions``); the answer is the
        letter of s0's cluster.
 
+   Targets are ``<extra_id_0> <verbalizer word>`` (``target_style='mask'``): the word V(y) at the
+   template's ⟨X⟩ = ``<extra_id_0>`` (Eq. 1, 17-19), exactly the form of the downstream targets, so the
+   prompt is meta-trained on the output format it is tuned and scored with downstream.
    Labels (and gold positions) come from one `self_supervised.BalancedLabels` cycle per format and
    bucket; labels of a partial task that is dropped are put back, so the kept examples of a format
    have label counts that differ by at most one per bucket and split.
@@ -118,7 +121,10 @@ class ConstructConfig:
     support_size / query_size: per task (Table 6: 32 / 32).
     cls_tasks: format (e) tasks per bucket and split (None: bucket segments // task size).
     num_build_shards: build buckets per split. num_output_shards: files per format and split.
-    target_style: ``plain`` or ``sentinel`` targets (see `self_supervised.target_text`).
+    target_style: ``mask`` (default: ``<extra_id_0> word``, the verbalizer word V(y) predicted at the
+      template's ⟨X⟩ as SUPMER's Eq. 1 and 17-19, the same form as the downstream targets of
+      `promptjax.supmer.datasets`), ``plain`` (the bare word) or ``sentinel`` (see
+      `self_supervised.target_text`).
     seed: data seed (K-means, sampling, random init unless ``init_seed`` is set).
     overwrite: delete an existing construction in output_dir first.
   """
@@ -142,7 +148,7 @@ class ConstructConfig:
   cls_tasks: Optional[int] = None
   num_build_shards: int = 1
   num_output_shards: int = 1
-  target_style: str = 'plain'
+  target_style: str = 'mask'
   seed: int = 0
   overwrite: bool = False
 

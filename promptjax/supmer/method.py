@@ -7,10 +7,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterator
 
+import jax
+
+from promptjax.data import meta_sampler
 from promptjax.data.feeds import DatasetConfig
 from promptjax.errors import TrainingError
 from promptjax.supmer import algorithm as supmer_lib
 from promptjax.training import optimizers as opt_lib
+from promptjax.training.method import meta_validation
 
 
 @dataclasses.dataclass
@@ -65,6 +69,20 @@ class Supmer:
       return supmer_lib.default_batches(self.data_cfg, start_step=start_step)
     except ValueError as e:
       raise TrainingError(str(e)) from e
+
+  def validation(self, model, mesh, num_batches: int, trainable: str):
+    """params -> the meta-validation loss (`algorithm.validation_loss`) on the first `num_batches`
+    meta-batches of the validation tasks (the construction's 'validation' split, App. C.2's 5%; the
+    generic sampler's 'validation' split), the same tasks at every validation."""
+    del trainable   # θ and φ
+    if self.data_cfg is None:
+      return None
+    if isinstance(self.data_cfg, meta_sampler.MetaDataConfig):
+      cfg = dataclasses.replace(self.data_cfg, support_split='validation', query_split=None)
+    else:
+      cfg = dataclasses.replace(self.data_cfg, split='validation')
+    fn = jax.jit(lambda p, b: supmer_lib.validation_loss(model, p, b, self.config))
+    return meta_validation(fn, lambda: supmer_lib.default_batches(cfg), num_batches, mesh)
 
   def signature(self) -> Dict[str, Any]:
     return {'meta': 'supmer', 'supmer': self.config.signature()}

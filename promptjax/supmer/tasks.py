@@ -18,6 +18,9 @@ Formats (`FORMAT_NAMES`; SUPMER Eq. 17–19, verbalizers in `VERBALIZERS`):
   ``mc_same_cluster``       (d) multiple choice, the sentence of the anchor's cluster among 4
   ``cls_cluster_centroid``  (e) single sentence, 4-way: which centroid is the sentence's cluster
 
+Targets are ``<extra_id_0> <word>`` (the construction's default ``target_style='mask'``: V(y) at the
+template's ⟨X⟩, Eq. 1 and 17-19), the form of the downstream targets of `promptjax.supmer.datasets`.
+
 Record features: ``inputs_pretokenized``, ``targets_pretokenized``, ``answer_choices``, ``meta_task``
 (string id), ``role`` (``support`` / ``query``), ``format``, ``label`` (index into answer_choices),
 ``anchor`` and ``anchor_cluster`` (the anchor sentence and its K-means cluster), and for (e)

@@ -72,7 +72,8 @@ Every verbalizer word (``yes``, ``no``, ``maybe``, ``A``..``D``) is a single pie
 (``▁yes``=4273, ``▁no``=150, ``▁maybe``=2087, ``▁A``=71, ...), so rank classification and the
 ``class_labels`` prompt initialization see one token per class. ``target_style='sentinel'`` writes
 targets in PPT's span-corruption form ``"<extra_id_0> yes <extra_id_1>"`` (for T5 v1.1 checkpoints that
-were never LM-adapted); the default ``'plain'`` writes the bare word, like P3's targets.
+were never LM-adapted), ``'mask'`` the word at the input's sentinel, ``"<extra_id_0> yes"`` (SUPMER's
+form, Pan et al. 2023 Eq. 1 and 17-19); the default ``'plain'`` writes the bare word, like P3's targets.
 
 Sampling rules. An anchor is a segment ``i`` with a next segment (``i + 1 < n``) and at least one
 non-adjacent segment (``i >= 2`` or ``i + 2 < n``), so every label is possible for every anchor; a
@@ -135,7 +136,7 @@ DEFAULT_VALIDATE_BYTES = 64 << 20  # .jsonl bytes checked line by line when a da
 DOCUMENT_SUFFIXES = ('.txt', '.jsonl')
 MASK = '<extra_id_0>'
 END_SENTINEL = '<extra_id_1>'
-TARGET_STYLES = ('plain', 'sentinel')
+TARGET_STYLES = ('plain', 'sentinel', 'mask')
 SEGMENT_UNITS = ('sentence', 'paragraph')
 _MAX_TRIES = 32
 
@@ -527,10 +528,14 @@ register_format(MultipleChoiceNextSegment.name, MultipleChoiceNextSegment)
 
 
 def target_text(word: str, target_style: str = 'plain') -> str:
-  """The target string for a verbalizer word: ``word`` or ``<extra_id_0> word <extra_id_1>``."""
+  """The target string for a verbalizer word: ``word`` ('plain'), ``<extra_id_0> word <extra_id_1>``
+  ('sentinel', PPT's span-corruption form) or ``<extra_id_0> word`` ('mask': the word predicted at the
+  input's ``<extra_id_0>``, the form of SUPMER's downstream targets, `promptjax.supmer.datasets`)."""
   if target_style not in TARGET_STYLES:
     raise ValueError(f'target_style must be one of {TARGET_STYLES}, got {target_style!r}')
-  return word if target_style == 'plain' else f'{MASK} {word} {END_SENTINEL}'
+  if target_style == 'plain':
+    return word
+  return f'{MASK} {word}' if target_style == 'mask' else f'{MASK} {word} {END_SENTINEL}'
 
 
 def _chunks(documents: Iterable[Document], size: int) -> Iterator[List[Document]]:

@@ -41,6 +41,12 @@ class Method(Protocol):
   position; ``signature`` is recorded in every checkpoint (a resume with another one is refused);
   ``summary`` is the dry run's description; ``num_microbatches`` (gradient accumulation, 1 for none) sizes
   the dry run's activation estimate.
+
+  Optional (not part of the protocol's check): ``validation(model, mesh, num_batches, trainable)`` returns a
+  function
+  ``params -> float``, the method's own validation loss (e.g. a meta-learner's query loss after adaptation
+  on validation tasks), or None; without it the trainer's validation is the mean token loss on its
+  ``eval_dataset_cfg`` (runs/train.gin's validation split).
   """
 
   num_microbatches: int
@@ -62,6 +68,23 @@ class Method(Protocol):
   def signature(self) -> Dict[str, Any]: ...
 
   def summary(self) -> str: ...
+
+
+def meta_validation(loss_fn: Callable[[Params, Batch], jax.Array], batches_fn: Callable[[], Iterator[Batch]],
+                    num_batches: int, mesh) -> Callable[[Params], float]:
+  """params -> the mean of jitted ``loss_fn(params, batch)`` over the first `num_batches` batches of
+  ``batches_fn()`` (read on the first call and kept on the host: every validation sees the same tasks)."""
+  import itertools
+  from promptjax.training import partitioning
+  cache: list = []
+
+  def evaluate(params) -> float:
+    if not cache:
+      cache.extend(itertools.islice(batches_fn(), num_batches))
+      if not cache:
+        raise TrainingError('The validation split has no meta-batches; check its data.')
+    return float(np.mean([float(loss_fn(params, partitioning.make_global_batch(b, mesh))) for b in cache]))
+  return evaluate
 
 
 def masked_default_optimizer(optimizer: Optional[optax.GradientTransformation], abstract_params: Params,

@@ -6,8 +6,17 @@ extra parameters, optimizer, step and data; `setup` builds the mesh, shapes, sha
 and `train` owns the state, resume, preemption, logging and the NaN guard.
 
 Layout of MODEL_DIR (T5X's): ``checkpoint_<step>/`` (orbax: ``state`` = step, params, optimizer state;
-``meta`` = JSON with the data position and the model signature), ``train/`` (TensorBoard summaries),
-``model-info.txt`` (parameter shapes and counts per group) and, from the CLI, ``config.gin``.
+``meta`` = JSON with the data position, the model signature and the validation losses so far),
+``train/`` (TensorBoard summaries), ``model-info.txt`` (parameter shapes and counts per group) and, from
+the CLI, ``config.gin``. With `keep_best` also ``best`` (a link to the ``checkpoint_<step>`` of the lowest
+validation loss: ``CHECKPOINT_PATH=<MODEL_DIR>/best`` for the eval and downstream commands) and
+``best.json`` (its step, validation loss and every validation loss of the run).
+
+Validation (``eval_period`` > 0): every ``eval_period`` steps the validation loss — the method's own
+(`Method` may define ``validation``, e.g. a meta-learner's query loss after adaptation on validation
+tasks), else the mean token loss on ``eval_dataset_cfg`` — is logged as ``eval/loss``. `keep_best` keeps
+the checkpoint of the lowest one (never pruned; the checkpoint is written at that step), and
+`early_stopping_patience` stops the run after that many validations without a new lowest one.
 
 Exact resume: the data pipeline is deterministic given its seed, so a restarted run rebuilds it and skips
 the batches already consumed (recorded in ``meta``); dropout keys are ``fold_in(seed, step)``. A run
@@ -132,6 +141,9 @@ class TrainResult:
   losses: Dict[int, float]
   preempted: bool
   model_dir: str
+  validation_losses: Dict[int, float] = dataclasses.field(default_factory=dict)  # the whole run's, by step
+  best_step: Optional[int] = None       # the step of the lowest validation loss
+  stopped_early: bool = False           # early_stopping_patience ran out
 
 
 @dataclasses.dataclass
@@ -244,6 +256,7 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = None,
           async_checkpointing: bool = True, log_period: int = 10,
           eval_dataset_cfg: Optional[DatasetConfig] = None, eval_period: int = 0, eval_batches: int = 8,
+          keep_best: bool = False, early_stopping_patience: Optional[int] = None,
           seed: int = 0, dropout_seed: Optional[int] = 0, progress: bool = True,
           batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False,
           restore_fallback: bool = False, run_record: Optional[Mapping[str, str]] = None):
@@ -264,6 +277,12 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   restored stops the run, naming the previous one; `restore_fallback` resumes from the newest readable
   one instead, moving each unreadable one aside to ``checkpoint_<step>.unreadable``. `keep_checkpoints`
   keeps that many of the newest checkpoints (None: all). The NaN guard: see `_CheckpointGuard`.
+
+  Validation every `eval_period` steps (0: none): the method's ``validation(model, mesh, eval_batches, ...)``
+  when it defines one and it returns a function, else the mean token loss of the first `eval_batches`
+  batches of `eval_dataset_cfg`. `keep_best` keeps the checkpoint of the lowest validation loss as
+  ``MODEL_DIR/best`` (+ ``best.json``); `early_stopping_patience` stops after that many validations
+  without a new lowest loss (a resumed run that has run out of patience trains no further).
   """
   import orbax.checkpoint as ocp
   from clu import metric_writers
@@ -275,6 +294,11 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
     raise TrainingError(f'CHECKPOINT_PERIOD must be 1 or more, got {checkpoint_period}.')
   if keep_checkpoints is not None and keep_checkpoints < 1:
     raise TrainingError(f'KEEP_CHECKPOINTS must be None (keep all) or 1 or more, got {keep_checkpoints}.')
+  if early_stopping_patience is not None and early_stopping_patience < 1:
+    raise TrainingError(f'EARLY_STOPPING_PATIENCE must be None (no early stopping) or 1 or more, got '
+                        f'{early_stopping_patience}.')
+  if (keep_best or early_stopping_patience) and eval_period <= 0:
+    raise TrainingError('KEEP_BEST / EARLY_STOPPING_PATIENCE select by the validation loss: set EVAL_PERIOD > 0.')
   run = setup(model, method, total_steps=total_steps, optimizer=optimizer,
               learning_rate_fn=learning_rate_fn or opt_lib.learning_rate_schedule(optimizer), trainable=trainable,
               mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules, dropout_seed=dropout_seed,
@@ -286,6 +310,12 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise TrainingError(f'MODEL_DIR={model_dir} is a file, not a directory; give a directory path.')
   signature = json.loads(json.dumps({**model_signature(model, trainable), **method.signature()}))
+  validate = (_validation_fn(method, model, mesh, eval_dataset_cfg, eval_batches, trainable) if eval_period > 0
+              else None)
+  if (keep_best or early_stopping_patience) and validate is None:
+    raise TrainingError('KEEP_BEST / EARLY_STOPPING_PATIENCE select by the validation loss, but there is no '
+                        'validation set: runs/train.gin\'s validation DatasetConfig, or a method that validates '
+                        'itself.')
 
   def make_manager(create: bool):
     # Retention is the guard's (a checkpoint is only pruned for a newer one that is known good).
@@ -298,12 +328,12 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   manager = make_manager(create=False) if os.path.isdir(model_dir) else None
   restored = _restore_latest(manager, model_dir, run, signature, restore_fallback) if manager else None
   if restored is not None:
-    state, start, data_position = restored
+    state, start, data_position, validation_record = restored
     log.info('Resumed from step %d (%s/checkpoint_%d).', start, model_dir, start)
   else:
     _check_t5x_step_count(total_steps, initial_checkpoint_path)
     state = run.init_state(seed, initial_checkpoint_path)
-    start, data_position = 0, 0
+    start, data_position, validation_record = 0, 0, None
   if batches is None:
     batches = method.batches(data_position)
   first = None
@@ -322,11 +352,16 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
     write_model_info(os.path.join(model_dir, 'model-info.txt'), run.abstract_params, run.groups)
   if manager is None:
     manager = make_manager(create=True)
+  guard = _CheckpointGuard(manager, model_dir, run, signature, data_cfg, keep_checkpoints,
+                           resumed=start if restored is not None else None, keep_best=keep_best,
+                           validation=validation_record)
+  stopped_early = guard.out_of_patience(early_stopping_patience)
+  if stopped_early and start < total_steps:
+    log.info('Nothing to train: the run stopped early at step %d (%d validations without a lower loss than '
+             'step %d\'s).', start, early_stopping_patience, guard.best_step)
+    total_steps = start
   if start >= total_steps:
     log.info('Nothing to train: MODEL_DIR is at step %d and TRAIN_STEPS is %d.', start, total_steps)
-
-  guard = _CheckpointGuard(manager, model_dir, run, signature, data_cfg, keep_checkpoints,
-                           resumed=start if restored is not None else None)
 
   writer = metric_writers.create_default_writer(
       os.path.join(model_dir, 'train'), just_logging=jax.process_index() > 0, asynchronous=False)
@@ -364,9 +399,11 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           tokens, t0 = 0.0, time.time()
         bar.update(1)
         bar.set_postfix(loss=f'{loss:.4f}')
-        if eval_dataset_cfg is not None and eval_period and step % eval_period == 0:
-          writer.write_scalars(step, {'eval/loss': evaluate_loss(model, state.params, eval_dataset_cfg,
-                                                                 eval_batches, mesh)})
+        if validate is not None and step % eval_period == 0:
+          eval_loss = validate(state.params)
+          writer.write_scalars(step, {'eval/loss': eval_loss})
+          guard.observe_validation(state, step, eval_loss)   # keep_best: a new lowest is saved now
+          stopped_early = guard.out_of_patience(early_stopping_patience)
         if preemption.requested:
           guard.save_last(state, step, batches, host_batch)
           preempted = True
@@ -374,13 +411,18 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           break
         if step % checkpoint_period == 0:
           guard.save(state, step)
+        if stopped_early:
+          log.info('Early stopping at step %d: %d validations without a lower loss than step %d\'s (%.6g).',
+                   step, early_stopping_patience, guard.best_step, guard.losses[guard.best_step])
+          break
     if not preempted and step > start:
       guard.save_last(state, step, batches, host_batch)
   finally:
     bar.close()
     manager.wait_until_finished()
     writer.flush()
-  return TrainResult(state=state, step=step, losses=losses, preempted=preempted, model_dir=model_dir)
+  return TrainResult(state=state, step=step, losses=losses, preempted=preempted, model_dir=model_dir,
+                     validation_losses=dict(guard.losses), best_step=guard.best_step, stopped_early=stopped_early)
 
 
 def _markdown_code(text: str) -> str:
@@ -403,7 +445,8 @@ def _check_t5x_step_count(total_steps: int, initial_checkpoint_path: Optional[st
 
 
 def _restore_latest(manager, model_dir: str, run: Setup, signature, restore_fallback: bool):
-  """(state, step, data position) of the newest checkpoint in `manager`, or None when it has none.
+  """(state, step, data position, validation record) of the newest checkpoint in `manager`, or None when it
+  has none.
   A checkpoint of another model or method is refused; an unreadable one stops the run naming the previous
   one, or with `restore_fallback` is moved aside and the next older one is tried."""
   import orbax.checkpoint as ocp
@@ -422,7 +465,7 @@ def _restore_latest(manager, model_dir: str, run: Setup, signature, restore_fall
             f'({_describe_mismatch(saved.get("signature", {}), signature)}). Use a new '
             f'MODEL_DIR, or the gin files the checkpoint was trained with.')
       state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
-      return state, int(saved['step']), int(saved.get('data_batches', saved['step']))
+      return state, int(saved['step']), int(saved.get('data_batches', saved['step'])), saved.get('validation')
     except TrainingError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore/JSON errors of a damaged file)
@@ -458,14 +501,85 @@ class _CheckpointGuard:
   final and the preemption checkpoints have no next step: their parameters are probed with the model's
   loss on (a slice of) the last batch. Every checkpoint's state must also be finite. Old checkpoints are
   pruned to `keep` only once a newer one is known good.
+
+  Validation losses (`observe_validation`) are recorded in every checkpoint's meta, so a resumed run knows
+  the lowest one so far. With `keep_best` the state of a new lowest validation loss is saved at once (as
+  provisional as any other), and once confirmed it is published as ``best`` (a relative link to its
+  ``checkpoint_<step>``) + ``best.json``; the published and the candidate best are never pruned.
   """
 
-  def __init__(self, manager, model_dir, run: Setup, signature, data_cfg, keep, resumed):
+  BEST_LINK, BEST_FILE = 'best', 'best.json'
+
+  def __init__(self, manager, model_dir, run: Setup, signature, data_cfg, keep, resumed, keep_best=False,
+               validation: Optional[Mapping[str, Any]] = None):
     self.manager, self.model_dir, self.run = manager, model_dir, run
     self.signature, self.data_cfg, self.keep = signature, data_cfg, keep
     self.pending: Optional[int] = None      # saved by this run, not yet confirmed by the next loss
     self.resumed = resumed                  # the step restored from, checked by the first loss
     self._probe = None
+    self.keep_best = keep_best
+    validation = validation or {}
+    self.losses: Dict[int, float] = {int(k): float(v) for k, v in validation.get('losses', {}).items()}
+    self.best_step: Optional[int] = validation.get('best_step')
+    self.published: Optional[int] = self._read_published() if keep_best else None
+
+  # -- validation and the best checkpoint.
+
+  def observe_validation(self, state, step: int, loss: float) -> None:
+    """Records the validation loss of the state after `step`; a new lowest one (finite) becomes the best,
+    and with `keep_best` that state is saved now."""
+    self.losses[step] = float(loss)
+    if math.isfinite(loss) and (self.best_step is None or loss < self.losses[self.best_step]):
+      self.best_step = step
+      if self.keep_best:
+        self.save(state, step)
+
+  def out_of_patience(self, patience: Optional[int]) -> bool:
+    """Whether `patience` validations came after the lowest one (early stopping)."""
+    if not patience or self.best_step is None:
+      return False
+    return sum(1 for s in self.losses if s > self.best_step) >= patience
+
+  def _validation_record(self) -> Dict[str, Any]:
+    return {'losses': {str(k): v for k, v in sorted(self.losses.items())}, 'best_step': self.best_step}
+
+  def _read_published(self) -> Optional[int]:
+    try:
+      with open(os.path.join(self.model_dir, self.BEST_FILE)) as f:
+        return int(json.load(f)['step'])
+    except (OSError, ValueError, KeyError, TypeError):
+      return None
+
+  def _publish(self) -> None:
+    """Points ``best`` / ``best.json`` at the best checkpoint once it is confirmed (not pending)."""
+    step = self.best_step
+    if not self.keep_best or step is None or step == self.pending:
+      return
+    if step != self.published:
+      self.manager.wait_until_finished()   # the link must name a finished checkpoint
+      if step not in self.manager.all_steps():
+        return
+    if jax.process_index() == 0:
+      name = f'checkpoint_{step}'
+      record = {'step': step, 'checkpoint': name, 'validation_loss': self.losses[step],
+                'validation_losses': self._validation_record()['losses']}
+      path = os.path.join(self.model_dir, self.BEST_FILE)
+      with open(path + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1)
+      os.replace(path + '.tmp', path)
+      link = os.path.join(self.model_dir, self.BEST_LINK)
+      if not (os.path.islink(link) and os.readlink(link) == name):
+        if os.path.lexists(link + '.tmp'):
+          os.remove(link + '.tmp')
+        os.symlink(name, link + '.tmp')   # relative: the MODEL_DIR can be moved
+        os.replace(link + '.tmp', link)
+    self.published = step
+
+  def _confirmed(self) -> None:
+    self._publish()
+    self._prune()
+
+  # -- checkpoints.
 
   def _good(self) -> Optional[int]:
     steps = [s for s in self.manager.all_steps() if s != self.pending]
@@ -488,7 +602,7 @@ class _CheckpointGuard:
     if math.isfinite(loss):
       if self.pending is not None and step > self.pending:
         self.pending = None
-        self._prune()
+        self._confirmed()
       self.resumed = None
       return
     dropped = self._drop_pending()
@@ -543,12 +657,13 @@ class _CheckpointGuard:
                           f'{self._where()}. Lower the learning rate, or restart from the last good checkpoint.')
     import orbax.checkpoint as ocp
     info = {'step': step, 'data_batches': step, 'signature': self.signature,
-            'dataset': self.data_cfg.mixture_or_task_name, 'batch_size': self.data_cfg.batch_size}
+            'dataset': self.data_cfg.mixture_or_task_name, 'batch_size': self.data_cfg.batch_size,
+            'validation': self._validation_record()}
     log.info('Saving checkpoint %s/checkpoint_%d', self.model_dir, step)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(info)), force=True)
     if confirmed:
-      self._prune()
+      self._confirmed()
     else:
       self.pending = step
 
@@ -565,16 +680,19 @@ class _CheckpointGuard:
                           f'last good checkpoint.')
     if self.pending == step:
       self.pending = None
-      self._prune()
+      self._confirmed()
     else:
       self.save(state, step, confirmed=True)
 
   def _prune(self) -> None:
+    """Keeps the `keep` newest confirmed checkpoints (and the pending one), and the best ones."""
     if self.keep is None:
       return
+    kept = {self.best_step, self.published} if self.keep_best else set()
     steps = sorted(s for s in self.manager.all_steps() if s != self.pending)
     for old in steps[:-self.keep]:
-      self.manager.delete(old)
+      if old not in kept:
+        self.manager.delete(old)
 
 
 def _unbox(tree):
@@ -582,19 +700,43 @@ def _unbox(tree):
   return nn.meta.unbox(tree)
 
 
-def evaluate_loss(model: PromptableT5, params, cfg: DatasetConfig, num_batches: int, mesh) -> float:
-  """Mean token loss over the first `num_batches` batches of `cfg` (unshuffled)."""
+def _validation_fn(method: Method, model: PromptableT5, mesh, eval_dataset_cfg: Optional[DatasetConfig],
+                   eval_batches: int, trainable: str) -> Optional[Callable[[Any], float]]:
+  """params -> validation loss: the method's (``method.validation(model, mesh, eval_batches, trainable)``,
+  optional in the `Method` protocol) when it gives one, else the mean token loss on `eval_dataset_cfg`;
+  None for neither."""
+  make = getattr(method, 'validation', None)
+  fn = make(model, mesh, eval_batches, trainable) if make is not None else None
+  if fn is None and eval_dataset_cfg is not None:
+    fn = dataset_validation(model, eval_dataset_cfg, eval_batches, mesh)
+  return fn
+
+
+def dataset_validation(model: PromptableT5, cfg: DatasetConfig, num_batches: int, mesh) -> Callable[[Any], float]:
+  """params -> the mean token loss over the first `num_batches` batches of `cfg` (unshuffled; read once,
+  on the first call, and kept on the host). Parameters the model does not have (a method's extra
+  subtrees) are ignored."""
   cfg = dataclasses.replace(cfg, shuffle=False)
   summed = dataclasses.replace(model, loss_normalization='none')
-  fn = jax.jit(lambda p, b: summed.loss_fn(p, b))
-  total = count = 0.0
-  for i, host_batch in enumerate(dataset_batches(cfg, num_epochs=1)):
-    if i >= num_batches:
-      break
-    loss, aux = fn(params, partitioning.make_global_batch(host_batch, mesh))
-    total += float(loss)
-    count += float(aux['num_tokens'])
-  return total / max(count, 1.0)
+  keys = set(model.abstract_params())
+  fn = jax.jit(lambda p, b: summed.loss_fn({k: v for k, v in p.items() if k in keys}, b))
+  cache: list = []
+
+  def evaluate(params) -> float:
+    if not cache:
+      cache.extend(itertools.islice(dataset_batches(cfg, num_epochs=1), num_batches))
+    total = count = 0.0
+    for host_batch in cache:
+      loss, aux = fn(params, partitioning.make_global_batch(host_batch, mesh))
+      total += float(loss)
+      count += float(aux['num_tokens'])
+    return total / max(count, 1.0)
+  return evaluate
+
+
+def evaluate_loss(model: PromptableT5, params, cfg: DatasetConfig, num_batches: int, mesh) -> float:
+  """Mean token loss over the first `num_batches` batches of `cfg` (unshuffled)."""
+  return dataset_validation(model, cfg, num_batches, mesh)(params)
 
 
 @dataclasses.dataclass

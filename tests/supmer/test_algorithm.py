@@ -119,7 +119,7 @@ def ref_soft_loss(model, params, q, mq, lam):
 
 
 def ref_objective(model, frozen, sets, lam, transform, theta0, first_order):
-  """J(θ, φ) = mean_i L_{Q̃_i}(θ − α ψ_φ(∇L_{S_i}(θ))) + mean_i mean_d (z_i − b)², with ∇L_S and H taken
+  """J(θ, φ) = mean_i L_{Q̃_i}(θ − α ψ_φ(∇L_{S_i}(θ))) + mean_i ‖z_i − b‖², with ∇L_S and H taken
   at θ_0 (first order in θ) or at θ (second order); the L_reg term (φ only) uses H at θ_0."""
   def join(p):
     return {**frozen, 'prompt': {'prompt': p}}
@@ -132,7 +132,7 @@ def ref_objective(model, frozen, sets, lam, transform, theta0, first_order):
       g = jax.grad(lambda p: model.loss_fn(join(p), sup)[0])(at)
       h_rep = ref_rep(model, join(at), sup)
       adapted = theta - ALPHA * ref_psi(phi, g, h_rep, transform)
-      reg = jnp.mean((ref_gate(phi, ref_rep(model, join(theta0), sup)) - B_K) ** 2)
+      reg = jnp.sum((ref_gate(phi, ref_rep(model, join(theta0), sup)) - B_K) ** 2)   # Eq. 20: ‖z − b‖²
       total = total + ref_soft_loss(model, join(adapted), q, mq, lam[i]) + reg
     return total / M
   return objective
@@ -270,7 +270,8 @@ def _gradient(model, params, phi, sets, lam, cfg):
 @pytest.mark.parametrize('transform', ['affine', 'official_mlp'])
 def test_first_order_gradients_match_finite_differences(f64, transform):
   model, params = f64
-  cfg = supmer.SupmerConfig(transform=transform, inner_learning_rate=ALPHA, reg_coefficient=1.0)
+  cfg = supmer.SupmerConfig(transform=transform, inner_learning_rate=ALPHA, reg_coefficient=1.0,
+                            second_order=False)
   sets = jax.tree.map(jnp.asarray, _sets(2))
   lam = jnp.asarray([0.3, 0.8])
   phi = _phi(cfg, scale=1.0)
@@ -292,7 +293,8 @@ def test_first_order_gradients_match_finite_differences(f64, transform):
 
 def test_second_order_theta_gradient_matches_finite_differences(f64):
   model, params = f64
-  cfg = supmer.SupmerConfig(inner_learning_rate=ALPHA, second_order=True)
+  cfg = supmer.SupmerConfig(inner_learning_rate=ALPHA)   # second order is the default (Eq. 8, App. A.1)
+  assert cfg.second_order
   sets = jax.tree.map(jnp.asarray, _sets(3))
   lam = jnp.asarray([0.6, 0.2])
   phi = _phi(cfg, seed=4)
@@ -325,7 +327,7 @@ def test_no_psi_no_augmentation_is_prompt_fomaml(base):
   model, params = base
   sets = jax.tree.map(jnp.asarray, _sets(4))
   cfg = supmer.SupmerConfig(inner_learning_rate=0.5, gradient_regularization=False, task_augmentation=False,
-                            similarity='raw')
+                            similarity='raw', second_order=False)
   out = _gradient(model, params, supmer.init_phi(cfg, L, 8), sets, jnp.zeros(M), cfg)
   meta = MetaConfig('fomaml', inner_steps=1, inner_optimizer=optax.sgd(0.5), inner_learning_rate=0.5,
                     inner_global_norm_clip=None)
@@ -345,7 +347,8 @@ def test_no_psi_no_augmentation_is_prompt_fomaml(base):
 
 def test_train_step_curriculum_state(base):
   """Step 1: s = −1 gives b = 0 and λ = 1 (Beta(α, 0)); the stored s is mean_i cos(ψ(g_s,i), g_q,i) with
-  g_q at θ on the λ = 1 mixed query set; step 2 uses b = 2^((1+s)/2) − 1."""
+  g_q at θ on the λ = 1 mixed query set; L_reg is ‖z − b‖² from the gate's formula; step 2 uses
+  b = 2^((1+s)/2) − 1."""
   model, params = base
   cfg = supmer.SupmerConfig()
   state_params = {**params, 'supmer': supmer.init_supmer_params(cfg, model)}
@@ -372,13 +375,16 @@ def test_train_step_curriculum_state(base):
                   jax.grad(lambda p: ref_soft_loss(model, join(p), q, mq, 1.0))(theta)))
     return out
 
-  sims = []
+  sims, regs = [], []
   for gs, rep, gq in grads_and_reps(theta):
     reg = ref_psi(phi, np.asarray(gs, np.float64), np.asarray(rep, np.float64), 'affine')
     gq = np.asarray(gq, np.float64)
     sims.append(float(np.sum(reg * gq) / np.linalg.norm(reg) / np.linalg.norm(gq)))
+    regs.append(float(np.sum((ref_gate(phi, np.asarray(rep, np.float64)) - 0.0) ** 2)))   # ‖z − b‖², b = 0
   s1 = float(new.params['supmer']['curriculum']['similarity'])
   assert float(metrics['curriculum_b']) == 0.0 and float(metrics['mixing_ratio_mean']) == 1.0
+  # Eq. 20: L_reg = ‖z − b‖², the squared norm summed over the d gate dimensions (mean over the tasks).
+  np.testing.assert_allclose(float(metrics['reg_loss']), np.mean(regs), rtol=1e-4)
   np.testing.assert_allclose(s1, np.mean(sims), rtol=1e-4)
   # The transformer is frozen; θ moves by Adam's first step (≈ lr = 0.1 per element), φ by ≈ 1e-4.
   for k in ('encoder', 'decoder', 'token_embedder'):

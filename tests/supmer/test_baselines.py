@@ -90,7 +90,7 @@ def test_exemplar_task_renders_each_centroid_as_a_sentence_of_that_cluster(supme
     want = (f'{_question(anchor)} A. {_term(ex[0])} B. {_term(ex[1])} C. {_term(ex[2])} D. {_term(ex[3])} '
             'Answer: <extra_id_0>')
     assert g['inputs_pretokenized'] == want
-    assert g['targets_pretokenized'] == 'ABCD'[label] == r['targets_pretokenized'][0]
+    assert g['targets_pretokenized'] == '<extra_id_0> ' + 'ABCD'[label] == r['targets_pretokenized'][0]
     assert '<extra_id_99>' not in g['inputs_pretokenized'] and 'encoder_input_vectors' not in g
     assert anchor not in ex
     assert set(ex) <= split_sentences  # exemplars come from the record's own split
@@ -102,6 +102,8 @@ def test_unified_ppt_templates_by_hand_for_one_record_of_each_format(supmer_dir)
     raw = _records(supmer_dir, fmt)[0]
     got = _task_examples(f'mini_unified_ppt_{fmt}', limit=1)[0]
     anchor, inputs, target = raw['anchor'][0], raw['inputs_pretokenized'][0], raw['targets_pretokenized'][0]
+    assert target.startswith('<extra_id_0> ')   # the word at the sentinel, as the construction writes it
+    target = target[len('<extra_id_0> '):]
     if fmt == 'nsp_yes_maybe_no':
       s2 = inputs.split(' <extra_id_0>. ', 1)[1]
       want = f'{_question(anchor)} {s2} A. yes. B. no. C. maybe. ? The correct one is <extra_id_0>'
@@ -120,9 +122,9 @@ def test_unified_ppt_templates_by_hand_for_one_record_of_each_format(supmer_dir)
               '? The correct one is <extra_id_0>')
       letter = target
     assert got['inputs_pretokenized'] == want, fmt
-    assert got['targets_pretokenized'] == letter, fmt
-    assert list(got['answer_choices']) == [b'A', b'B', b'C', b'D'][:{'nsp_yes_maybe_no': 3,
-                                                                    'sp_same_cluster': 2}.get(fmt, 4)]
+    assert got['targets_pretokenized'] == f'<extra_id_0> {letter}', fmt
+    assert list(got['answer_choices']) == [f'<extra_id_0> {c}'.encode() for c in 'ABCD'][
+        :{'nsp_yes_maybe_no': 3, 'sp_same_cluster': 2}.get(fmt, 4)]
 
 
 def test_unified_ppt_answers_map_to_the_right_letter_for_every_record(supmer_dir):
@@ -130,7 +132,7 @@ def test_unified_ppt_answers_map_to_the_right_letter_for_every_record(supmer_dir
     raw, got = _records(supmer_dir, fmt, 'validation'), _task_examples(f'mini_unified_ppt_{fmt}', 'validation')
     assert len(raw) == len(got) > 0
     letters = [g['targets_pretokenized'] for g in got]
-    assert letters == ['ABC'[words.index(r['targets_pretokenized'][0])] for r in raw]
+    assert letters == ['<extra_id_0> ' + 'ABC'[words.index(r['targets_pretokenized'][0].split()[-1])] for r in raw]
     assert {g['label'] for g in got} == set(range(len(words)))
   raw, got = _records(supmer_dir, 'mc_next_segment'), _task_examples('mini_unified_ppt_mc_next_segment')
   assert [g['targets_pretokenized'] for g in got] == [r['targets_pretokenized'][0] for r in raw]
@@ -217,7 +219,7 @@ def test_metapt_clusters_are_balanced_sentiment_tasks(metapt, metapt_dir):
     assert counts.min() == counts.max() >= 2, (task.name, counts)   # balanced labels
     for e, s in zip(exs, stars):
       assert e['inputs_pretokenized'] == f'{e["review"]} It was <extra_id_0>.'
-      assert e['targets_pretokenized'] == STARS[s]
+      assert e['targets_pretokenized'] == f'<extra_id_0> {STARS[s]}'   # the word at the sentinel
       assert '\\' not in e['review'] and 'said "me".' in e['review']
     tok = np.zeros((len(exs), 32), np.int32)
     for r, e in enumerate(exs):
@@ -261,25 +263,73 @@ def test_cli_ppt_train_one_step(supmer_dir, tmp_path):
   # meta-step of it is prompt-only MAML, exercised in tests/meta.
 
 
+def _parse_row(repo, name):
+  gin.clear_config()
+  cli.register_gin_configurables()
+  gin.add_config_file_search_path(os.path.join(repo, 'promptjax', 'configs'))
+  gin.parse_config_file(f'paper/{name}', skip_unknown=False)
+
+
+def _macro(name):
+  value = gin.query_parameter(f'{name}/gin.macro.value')
+  if isinstance(value, gin.config.ConfigurableReference) and value.scoped_selector.endswith('/gin.macro'):
+    return _macro(value.scoped_selector.split('/')[0])   # a macro bound to another macro
+  return value
+
+
 def test_paper_gin_files_dry_run_and_parse():
+  """The rows bind the values Pan et al. 2023 give: Table 6 / App. C.2 for the meta-training and pre-training
+  rows, App. C.1 for the downstream rows (the numbers are written here from the paper)."""
   from tests.training.common import dry_run_reports
-  names = ['pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin', 'pan2023_base_metapt.gin']
+  names = ['pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin', 'pan2023_base_metapt.gin',
+           'pan2023_base_supmer.gin']
   reports = dict(dry_run_reports(names))
   for name in names:
     assert 'trainable: prompt' in reports[name], name
   assert 'meta-learning: ' in reports['pan2023_base_metapt.gin']
+  assert 'second order' in reports['pan2023_base_supmer.gin']   # Eq. 8, App. A.1
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  gin.clear_config()
   try:
-    cli.register_gin_configurables()
-    gin.add_config_file_search_path(os.path.join(repo, 'promptjax', 'configs'))
-    gin.parse_config_file('paper/pan2023_base_pt.gin', skip_unknown=False)
-    assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100
-    assert gin.query_parameter('promptjax.models.PromptConfig.init') == 'uniform'
-    assert gin.query_parameter('DOWNSTREAM_LEARNING_RATES/gin.macro.value') == (0.1, 0.2, 0.3)
-    gin.clear_config()
-    gin.parse_config_file('paper/pan2023_base_unified_ppt.gin')
-    assert gin.query_parameter('MIXTURE_OR_TASK_NAME/gin.macro.value') == 'unified_ppt_pretrain'
-    assert gin.query_parameter('BATCH_SIZE/gin.macro.value') == 256
+    # Downstream (App. C.1): AdamW, lr grid {0.1, 0.2, 0.3}, batch 32, 200 epochs, validation every 10 steps,
+    # seeds 10-50, 100 soft tokens; ψ* for SUPMER only; PT from a normal prompt (App. B).
+    for name, psi in (('pan2023_base_fewshot.gin', True), ('pan2023_base_domain.gin', True),
+                      ('pan2023_base_pt.gin', False), ('pan2023_base_baseline_downstream.gin', False),
+                      ('pan2023_base_ptuning_v2.gin', False)):
+      _parse_row(repo, name)
+      assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100, name
+      assert _macro('DOWNSTREAM_LEARNING_RATES') == (0.1, 0.2, 0.3), name
+      assert (_macro('DOWNSTREAM_EPOCHS'), _macro('DOWNSTREAM_EVAL_INTERVAL')) == (200, 10), name
+      assert _macro('DOWNSTREAM_SEEDS') == (10, 20, 30, 40, 50), name
+      assert gin.query_parameter('promptjax.evaluation.DownstreamConfig.batch_size') == 32, name
+      assert gin.query_parameter('promptjax.evaluation.DownstreamConfig.optimizer') == 'adamw', name
+      assert _macro('USE_SUPMER_REGULARIZER') is psi, name
+      assert _macro('FRESH_PROMPT_STD') == (1e-4 if name == 'pan2023_base_pt.gin' else None), name
+      assert len(_macro('TARGET_TASKS')) == (6 if 'domain' in name else 12), name
+      # P-Tuning-v2: prompts "at each layer of PLM" (App. B); the others: a shallow prompt.
+      assert gin.query_parameter('promptjax.models.PromptConfig.kind') == ('deep' if 'v2' in name else 'shallow')
+    # Zero-shot inference (App. B): the backbone without a prompt, on the test splits of the 12 datasets.
+    _parse_row(repo, 'pan2023_xl_zeroshot.gin')
+    assert (_macro('USE_PROMPT'), _macro('EVAL_SPLIT')) == (False, 'test')
+    mix = seqio.get_mixture_or_task(_macro('MIXTURE_OR_TASK_NAME'))
+    assert sorted(t.name for t in mix.tasks) == sorted(f'supmer_{d}_100_rank_classification' for d in (
+        'sst2', 'sst5', 'mr', 'cr', 'subj', 'trec', 'cb', 'rte', 'qnli', 'wic', 'mrpc', 'qqp'))
+    # Pre-training (App. C.2): rsqrt lr 0.1, batch 256, 200,000 steps, validation every 2,000, lowest kept.
+    for name in ('pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin'):
+      _parse_row(repo, name)
+      assert (_macro('BATCH_SIZE'), _macro('TRAIN_STEPS'), _macro('EVAL_PERIOD')) == (256, 200000, 2000), name
+      assert _macro('KEEP_BEST') is True, name
+    assert _macro('MIXTURE_OR_TASK_NAME') == 'unified_ppt_pretrain'
+    # MetaPT (App. C.2): inner lr 0.08, outer lr 0.025, early stopping patience 6, SUPMER's other settings.
+    _parse_row(repo, 'pan2023_base_metapt.gin')
+    assert (_macro('INNER_LEARNING_RATE'), _macro('LEARNING_RATE')) == (0.08, 0.025)
+    assert (_macro('EARLY_STOPPING_PATIENCE'), _macro('EVAL_PERIOD'), _macro('KEEP_BEST')) == (6, 2000, True)
+    assert (_macro('META_BATCH_SIZE'), _macro('INNER_BATCH_SIZE'), _macro('TRAIN_STEPS')) == (4, 32, 100000)
+    assert sb.METAPT_NUM_CLUSTERS == 10
+    # SUPMER (Table 6, App. C.2).
+    _parse_row(repo, 'pan2023_base_supmer.gin')
+    assert (_macro('META_BATCH_SIZE'), _macro('INNER_LEARNING_RATE'), _macro('LEARNING_RATE'),
+            _macro('PHI_LEARNING_RATE'), _macro('TRAIN_STEPS')) == (4, 0.1, 0.1, 1e-4, 100000)
+    assert (_macro('EVAL_PERIOD'), _macro('KEEP_BEST'), _macro('SECOND_ORDER')) == (2000, True, True)
+    assert (_macro('REG_COEFFICIENT'), _macro('CURVE')) == (1.0, 2.0)
   finally:
     gin.clear_config()

@@ -99,9 +99,10 @@ def test_every_format_with_balanced_labels_and_full_tasks(built):
     counts = {}
     for r in recs:
       counts[r['targets_pretokenized'][0]] = counts.get(r['targets_pretokenized'][0], 0) + 1
-      assert r['answer_choices'] == list(supmer.VERBALIZERS[fmt])
+      # The word at the sentinel (Eq. 1, 17-19): the downstream targets' form <extra_id_0> word.
+      assert r['answer_choices'] == [f'<extra_id_0> {w}' for w in supmer.VERBALIZERS[fmt]]
       assert r['answer_choices'][r['label'][0]] == r['targets_pretokenized'][0]
-    assert sorted(counts) == sorted(supmer.VERBALIZERS[fmt]), fmt
+    assert sorted(counts) == sorted(f'<extra_id_0> {w}' for w in supmer.VERBALIZERS[fmt]), fmt
     assert max(counts.values()) - min(counts.values()) <= 1, (fmt, counts)
     assert counts == manifest['splits'][fmt]['train']['labels']
     tasks = _by_task(recs)
@@ -135,7 +136,7 @@ def test_anchor_tasks_share_their_anchors_cluster(built, embedder):
   second = [r['inputs_pretokenized'][0].split(f' {ss.MASK}. ', 1)[1] for r in recs]
   got, margin = _clusters(embedder, centroids, second)
   same = got == np.array([r['anchor_cluster'][0] for r in recs])
-  yes = np.array([r['targets_pretokenized'][0] == 'yes' for r in recs])
+  yes = np.array([r['targets_pretokenized'][0] == '<extra_id_0> yes' for r in recs])
   clear = margin > 1e-3
   assert 0 < yes.sum() < len(yes) and (same[clear] == yes[clear]).all()
 
@@ -188,7 +189,8 @@ def test_seqio_tasks_read_the_output(data_dir):
     assert exs and {e['role'].decode() for e in exs} == {'support', 'query'}
     for e in exs[:8]:
       assert e['format'].decode() == fmt and e['meta_task'].decode().startswith(fmt)
-      assert vocab.decode(e['targets'][:-1].tolist()) in supmer.VERBALIZERS[fmt] and e['targets'][-1] == 1
+      assert vocab.decode(e['targets'][:-1].tolist()) in [f'<extra_id_0> {w}' for w in supmer.VERBALIZERS[fmt]]
+      assert e['targets'][-1] == 1
       if fmt == 'cls_cluster_centroid':
         assert e['encoder_input_vectors'].shape == (4, 64)
         assert (e['inputs'][e['encoder_input_vector_positions']] == ph).all()
@@ -250,7 +252,10 @@ def test_format_restriction_and_readable_errors(data_dir, tmp_path):
                                 formats=('sp_same_cluster',), split='validation')
   b = next(supmer.supmer_meta_batches(one))
   vocab = cfg.get_vocabulary('mini')
-  words = {vocab.decode([int(t)]) for t in b['support/decoder_target_tokens'][..., 0].ravel()}
+  # Targets [<extra_id_0>, word, EOS]: the token layout of the downstream targets (promptjax.supmer.datasets).
+  tgt = b['support/decoder_target_tokens']
+  assert (tgt[..., 0] == vocab.encode('<extra_id_0>')[0]).all() and (tgt[..., 2] == 1).all()
+  words = {vocab.decode([int(t)]) for t in tgt[..., 1].ravel()}
   assert words == {'yes', 'no'}
   assert (b['query/encoder_input_vector_positions'] == -1).all()
   # Missing / not-constructed data dirs name the construction command.

@@ -429,11 +429,16 @@ def test_gin_files_resolve_dataset_and_seed(data):
     assert gin.get_configurable(sd.num_train_examples)() == 37
     assert gin.query_parameter('%EVAL_SPLIT') == 'test'
     gin.clear_config()
-    cli.parse_gin(['paper/pan2023_base_domain.gin'], ["DOMAIN = 'books'", 'DATA_SEED = 13',
-                                                      "CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/y'"], [])
-    assert gin.get_configurable(sd.rank_task)() == 'supmer_domain_books_13_rank_classification'
-    assert gin.get_configurable(sd.feature_lengths)() == {'inputs': 256, 'targets': 3}
-    assert gin.get_configurable(sd.num_train_examples)() == 32
+    # Table 2's row: the App. C.1 protocol on the six domains (A the source), input length 256 each.
+    cli.parse_gin(['paper/pan2023_base_domain.gin'], ["CHECKPOINT_PATH = '/tmp/x'", "EVAL_OUTPUT_DIR = '/tmp/y'"], [])
+    assert gin.query_parameter('TARGET_TASKS/gin.macro.value').scoped_selector == 'SUPMER_DOMAINS/gin.macro'
+    targets = gin.query_parameter('SUPMER_DOMAINS/gin.macro.value')
+    assert targets == ['domain_airline', 'domain_books', 'domain_dvd', 'domain_electronics', 'domain_kitchen',
+                       'domain_restaurants']
+    assert all(sd.feature_lengths(t) == {'inputs': 256, 'targets': 3} for t in targets)   # App. C.1
+    fmt = gin.query_parameter('promptjax.evaluation.DownstreamConfig.task_name_format')
+    assert [fmt.format(task=t, seed=100) for t in targets[:2]] == ['supmer_domain_airline_100',
+                                                                   'supmer_domain_books_100']
     assert gin.query_parameter('promptjax.models.PromptConfig.length') == 100
   finally:
     gin.clear_config()

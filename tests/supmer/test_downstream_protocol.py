@@ -1,6 +1,7 @@
 """SUPMER's downstream protocol (Pan et al. C.1, `downstream.pan2023`, runs/supmer_downstream.gin) end to end
-on tiny copies of the releases: AdamW over the lr grid, validation every few steps, the best validation
-prompt -> test, rank scoring, runs with two seeds on the one data sample of seed 100."""
+on tiny copies of the releases, through the vanilla-PT row (paper/pan2023_base_pt.gin on a tiny model): AdamW
+over the lr grid, validation every few steps, the best validation prompt -> test, rank scoring, runs with
+two seeds on the one data sample of seed 100, from a fresh N(0, σ²) prompt (App. B) and no ψ*."""
 
 import json
 import os
@@ -33,13 +34,13 @@ def data(tmp_path_factory):
 @needs_vocab
 def test_cli_downstream_with_the_supmer_gin_file(data, tmp_path, capsys):
   out = tmp_path / 'down'
-  assert _cli(['downstream', '--gin_file=runs/supmer_downstream.gin', '--gin_file=models/t5_1_1_tiny.gin',
+  # The vanilla-PT row as it is (no ψ*, a fresh normal prompt) on a tiny model: the row runs.
+  assert _cli(['downstream', '--gin_file=paper/pan2023_base_pt.gin', '--gin_file=models/t5_1_1_tiny.gin',
                '--gin.promptjax.models.get_config.emb_dim=16', '--gin.promptjax.models.get_config.mlp_dim=32',
-               '--gin_file=ppt.gin', '--gin.promptjax.models.PromptConfig.length=4', "--gin.CHECKPOINT_PATH=None",
+               '--gin.promptjax.models.PromptConfig.length=4', "--gin.CHECKPOINT_PATH=None",
                f"--gin.EVAL_OUTPUT_DIR='{out}'", "--gin.TARGET_TASKS=['cb']", '--gin.DOWNSTREAM_EPOCHS=2',
                '--gin.DOWNSTREAM_SEEDS=(10, 20)', '--gin.DOWNSTREAM_LEARNING_RATES=(0.1, 0.3)',
-               '--gin.DOWNSTREAM_EVAL_INTERVAL=6', '--gin.promptjax.evaluation.DownstreamConfig.batch_size=4',
-               '--gin.USE_SUPMER_REGULARIZER=False']) == 0   # vanilla PT from a fresh prompt
+               '--gin.DOWNSTREAM_EVAL_INTERVAL=6', '--gin.promptjax.evaluation.DownstreamConfig.batch_size=4']) == 0
   assert 'cb: test' in capsys.readouterr().out
   summary = json.load(open(out / 'downstream.json'))
   assert summary['config']['optimizer'] == 'adamw' and summary['config']['data_seed'] == 100
@@ -62,3 +63,13 @@ def test_cli_downstream_with_the_supmer_gin_file(data, tmp_path, capsys):
     acc = fewshot_lib.evaluate_zero_shot(model, params, ['supmer_cb_100_rank_classification'], split='test',
                                          task_feature_lengths=sd.feature_lengths('cb'), progress=False)
     assert run['test'] == pytest.approx(acc['supmer_cb_100_rank_classification'].accuracy)
+
+
+def test_vanilla_pt_prompt_is_drawn_from_a_normal_distribution():
+  """App. B: PT's prompt is "randomly initialized from a normal distribution": the moments of the draws
+  against N(0, σ²) (mean 0, standard deviation σ, kurtosis 3; a uniform draw has kurtosis 1.8)."""
+  from promptjax.evaluation import downstream
+  x = np.asarray(downstream.normal_prompt({('prompt',): (100, 64)}, 0.5, 3)['prompt'], np.float64).ravel()
+  assert abs(x.mean()) < 4 * 0.5 / np.sqrt(x.size)
+  assert abs(x.std() / 0.5 - 1) < 0.03
+  assert abs(np.mean((x - x.mean()) ** 4) / x.var() ** 2 - 3) < 0.25

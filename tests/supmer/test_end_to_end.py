@@ -1,7 +1,10 @@
 """SUPMER end to end on the bundled data: anchor meta-tasks built by the Beam pipeline (DirectRunner), a
-tiny `promptjax train` run of supmer.gin reading them, then `promptjax downstream` with the checkpoint's
-frozen ψ* on every prompt gradient — checked against ψ written out here from Eq. 5."""
+tiny `promptjax train` run of supmer.gin reading them (validated every step: the θ, φ of the lowest
+meta-validation loss kept as MODEL_DIR/best, App. C.2 — the loss recomputed here from each checkpoint's
+parameters with ψ written out from Eq. 5), then `promptjax downstream` from MODEL_DIR/best with the
+checkpoint's frozen ψ* on every prompt gradient — checked against ψ written out here from Eq. 5."""
 
+import functools
 import json
 import os
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 import promptjax.tasks as T
+from promptjax.checkpoints import t5x
 from promptjax.evaluation import downstream
 from promptjax.evaluation.run import load_params, load_supmer
 from promptjax.models import PromptConfig, PromptableT5, get_config
@@ -27,7 +31,8 @@ def supmer_run(tmp_path_factory, supmer_construction):
   rc = _cli(['train', '--gin_file=runs/train.gin', *MINI, '--gin_file=supmer.gin', f"--gin.MODEL_DIR='{model_dir}'",
              '--gin.TRAIN_STEPS=2', '--gin.CHECKPOINT_PERIOD=2', "--gin.SUPMER_TASK_PREFIX='mini_supmer'",
              "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 4}", '--gin.META_BATCH_SIZE=2',
-             '--gin.promptjax.models.PromptConfig.length=4'])
+             '--gin.promptjax.models.PromptConfig.length=4', '--gin.EVAL_PERIOD=1', '--gin.EVAL_BATCHES=1',
+             '--gin.SECOND_ORDER=False'])   # the second-order step: tests/supmer/test_algorithm.py
   assert rc == 0
   yield model_dir
   T.set_data_dir('supmer', None)
@@ -43,6 +48,55 @@ def test_supmer_checkpoint_holds_prompt_and_phi(supmer_run):
   model = PromptableT5(get_config('mini'), PromptConfig(kind='shallow', length=4))
   _, params = load_params(model, supmer_run)   # the 'supmer' subtree is not mistaken for model weights
   assert set(params) == {'token_embedder', 'encoder', 'decoder', 'prompt'}
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_encode(model):
+  return jax.jit(model.encode)
+
+
+def _psi_by_hand(model, params, phi, batch, g):
+  """ψ_φ(g) of Eq. 5 in numpy: H = the mean final encoder state over the batch's real input tokens (the 4
+  prompt positions and padding excluded), z = σ(H W + b), h(g) = g A + c."""
+  vectors = {k: jnp.asarray(batch[k]) for k in ('encoder_input_vectors', 'encoder_input_vector_positions')
+             if k in batch}
+  encoded, _ = _jitted_encode(model)(params, jnp.asarray(batch['encoder_input_tokens']), **vectors)
+  states = np.asarray(encoded, np.float64)[:, 4:]
+  h = states[np.asarray(batch['encoder_input_tokens']) > 0].mean(axis=0)
+  z = 1 / (1 + np.exp(-(h @ phi['gate']['kernel'] + phi['gate']['bias'])))
+  hg = g @ phi['transform']['kernel'] + phi['transform']['bias']
+  return z * hg + (1 - z) * g
+
+
+def test_best_checkpoint_has_the_lowest_meta_validation_loss(supmer_run):
+  """App. C.2: θ, φ of the lowest validation loss. Recomputed here for each validated checkpoint: on the
+  validation tasks of the run's first validation meta-batch, one inner step θ' = θ − α₁ ψ_φ(∇L_S(θ)) with
+  ψ by hand, then the query loss at θ' (model.loss_fn), averaged over the tasks."""
+  from promptjax.supmer import tasks as st
+  model = PromptableT5(get_config('mini'), PromptConfig(kind='shallow', length=4))
+  batch = next(st.supmer_meta_batches(st.SupmerDataConfig(
+      task_feature_lengths={'inputs': 96, 'targets': 4}, meta_batch_size=2, task_prefix='mini_supmer',
+      split='validation', module='promptjax.supmer')))
+  loss = jax.jit(lambda params, b: model.loss_fn(params, b)[0])
+  grad = jax.jit(jax.grad(lambda theta, params, b: model.loss_fn({**params, 'prompt': {'prompt': theta}}, b)[0]))
+  want = {}
+  for step in (1, 2):
+    saved = t5x.load_t5x_checkpoint(os.path.join(supmer_run, f'checkpoint_{step}'))   # one read: θ, φ, the rest
+    params = {k: v for k, v in saved.items() if k != 'supmer'}
+    phi = jax.tree.map(lambda x: np.asarray(x, np.float64), saved['supmer']['phi'])
+    theta = params['prompt']['prompt']
+    losses = []
+    for i in range(2):
+      sup, query = ({k.split('/', 1)[1]: v[i] for k, v in batch.items() if k.startswith(part + '/')}
+                    for part in ('support', 'query'))
+      g = np.asarray(grad(theta, params, sup), np.float64)
+      adapted = theta - 0.1 * _psi_by_hand(model, params, phi, sup, g)   # α₁ = 0.1 (Table 6)
+      losses.append(float(loss({**params, 'prompt': {'prompt': jnp.asarray(adapted, jnp.float32)}}, query)))
+    want[step] = np.mean(losses)
+  record = json.load(open(os.path.join(supmer_run, 'best.json')))
+  np.testing.assert_allclose([record['validation_losses'][str(s)] for s in (1, 2)], [want[1], want[2]], rtol=1e-4)
+  assert record['step'] == min(want, key=want.get)
+  assert os.readlink(os.path.join(supmer_run, 'best')) == f'checkpoint_{record["step"]}'
 
 
 def test_frozen_psi_equals_eq5_by_hand(supmer_run):
@@ -61,14 +115,7 @@ def test_frozen_psi_equals_eq5_by_hand(supmer_run):
   g = {'prompt': rng.normal(0, 1e-3, (4, get_config('mini').emb_dim)).astype(np.float32)}
   transformer = {k: v for k, v in params.items() if k != 'prompt'}
   got = downstream.supmer_gradient_fn(model, phi, cfg)(g, transformer, params['prompt'], batch)['prompt']
-  # By hand: H = mean final encoder state over the real input tokens (the 4 prompt positions excluded).
-  encoded, _ = model.encode(params, jnp.asarray(tokens))
-  states = np.asarray(encoded)[:, 4:]
-  mask = tokens > 0
-  h = states[mask].mean(axis=0)
-  z = 1 / (1 + np.exp(-(h @ phi['gate']['kernel'] + phi['gate']['bias'])))
-  hg = g['prompt'] @ phi['transform']['kernel'] + phi['transform']['bias']
-  np.testing.assert_allclose(got, z * hg + (1 - z) * g['prompt'], rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(got, _psi_by_hand(model, params, phi, batch, g['prompt']), rtol=1e-4, atol=1e-7)
 
 
 def _downstream_args(checkpoint, out, use_psi):
@@ -84,11 +131,14 @@ def _prompt(out):
 
 
 def test_downstream_with_the_frozen_regularizer(supmer_run, tmp_path, capsys):
-  assert _cli(_downstream_args(supmer_run, tmp_path / 'psi', True)) == 0
+  # From the kept checkpoint (MODEL_DIR/best, the lowest validation loss), as paper/pan2023_base_fewshot.gin.
+  assert _cli(_downstream_args(os.path.join(supmer_run, 'best'), tmp_path / 'psi', True)) == 0
   assert 'mini_sentiment: test' in capsys.readouterr().out
   # Plain prompt tuning from the same checkpoint tunes another prompt: ψ* was applied.
-  assert _cli(_downstream_args(supmer_run, tmp_path / 'plain', False)) == 0
+  assert _cli(_downstream_args(os.path.join(supmer_run, 'best'), tmp_path / 'plain', False)) == 0
   assert not np.allclose(_prompt(tmp_path / 'psi'), _prompt(tmp_path / 'plain'))
+  best = json.load(open(os.path.join(supmer_run, 'best.json')))['step']
+  assert json.load(open(tmp_path / 'psi' / 'downstream.json'))['checkpoint']['step'] == best
   # A checkpoint without φ is refused with one readable line.
   capsys.readouterr()
   assert _cli(_downstream_args(None, tmp_path / 'none', True)) == 2

@@ -36,7 +36,7 @@ def supmer_batches(n, seed=0):
   return out
 
 
-CFG = SupmerConfig(transform='official_mlp', mlp_rank=4)
+CFG = SupmerConfig(transform='official_mlp', mlp_rank=4, second_order=False)   # the order: test_algorithm.py
 
 
 def run(model_dir, steps, batches, cfg=CFG, **kw):
@@ -78,7 +78,7 @@ def test_supmer_run_refuses_bad_settings(tmp_path):
   # A checkpoint written with another SUPMER configuration is not silently resumed.
   run(str(tmp_path), 1, supmer_batches(1))
   with pytest.raises(trainer.TrainingError, match='different model or method'):
-    run(str(tmp_path), 2, supmer_batches(1), cfg=SupmerConfig(transform='affine'))
+    run(str(tmp_path), 2, supmer_batches(1), cfg=SupmerConfig(transform='affine', second_order=False))
 
 
 def test_cli_supmer_with_the_generic_sampler(tmp_path):
@@ -90,7 +90,7 @@ def test_cli_supmer_with_the_generic_sampler(tmp_path):
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
           '--gin.promptjax.models.get_config.vocab_size=1664', '--gin.promptjax.models.PromptConfig.length=4',
           '--gin.META_BATCH_SIZE=2', '--gin.SUPPORT_BATCH_SIZE=2', '--gin.QUERY_BATCH_SIZE=2',
-          '--gin.SUPMER_DATA_CFG=@supmer/promptjax.meta.MetaDataConfig()']
+          '--gin.SUPMER_DATA_CFG=@supmer/promptjax.meta.MetaDataConfig()', '--gin.SECOND_ORDER=False']
   assert _cli(args) == 0
   assert {'checkpoint_1', 'config.gin', 'model-info.txt'} <= set(os.listdir(tmp_path))
   assert 'SupmerConfig' in open(tmp_path / 'config.gin').read()

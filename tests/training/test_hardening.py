@@ -9,10 +9,14 @@
 - bad command lines give one ``error:`` line (exit 2): a MODEL_DIR that is a file, gin syntax errors,
   no model file, ``--multiprocess`` off a cluster, negative TRAIN_STEPS, misspelled or unused macros,
   unquoted strings, T5X step counts;
-- Ctrl-C is a preemption (save, stop); a second one aborts.
+- Ctrl-C is a preemption (save, stop); a second one aborts;
+- KEEP_BEST keeps (and never prunes) the checkpoint of the lowest validation loss, recomputed from the
+  validated parameters; EARLY_STOPPING_PATIENCE stops the run, and a resumed run knows it.
 """
 
+import functools
 import glob
+import json
 import hashlib
 import os
 import shutil
@@ -21,12 +25,13 @@ import signal
 import gin
 import jax
 import numpy as np
+import optax
 import pytest
 
 from promptjax import cli
 from promptjax.checkpoints import restore
 from promptjax.errors import TrainingError
-from promptjax.models import PromptableT5, PromptConfig
+from promptjax.models import PromptableT5, PromptConfig, get_config
 from promptjax.training import optimizers, trainer
 from promptjax.training.method import MultiTask
 import tests.helpers as h
@@ -293,3 +298,82 @@ def test_short_form_includes_the_run_file():
     assert gin.query_parameter('promptjax.models.PromptConfig.length') == 20   # the method file still applies
   finally:
     gin.clear_config()
+
+
+class _ValidatedOn(MultiTask):
+  """MultiTask validated (the `Method.validation` hook) by the mean token loss of one fixed batch; keeps a
+  host copy of every validated parameter set."""
+
+  def __init__(self, cfg, batch):
+    super().__init__(cfg)
+    self.val, self.seen = batch, []
+
+  def validation(self, model, mesh, num_batches, trainable):
+    from promptjax.training.method import meta_validation
+    fn = meta_validation(jax.jit(lambda p, b: model.loss_fn(p, b)[0]), lambda: iter([self.val]), 1, mesh)
+
+    def evaluate(params):
+      self.seen.append(jax.device_get(params))
+      return fn(params)
+    return evaluate
+
+
+def _token_loss(model, params, batch):
+  """Mean token cross-entropy from the model's logits with a numpy log-softmax (not the trainer's loss)."""
+  logits = np.asarray(_logits(model, params, batch['encoder_input_tokens'], batch['decoder_target_tokens']),
+                      np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  t = batch['decoder_target_tokens']
+  nll = -np.take_along_axis(logp, t[..., None], -1)[..., 0]
+  return float((nll * (t > 0)).sum() / (t > 0).sum())
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(model, params, inputs, targets):
+  return model.decode(params, *model.encode(params, inputs), targets)
+
+
+def test_keep_best_keeps_the_lowest_validation_loss_and_early_stopping(tmp_path):
+  """The validation loss falls while the run trains on the validation batch and rises once it trains on
+  other targets. With validation every 2 steps, KEEP_BEST and KEEP_CHECKPOINTS=1 (no periodic checkpoint),
+  `best` is the checkpoint of the lowest validation loss (recomputed here from the validated parameters),
+  written at its step and never pruned; EARLY_STOPPING_PATIENCE=2 stops two validations later, and a rerun resumes the
+  record and trains no further."""
+  _, cfg, data = setup()
+  model = PromptableT5(get_config('tiny', vocab_size=256, num_encoder_layers=1, num_decoder_layers=1),
+                       PromptConfig(kind='shallow', length=4))
+  val = data[0]
+  other = {**val, 'decoder_target_tokens': data[1]['decoder_target_tokens']}
+  run_dir = str(tmp_path / 'run')
+
+  def run(method, start):
+    return trainer.train(model_dir=run_dir, model=model, method=method, total_steps=12, optimizer=optax.adam(0.05),
+                         checkpoint_period=100, keep_checkpoints=1, eval_period=2, keep_best=True,
+                         early_stopping_patience=2, batches=iter(([val] * 2 + [other] * 10)[start:]),
+                         progress=False, async_checkpointing=False, dropout_seed=None)
+
+  method = _ValidatedOn(cfg, val)
+  first = run(method, 0)
+  losses = {2 * i: _token_loss(model, p, val) for i, p in enumerate(method.seen, start=1)}   # steps 2, 4, ...
+  best = min(losses, key=losses.get)
+  assert max(losses) == first.step == best + 4 and first.stopped_early, losses   # it went up, twice
+  assert first.best_step == best
+  np.testing.assert_allclose([first.validation_losses[s] for s in losses], list(losses.values()), rtol=1e-5)
+  record = json.load(open(os.path.join(run_dir, 'best.json')))
+  assert record['step'] == best and record['checkpoint'] == f'checkpoint_{best}'
+  np.testing.assert_allclose(record['validation_loss'], losses[best], rtol=1e-5)
+  # The best checkpoint holds the parameters validated at that step, and `best` is a CHECKPOINT_PATH
+  # (the eval and downstream commands' loader) for it; KEEP_CHECKPOINTS=1 pruned every other but the last.
+  assert _steps(run_dir) == sorted({best, first.step})
+  _, got, info = restore.load_params_with_info(model, os.path.join(run_dir, 'best'))
+  assert info.step == best and info.path == os.path.join(run_dir, f'checkpoint_{best}')
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(method.seen[best // 2 - 1])):
+    np.testing.assert_array_equal(x, y)
+  # A rerun restores the validation record from the checkpoint: no patience left, nothing is trained.
+  again = run(_ValidatedOn(cfg, val), first.step)
+  assert again.stopped_early and again.step == first.step and again.losses == {} and again.best_step == best
+  assert again.validation_losses == first.validation_losses
+  with pytest.raises(TrainingError, match='EVAL_PERIOD'):
+    trainer.train(model_dir=str(tmp_path / 'none'), model=model, method=MultiTask(cfg), total_steps=1,
+                  keep_best=True, batches=iter(data), progress=False)
