@@ -11,7 +11,9 @@ import torch
 import transformers
 
 # Configurations the parity tests run on: an odd head count with d_kv != d_model / heads and unequal
-# encoder/decoder depth; a "regular" one; and a T5-v1.1-like bucket setting.
+# encoder/decoder depth; a "regular" one; and a T5-v1.1-like bucket setting. T5.1.1 (gated GELU, untied
+# lm_head) unless an entry says otherwise: `t5_v1_0` is original T5 (ReLU, tied embedding, d_ff = 4 d,
+# heads x d_kv = d, unequal depths), `flan_t5` a Flan-T5-shaped T5.1.1 (heads x d_kv != d, like flan-t5-small).
 HF_CONFIGS = {
     'odd_heads': dict(vocab_size=97, d_model=16, d_kv=5, d_ff=24, num_layers=2, num_decoder_layers=3,
                       num_heads=3, relative_attention_num_buckets=8,
@@ -19,13 +21,18 @@ HF_CONFIGS = {
     'regular': dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
                     num_heads=4, relative_attention_num_buckets=32,
                     relative_attention_max_distance=128),
+    't5_v1_0': dict(vocab_size=80, d_model=16, d_kv=4, d_ff=64, num_layers=2, num_decoder_layers=1,
+                    num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                    feed_forward_proj='relu', tie_word_embeddings=True),
+    'flan_t5': dict(vocab_size=72, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_decoder_layers=1,
+                    num_heads=3, relative_attention_num_buckets=32, relative_attention_max_distance=128),
 }
+_T5_1_1 = dict(feed_forward_proj='gated-gelu', tie_word_embeddings=False)
 
 
 def make_hf_model(name: str, seed: int = 0) -> transformers.T5ForConditionalGeneration:
-  cfg = transformers.T5Config(**HF_CONFIGS[name], dropout_rate=0.0, feed_forward_proj='gated-gelu',
-                              tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
-                              eos_token_id=1)
+  cfg = transformers.T5Config(**{**_T5_1_1, **HF_CONFIGS[name]}, dropout_rate=0.0,
+                              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
   torch.manual_seed(seed)
   model = transformers.T5ForConditionalGeneration(cfg).eval()
   g = torch.Generator().manual_seed(seed + 1)
@@ -71,7 +78,8 @@ def hf_forward(model, batch, inputs_embeds=None, attention_mask=None):
 
 
 # --------------------------------------------------------------------------------------------------
-# float64 numpy T5 v1.1 with optional deep-prompt prefixes, on a T5X-named parameter tree.
+# float64 numpy T5 (T5.1.1 or original T5, told apart by the parameter names) with optional deep-prompt
+# prefixes, on a T5X-named parameter tree.
 
 
 def _bucket(rel, bidirectional, num_buckets, max_distance):
@@ -120,6 +128,8 @@ def prefix_attention(xq, xkv, p, heads, head_dim, pos_bias, key_visible, prefix)
 
 
 def _mlp(x, p):
+  if 'wi' in p:  # original T5: ReLU
+    return np.maximum(x @ p['wi']['kernel'], 0.0) @ p['wo']['kernel']
   return (_gelu(x @ p['wi_0']['kernel']) * (x @ p['wi_1']['kernel'])) @ p['wo']['kernel']
 
 
@@ -167,7 +177,10 @@ def numpy_t5_logits(params, cfg, enc_tokens, dec_inputs, prompt=None):
                                pre_c)
       y = y + _mlp(_rms(y, lp['pre_mlp_layer_norm']['scale'], eps), lp['mlp'])
     y = _rms(y, P['decoder']['decoder_norm']['scale'], eps)
-    out.append(y @ P['decoder']['logits_dense']['kernel'])
+    if 'logits_dense' in P['decoder']:
+      out.append(y @ P['decoder']['logits_dense']['kernel'])
+    else:  # original T5: tied to the embedding, output scaled by d**-0.5
+      out.append((y * emb.shape[1] ** -0.5) @ emb.T)
   return np.stack(out)
 
 

@@ -427,6 +427,31 @@ def test_shape_mismatch_surfaces_through_check_params(tiny):
     PromptableT5(config.replace(num_encoder_layers=3)).check_params(params, include_prompt=False)
 
 
+def test_original_t5_tree_round_trips_and_is_inferred(tmp_path):
+  """An original-T5 tree under T5X's names (`mlp/wi`, no `decoder/logits_dense`, as T5X's t5_1_0 checkpoints)
+  survives export -> import (T5X's classic layout) bit for bit, and its architecture is inferred."""
+  from flax import traverse_util
+  config = get_config('tiny', vocab_size=64, num_decoder_layers=1, mlp_activations=('relu',),
+                      logits_via_embedding=True)
+  rng = np.random.RandomState(0)
+  shapes = traverse_util.flatten_dict(PromptableT5(config).param_shapes(),
+                                      is_leaf=lambda _, x: isinstance(x, tuple))
+  params = traverse_util.unflatten_dict({k: rng.standard_normal(s).astype(np.float32)
+                                         for k, s in shapes.items()})
+  assert 'wi' in params['encoder']['layers_0']['mlp'] and 'logits_dense' not in params['decoder']
+  got = t5x.load_t5x_checkpoint(t5x.export_t5x_checkpoint(params, str(tmp_path), 1, layout='classic'))
+  flat = traverse_util.flatten_dict(got)
+  assert sorted(flat) == sorted(traverse_util.flatten_dict(params))
+  for k, v in traverse_util.flatten_dict(params).items():
+    assert flat[k].tobytes() == v.tobytes(), k
+  assert t5x.t5x_config_from_params(got, 16) == config
+  # T5.1.1's names give T5.1.1.
+  v11 = get_config('tiny', vocab_size=64, num_decoder_layers=1)
+  zeros = jax.tree_util.tree_map(np.zeros, PromptableT5(v11).param_shapes(),
+                                 is_leaf=lambda x: isinstance(x, tuple))
+  assert t5x.t5x_config_from_params(zeros, 16) == v11
+
+
 def test_config_inference_errors():
   with pytest.raises(ValueError, match="'token_embedder/embedding' is missing"):
     t5x.t5x_config_from_params({'encoder': {}, 'decoder': {}})

@@ -1,5 +1,7 @@
 """Model structure (T5X names, logical axes, presets vs HF), numerics switches and error messages."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,18 @@ def test_parameter_paths_are_t5x_names():
            for a in attn]
   want += [p + f'mlp/{w}/kernel' for w in ('wi_0', 'wi_1', 'wo')]
   assert got == sorted(want)
+  # Original T5: one MLP input kernel `wi`, no decoder/logits_dense (the logits use the embedding).
+  v10 = PromptableT5(cfg.replace(mlp_activations=('relu',), logits_via_embedding=True))
+  got = _paths(jax.tree_util.tree_map(lambda x: 0, v10.param_shapes(),
+                                      is_leaf=lambda x: isinstance(x, tuple)))
+  want = sorted(w.replace('/wi_0/', '/wi/') for w in want
+                if '/wi_1/' not in w and w != 'decoder/logits_dense/kernel')
+  assert got == want
+  assert tuple(v10.logical_axes()['decoder']['layers_0']['mlp']['wi']['kernel']) == ('embed', 'mlp')
+  # T5.1.1 weights for an original-T5 model: the message says the architectures differ.
+  with pytest.raises(ValueError, match=r"mlp/wi/kernel' is missing.*another T5 architecture than the model, "
+                                       r'original T5 \(ReLU MLP'):
+    v10.check_params(jax.tree_util.tree_map(np.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple)))
 
 
 def test_logical_axes():
@@ -84,6 +98,47 @@ def test_size_presets_have_hf_shapes(size):
     assert shape == (hf_shapes[key][::-1] if transpose else hf_shapes[key]), key
     n_ours += int(np.prod(shape))
   assert n_ours == sum(p.numel() for p in hf_model.parameters())
+
+
+# The published HF config.json values of the original T5 sizes (t5-small ... t5-11b: feed_forward_proj and
+# tie_word_embeddings unset, i.e. HF's defaults 'relu' and true) and of google/flan-t5-{small,...,xxl}.
+HF_ORIGINAL_AND_FLAN = {
+    't5_small': dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6),
+    't5_base': dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12),
+    't5_large': dict(d_model=1024, d_ff=4096, d_kv=64, num_heads=16, num_layers=24),
+    't5_3b': dict(d_model=1024, d_ff=16384, d_kv=128, num_heads=32, num_layers=24),
+    't5_11b': dict(d_model=1024, d_ff=65536, d_kv=128, num_heads=128, num_layers=24),
+    **{f'flan_t5_{size}': dict(hf, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
+       for size, hf in HF_SIZES.items()},
+}
+
+
+@pytest.mark.parametrize('name', sorted(HF_ORIGINAL_AND_FLAN))
+def test_original_t5_and_flan_presets_are_the_hf_configs(name):
+  published = dict(vocab_size=32128, dropout_rate=0.1, **HF_ORIGINAL_AND_FLAN[name])
+  config = get_config(name)
+  assert config == hf_ckpt.config_from_hf(published).replace(dropout_rate=0.0)
+  assert config.logits_via_embedding == name.startswith('t5_')
+  assert hf_ckpt.config_from_hf(hf_ckpt.hf_config_dict(config)) == config
+  if name.startswith('flan_t5_'):  # the T5.1.1 / LM-adapted architecture and shapes
+    assert config == get_config(name.replace('flan_t5_', 't5_1_1_lm100k_'))
+  # Its gin file selects it and names the T5X checkpoint.
+  import promptjax
+  with open(os.path.join(os.path.dirname(promptjax.__file__), 'configs', 'models', f'{name}.gin')) as f:
+    text = f.read()
+  assert f"promptjax.models.get_config.name = '{name}'" in text
+  assert 'gs://t5-data/pretrained_models/t5x/' in text
+
+
+def test_config_switches():
+  cfg = get_config('tiny', mlp_activations=['relu'])  # a list (JSON, gin) becomes a tuple: hashable
+  assert cfg.mlp_activations == ('relu',) and hash(cfg)
+  assert get_config('tiny').mlp_activations == ('gelu', 'linear') and not get_config('tiny').logits_via_embedding
+  assert get_config('t5_3B') == get_config('t5_3b')
+  with pytest.raises(ValueError, match="mlp_activations=\\('swish',\\): give one or more of relu, gelu"):
+    get_config('tiny', mlp_activations=('swish',))
+  with pytest.raises(ValueError, match='no HF T5 equivalent'):
+    hf_ckpt.hf_config_dict(get_config('tiny', mlp_activations=('gelu',)))
 
 
 def test_bfloat16_activations_close_to_float32_and_loss_in_float32():
@@ -192,6 +247,19 @@ def test_hf_import_errors_name_the_key(tmp_path):
     hf_ckpt.load_hf_checkpoint(str(tmp_path / 'empty'))
   with pytest.raises(ValueError, match="feed_forward_proj='gated-silu'; promptjax implements 'relu'"):
     hf_ckpt.config_from_hf({**hf_model.config.to_dict(), 'feed_forward_proj': 'gated-silu'})
+  # Original T5: HF's state_dict() holds the tied lm_head too; an lm_head of its own is refused, a T5.1.1
+  # checkpoint read as original T5 names the first key it lacks.
+  v10 = ref.make_hf_model('t5_v1_0')
+  config = hf_ckpt.config_from_hf(v10.config.to_dict())
+  sd = dict(v10.state_dict())
+  assert 'lm_head.weight' in sd and 'logits_dense' not in hf_ckpt.from_hf_state_dict(sd, config)['decoder']
+  sd['lm_head.weight'] = sd['lm_head.weight'] * 2
+  with pytest.raises(ValueError, match="own 'lm_head.weight'.*tie_word_embeddings=true"):
+    hf_ckpt.from_hf_state_dict(sd, config)
+  with pytest.raises(ValueError, match=r"missing 'encoder\.block\.0\.layer\.1\.DenseReluDense\.wi\.weight'.*"
+                                       r'original T5'):
+    hf_ckpt.from_hf_state_dict(hf_model.state_dict(), hf_ckpt.config_from_hf(
+        {**hf_model.config.to_dict(), 'feed_forward_proj': 'relu', 'tie_word_embeddings': True}))
 
 
 def test_encode_once_decode_per_choice_equals_full_forward():

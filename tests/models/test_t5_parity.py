@@ -1,4 +1,5 @@
-"""promptjax's T5 equals HF PyTorch T5 (transformers 4.57.6) on random untied v1.1 models."""
+"""promptjax's T5 equals HF PyTorch T5 (transformers 4.57.6) on random models: T5.1.1 (gated GELU, untied
+lm_head; a Flan-T5-shaped one too) and original T5 (ReLU, tied embedding), see `reference_t5.HF_CONFIGS`."""
 
 import numpy as np
 import pytest
@@ -25,6 +26,13 @@ def _valid(batch):
   return batch['decoder_target_tokens'] > 0
 
 
+def _logits_and_loss(model, params, batch):
+  """(logits, (loss, aux)) from one jitted program: one compile (about a second each), and a test that runs
+  the same model on the same shapes again hits the test run's persistent compilation cache."""
+  logits, loss = jax.jit(lambda p, b: (model.logits(p, b), model.loss_fn(p, b)))(params, batch)
+  return np.asarray(logits), loss
+
+
 @pytest.mark.parametrize('name', sorted(ref.HF_CONFIGS))
 def test_logits_and_loss_match_hf(name):
   hf_model = ref.make_hf_model(name)
@@ -32,10 +40,9 @@ def test_logits_and_loss_match_hf(name):
   batch = ref.make_batch(config.vocab_size)
   want_logits, want_loss = ref.hf_forward(hf_model, batch)
   model = PromptableT5(config)
-  got = np.asarray(jax.jit(model.logits)(params, batch))
+  got, (loss, aux) = _logits_and_loss(model, params, batch)
   valid = _valid(batch)
   assert np.max(np.abs(got[valid] - want_logits[valid])) <= TOL
-  loss, aux = jax.jit(model.loss_fn)(params, batch)
   np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6, atol=1e-6)
   assert float(aux['num_tokens']) == valid.sum()
 
@@ -49,24 +56,26 @@ def test_round_trip_through_disk(tmp_path, fmt):
   params, config = hf_ckpt.load_hf_checkpoint(str(tmp_path / 'hf'))
   batch = ref.make_batch(config.vocab_size, seed=1)
   want_logits, want_loss = ref.hf_forward(hf_model, batch)
-  model = PromptableT5(config)
-  got = np.asarray(model.logits(params, batch))
+  got, (loss, _) = _logits_and_loss(PromptableT5(config), params, batch)
   valid = _valid(batch)
   assert np.max(np.abs(got[valid] - want_logits[valid])) <= TOL
-  np.testing.assert_allclose(float(model.loss_fn(params, batch)[0]), want_loss, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6)
 
 
-def test_export_to_hf_loads_in_transformers(tmp_path):
+@pytest.mark.parametrize('name', ['odd_heads', 't5_v1_0'])
+def test_export_to_hf_loads_in_transformers(tmp_path, name):
   """promptjax -> HF directory -> T5ForConditionalGeneration.from_pretrained gives the same logits."""
   import transformers
-  config, params = _import(ref.make_hf_model('odd_heads', seed=5))
+  config, params = _import(ref.make_hf_model(name, seed=5))
   # Perturb so the exported weights are not simply the ones HF started from.
   params = jax.tree_util.tree_map(lambda x: np.asarray(x) * 1.1, params)
   hf_ckpt.export_hf(params, config, str(tmp_path / 'out'))
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / 'out')).eval()
+  assert reloaded.config.tie_word_embeddings == config.logits_via_embedding
+  assert hf_ckpt.config_from_hf(reloaded.config.to_dict()) == config
   batch = ref.make_batch(config.vocab_size, seed=2)
   want, _ = ref.hf_forward(reloaded, batch)
-  got = np.asarray(PromptableT5(config).logits(params, batch))
+  got, _ = _logits_and_loss(PromptableT5(config), params, batch)
   valid = _valid(batch)
   assert np.max(np.abs(got[valid] - want[valid])) <= TOL
 
@@ -88,15 +97,16 @@ def test_shallow_prompt_matches_hf_inputs_embeds(name):
   mask = torch.cat([torch.ones(b, L, dtype=torch.long), (enc > 0).long()], dim=1)
   want_logits, want_loss = ref.hf_forward(hf_model, batch, inputs_embeds=embeds,
                                           attention_mask=mask)
-  got = np.asarray(model.logits(params, batch))
+  got, (loss, _) = _logits_and_loss(model, params, batch)
   valid = _valid(batch)
   assert np.max(np.abs(got[valid] - want_logits[valid])) <= TOL
-  np.testing.assert_allclose(float(model.loss_fn(params, batch)[0]), want_loss, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6)
 
 
-def test_numpy_reference_matches_hf():
+@pytest.mark.parametrize('name', ['odd_heads', 't5_v1_0'])
+def test_numpy_reference_matches_hf(name):
   """The float64 numpy T5 used for the deep-prompt tests is itself right (without prefixes)."""
-  hf_model = ref.make_hf_model('odd_heads', seed=11)
+  hf_model = ref.make_hf_model(name, seed=11)
   config, params = _import(hf_model)
   batch = ref.make_batch(config.vocab_size, seed=5)
   want, _ = ref.hf_forward(hf_model, batch)
@@ -113,24 +123,24 @@ def _np_cfg(config):
 
 
 def _random_deep_prompt(model, key, scale=1.0):
-  params = model.init_params(key)
-  leaves, tree = jax.tree_util.tree_flatten(params['prompt'])
+  """N(0, scale^2) prompt parameters (from the shapes: no init to compile)."""
+  leaves, tree = jax.tree_util.tree_flatten(model.param_shapes()['prompt'],
+                                            is_leaf=lambda x: isinstance(x, tuple))
   keys = jax.random.split(key, len(leaves))
-  params['prompt'] = jax.tree_util.tree_unflatten(
-      tree, [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
-  return params
+  return jax.tree_util.tree_unflatten(tree, [scale * jax.random.normal(k, s) for k, s in zip(keys, leaves)])
 
 
-@pytest.mark.parametrize('which', ['all', 'encoder', 'decoder_self', 'decoder_cross'])
-def test_deep_prompt_matches_numpy_prefix_attention(which):
+@pytest.mark.parametrize('name,which', [('odd_heads', w) for w in ('all', 'encoder', 'decoder_self',
+                                                                  'decoder_cross')]
+                         + [('t5_v1_0', 'all')])
+def test_deep_prompt_matches_numpy_prefix_attention(name, which):
   """Deep prompt vs a numpy implementation of prefix attention (keys/values prepended in encoder
   self-, decoder self- and cross-attention; always visible; zero position bias). With `which`,
   only that attention type's prefixes are non-zero-random, so each type is checked on its own too."""
-  hf_model = ref.make_hf_model('odd_heads', seed=13)
+  hf_model = ref.make_hf_model(name, seed=13)
   config, tparams = _import(hf_model)
   model = PromptableT5(config, PromptConfig(kind='deep', length=4))
-  params = _random_deep_prompt(model, jax.random.PRNGKey(2))
-  params = {**tparams, 'prompt': params['prompt']}
+  params = {**tparams, 'prompt': _random_deep_prompt(model, jax.random.PRNGKey(2))}
   if which != 'all':
     keep = {'encoder': ('encoder', 'attention'), 'decoder_self': ('decoder', 'self_attention'),
             'decoder_cross': ('decoder', 'encoder_decoder_attention')}[which]
@@ -185,6 +195,7 @@ def test_scores_match_hf_log_likelihood():
   tgt = batch['decoder_target_tokens']
   tok = np.take_along_axis(logp, tgt[..., None], -1)[..., 0] * (tgt > 0)
   model = PromptableT5(config)
-  np.testing.assert_allclose(np.asarray(model.score_batch(params, batch)), tok.sum(-1), atol=1e-4)
-  np.testing.assert_allclose(np.asarray(model.score_batch(params, batch, length_normalize=True)),
-                             tok.sum(-1) / (tgt > 0).sum(-1), atol=1e-5)
+  summed, normalized = jax.jit(lambda p, b: (model.score_batch(p, b),
+                                             model.score_batch(p, b, length_normalize=True)))(params, batch)
+  np.testing.assert_allclose(np.asarray(summed), tok.sum(-1), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(normalized), tok.sum(-1) / (tgt > 0).sum(-1), atol=1e-5)

@@ -260,3 +260,16 @@ def test_multiprocess_flag_auto_initializes(monkeypatch):
   args = type('Args', (), {'multiprocess': True, 'process_count': None})()
   cli._init_distributed(args)
   assert calls == [((), {})]
+
+
+def test_checkpoint_signature_of_an_earlier_promptjax_is_t5_1_1():
+  """A checkpoint written before T5Config.mlp_activations / logits_via_embedding records neither: resuming it
+  with the same (T5.1.1) model is accepted, with an original-T5 model refused."""
+  import json
+  model = PromptableT5(get_config('tiny'))
+  now = json.loads(json.dumps(trainer.model_signature(model, 'all')))
+  old = {**now, 'config': {k: v for k, v in now['config'].items()
+                           if k not in ('mlp_activations', 'logits_via_embedding')}}
+  assert trainer._with_config_defaults(old) == now
+  v10 = PromptableT5(get_config('tiny', mlp_activations=('relu',), logits_via_embedding=True))
+  assert trainer._with_config_defaults(old) != json.loads(json.dumps(trainer.model_signature(v10, 'all')))
