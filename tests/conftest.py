@@ -66,13 +66,44 @@ def supmer_construction(tmp_path_factory, worker_id):
 # The longest test files first: `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`, which
 # hands files to the two workers in collection order (without the flag, xdist orders files by their number
 # of tests and a one-test file like the demo's runs last, alone). Longest-first keeps both workers busy to
-# the end. The order is by the per-file times of a `--junitxml` run of the whole suite (scaled to an idle
-# 2-core run); files under ~8 s are not listed and keep their order after these. Re-measure when a file
+# the end. The order is by the per-file times of a `--junitxml` run of the whole suite; files under ~10 s
+# are not listed and keep their order after these. Re-measure when a file
 # grows.
-_LONG_FILES = (  # seconds on 2 idle cores, from a --junitxml run of the whole suite
-    'training/test_trainer.py',                 # ~190
-    'meta/test_meta_training.py',               # ~110
-    'test_demo.py',                             # ~75 (one test: 65-85 s)
+_LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)
+    'training/test_trainer.py',                 # ~185
+    'meta/test_meta_training.py',               # ~125
+    'test_demo.py',                             # ~60 (one test)
+    'meta/test_meta_gradients.py',              # ~100
+    'supmer/test_end_to_end.py',                # ~90
+    'training/test_multiprocess.py',            # ~65 (one test)
+    'supmer/test_baselines.py',                 # ~70
+    'training/test_hardening.py',               # ~60
+    'interop/test_t5x_trainer.py',              # ~60
+    'evaluation/test_eval_cli.py',              # ~55
+    'supmer/test_algorithm.py',                 # ~55
+    'models/test_t5.py',                        # ~55
+    'supmer/test_train.py',                     # ~50
+    'evaluation/test_fewshot.py',               # ~45
+    'data/test_meta_sampler.py',                # ~35
+    'evaluation/test_downstream.py',            # ~30
+    'training/test_partitioning.py',            # ~30
+    'tasks/test_mini.py',                       # ~25
+    'meta/test_maml_reference.py',              # ~25
+    'evaluation/test_rank_classification.py',   # ~20
+    'models/test_t5_parity.py',                 # ~20
+    'test_tour.py',                             # ~20
+    'models/test_input_vectors.py',             # ~15
+    'training/test_method.py',                  # ~15
+    'models/test_prompts.py',                   # ~15
+    'supmer/test_construct.py',                 # ~15
+    'tasks/test_crossfit.py',                   # ~15
+    'supmer/test_datasets.py',                  # ~15
+    'test_readme.py',                           # ~15
+    'checkpoints/test_t5x.py',                  # ~15
+    'supmer/test_downstream_protocol.py',       # ~10
+    'tasks/test_mini_benchmark_data.py',        # ~10
+    'tasks/test_p3.py',                         # ~10
+)
     'meta/test_meta_gradients.py',              # ~85
     'supmer/test_baselines.py',                 # ~65
     'training/test_multiprocess.py',            # ~40 (one test: 35-48 s)

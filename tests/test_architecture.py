@@ -11,7 +11,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Lowest first. The entry points (cli, demo, tour, train, the package's __init__) sit above everything.
 LAYERS = ('errors', 'models', 'checkpoints', 'tasks', 'data', 'training', 'meta', 'supmer', 'evaluation',
           'interop')
-ENTRY_POINTS = ('cli', 'demo', 'tour', 'train', '__init__', '__main__')
+ENTRY_POINTS = ('cli', 'demo', 'tour', 'train', 'ledger', '__init__', '__main__')
 
 
 def _package(module: str) -> str:

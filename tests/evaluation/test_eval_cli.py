@@ -35,14 +35,17 @@ def _eval_args(command, checkpoint, out, *extra):
           *extra]
 
 
+FIRST = '--gin.promptjax.evaluation.evaluate.max_examples=32'   # the first 32 instances of each template
+
+
 def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
   zero = tmp_path / 'a' / '0shot'
-  assert _cli(_eval_args('eval', checkpoint, zero)) == 0
+  assert _cli(_eval_args('eval', checkpoint, zero, FIRST)) == 0
   out = capsys.readouterr().out
   assert 'ARG' in out
   m = json.load(open(zero / 'metrics.json'))
   assert len(m['tasks']) == 10 and m['setting'] == '0-shot'
-  assert all(m['tasks'][t]['num_examples'] == 100 for t in m['tasks'])
+  assert all(m['tasks'][t]['num_examples'] == 32 for t in m['tasks'])   # of 100: the first 32 (FIRST)
   assert os.path.exists(zero / 'config.gin')
   # The checkpoint evaluated: the MODEL_DIR's highest step.
   assert m['checkpoint'] == {'path': os.path.join(checkpoint, 'checkpoint_2'), 'step': 2}
@@ -53,12 +56,13 @@ def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
 
   # Without the prompt: a different model, different scores.
   nop = tmp_path / 'b' / '0shot'
-  assert _cli(_eval_args('eval', checkpoint, nop, '--gin.USE_PROMPT=False')) == 0
+  assert _cli(_eval_args('eval', checkpoint, nop, FIRST, '--gin.USE_PROMPT=False')) == 0
   first = lambda d: json.loads(open(d / 'predictions' / sorted(os.listdir(d / 'predictions'))[0]).readline())
   assert first(zero)['scores'] != first(nop)['scores']
 
   few = tmp_path / 'a' / '16shot'
-  assert _cli(_eval_args('fewshot', checkpoint, few, '--gin.FEWSHOT_EPOCHS=2', '--gin.TEMPLATES_PER_PROGRAM=4')) == 0
+  assert _cli(_eval_args('fewshot', checkpoint, few, FIRST, '--gin.FEWSHOT_EPOCHS=2',
+                         '--gin.TEMPLATES_PER_PROGRAM=4')) == 0
   fm = json.load(open(few / 'metrics.json'))
   assert fm['setting'] == '16-shot' and fm['fewshot']['templates_per_program'] == 4
   assert fm['checkpoint'] == m['checkpoint']

@@ -120,7 +120,7 @@ def test_every_task_and_seed_is_registered_under_a_unique_documented_name():
   assert registered == set(expected)
   for seqio_name, (name, seed) in expected.items():
     task = seqio.TaskRegistry.get(seqio_name)
-    assert set(task.splits) == {'train', 'dev', 'test'}
+    assert set(task.splits) == {'train', 'dev', 'test', 'train_dev'}
     assert set(task.output_features) == {'inputs', 'targets'}
     info = cf.get_task_info(seqio_name)
     [metric_fn] = task.metric_fns   # the task's CrossFit metric, under its CrossFit name
