@@ -67,8 +67,7 @@ def supmer_construction(tmp_path_factory, worker_id):
 # hands files to the two workers in collection order (without the flag, xdist orders files by their number
 # of tests and a one-test file like the demo's runs last, alone). Longest-first keeps both workers busy to
 # the end. The order is by the per-file times of a `--junitxml` run of the whole suite; files under ~10 s
-# are not listed and keep their order after these. Re-measure when a file
-# grows.
+# are not listed and keep their order after these. Re-measure when a file grows.
 _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)
     'training/test_trainer.py',                 # ~185
     'meta/test_meta_training.py',               # ~125
@@ -103,35 +102,6 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'supmer/test_downstream_protocol.py',       # ~10
     'tasks/test_mini_benchmark_data.py',        # ~10
     'tasks/test_p3.py',                         # ~10
-)
-    'meta/test_meta_gradients.py',              # ~85
-    'supmer/test_baselines.py',                 # ~65
-    'training/test_multiprocess.py',            # ~40 (one test: 35-48 s)
-    'evaluation/test_eval_cli.py',              # ~55
-    'supmer/test_algorithm.py',                 # ~50
-    'evaluation/test_fewshot.py',               # ~40
-    'models/test_t5.py',                        # ~40
-    'supmer/test_end_to_end.py',                # ~40
-    'evaluation/test_downstream.py',            # ~35
-    'interop/test_t5x_trainer.py',              # ~35
-    'evaluation/test_rank_classification.py',   # ~30
-    'training/test_hardening.py',               # ~30
-    'meta/test_maml_reference.py',              # ~30
-    'training/test_partitioning.py',            # ~30
-    'tasks/test_mini.py',                       # ~25
-    'supmer/test_train.py',                     # ~25
-    'models/test_input_vectors.py',             # ~25
-    'models/test_t5_parity.py',                 # ~20
-    'data/test_meta_sampler.py',                # ~20
-    'evaluation/test_seqio_generative.py',      # ~20
-    'models/test_prompts.py',                   # ~15
-    'tasks/test_crossfit.py',                   # ~15
-    'checkpoints/test_t5x.py',                  # ~15
-    'tasks/test_mini_benchmark_data.py',        # ~15
-    'training/test_method.py',                  # ~10
-    'tasks/test_p3.py',                         # ~10
-    'test_tour.py',                             # ~10
-    'supmer/test_construct.py',                 # ~10
 )
 
 
