@@ -364,7 +364,9 @@ def run_downstream(args, bindings: List[str]) -> int:
   for task, score in summary['tasks'].items():
     print(f'{task}: test {score * 100:.1f} (mean over seeds)')
   if 'arg_vs_baseline' in summary:
-    print(f'ARG over {summary["baseline"]}: {summary["arg_vs_baseline"] * 100:.1f}')
+    print(f'ARG over {summary["baseline"]}: {summary["arg_vs_baseline"] * 100:.1f}'
+          + (' (per seed: {mean:.1f} ± {std:.1f})'.format(**{k: v * 100 for k, v in s.items() if k != 'per_seed'})
+             if (s := summary.get('arg_vs_baseline_over_seeds')) else ''))
   return 0
 
 

@@ -295,11 +295,16 @@ def evaluate_tasks(model, params, tasks: Sequence[str], cfg: DownstreamConfig = 
     if not os.path.exists(path):
       raise generation.EvaluationError(f'baseline {baseline!r} has no downstream.json; run the baseline first.')
     with open(path) as f:
-      base = json.load(f)['tasks']
+      base_json = json.load(f)
+    base = base_json['tasks']
     missing = set(summary['tasks']) - set(base)
     if missing:
       raise generation.EvaluationError(f'baseline {baseline!r} has no results for {sorted(missing)}.')
     summary['arg_vs_baseline'] = metrics.arg_vs_baseline(summary['tasks'], {t: base[t] for t in summary['tasks']})
+    over_seeds = metrics.arg_vs_baseline_over_seeds(
+        {t: results[t] for t in summary['tasks']}, base_json.get('details', {}))
+    if over_seeds:   # Qin et al. Table 2: the mean ± std of the per-seed ARGs
+      summary['arg_vs_baseline_over_seeds'] = over_seeds
     summary['baseline'] = baseline
   if output_dir:
     os.makedirs(output_dir, exist_ok=True)

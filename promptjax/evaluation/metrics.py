@@ -30,7 +30,7 @@ Values are fractions (0.25 = 25 %); reports print percentages.
 from __future__ import annotations
 
 import collections
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -74,6 +74,27 @@ def arg_vs_baseline(scores: Mapping[str, float], baseline_scores: Mapping[str, f
   if missing:
     raise ValueError(f'the run and its baseline cover different tasks: {sorted(missing)}')
   return float(np.mean([relative_gain(scores[k], baseline_scores[k]) for k in sorted(scores)]))
+
+
+def arg_vs_baseline_over_seeds(details: Mapping[str, Mapping], baseline_details: Mapping[str, Mapping]
+                               ) -> Optional[Dict[str, Any]]:
+  """Qin et al. 2023 Table 2's "mean ± std": the ARG of each seed (data sampling) over the baseline's score
+  on the same seed, then their mean and standard deviation (numpy's, ddof 0; the paper does not define its
+  ±). `details` / `baseline_details`: task -> {'seeds': {seed: {'test': score}}} (``downstream.json``'s
+  ``details``); seeds are matched by name. None when the two runs share no seed on every task."""
+  common = None
+  for task, d in details.items():
+    seeds = {str(s) for s in d['seeds']} & {str(s) for s in baseline_details.get(task, {}).get('seeds', {})}
+    common = seeds if common is None else common & seeds
+  if not common:
+    return None
+  def test(d, seed):
+    return float({str(k): v for k, v in d['seeds'].items()}[seed]['test'])
+  per_seed = {seed: arg_vs_baseline({t: test(d, seed) for t, d in details.items()},
+                                    {t: test(baseline_details[t], seed) for t in details})
+              for seed in sorted(common, key=lambda s: (len(s), s))}
+  values = np.asarray(list(per_seed.values()))
+  return {'per_seed': per_seed, 'mean': float(values.mean()), 'std': float(values.std())}
 
 
 def per_task_mean(values_by_seed: Sequence[Mapping[str, float]]) -> Dict[str, float]:

@@ -33,6 +33,18 @@ def test_arg_against_a_baseline_run():
     metrics.arg_vs_baseline({'x': 0.6}, {'y': 0.5})
 
 
+def test_arg_mean_and_std_over_seeds():
+  # Qin et al. Table 2's mean ± std. Seed 13: x (0.6-0.5)/0.5 = 0.2, y (0.3-0.4)/0.4 = -0.25 -> -0.025;
+  # seed 42: x (0.5-0.5)/0.5 = 0, y (0.5-0.4)/0.4 = 0.25 -> 0.125; mean 0.05, std (ddof 0) 0.075.
+  run = {'x': {'seeds': {13: {'test': 0.6}, 42: {'test': 0.5}}}, 'y': {'seeds': {13: {'test': 0.3}, 42: {'test': 0.5}}}}
+  base = {'x': {'seeds': {'13': {'test': 0.5}, '42': {'test': 0.5}, '87': {'test': 0.1}}},
+          'y': {'seeds': {'13': {'test': 0.4}, '42': {'test': 0.4}}}}
+  got = metrics.arg_vs_baseline_over_seeds(run, base)
+  assert got['per_seed'] == {'13': pytest.approx(-0.025), '42': pytest.approx(0.125)}
+  assert (got['mean'], got['std']) == (pytest.approx(0.05), pytest.approx(0.075))
+  assert metrics.arg_vs_baseline_over_seeds(run, {'x': {'seeds': {'100': {'test': 0.5}}}, 'y': {'seeds': {}}}) is None
+
+
 def _se(p, n=1000):
   return 4 * np.sqrt(p * (1 - p) / n) + 1e-9
 

@@ -155,11 +155,14 @@ def test_downstream_protocol_cli_and_arg_over_a_baseline(checkpoint, tmp_path, c
   # Against a baseline run that scored 0.5: Qin et al.'s ARG = (score - 0.5) / 0.5.
   ref = tmp_path / 'pt'
   os.makedirs(ref)
-  json.dump({'tasks': {'mini_sentiment': 0.5}}, open(ref / 'downstream.json', 'w'))
+  json.dump({'tasks': {'mini_sentiment': 0.5}, 'details': {'mini_sentiment': {'seeds': {'13': {'test': 0.5}}}}},
+            open(ref / 'downstream.json', 'w'))
   assert _cli(args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'again'}'", f"--gin.BASELINE='{ref}'"]) == 0
   assert 'ARG over' in capsys.readouterr().out
   again = json.load(open(tmp_path / 'again' / 'downstream.json'))
   assert again['tasks'] == result['tasks']      # deterministic: the same run twice
   assert again['arg_vs_baseline'] == pytest.approx((result['tasks']['mini_sentiment'] - 0.5) / 0.5)
+  assert again['arg_vs_baseline_over_seeds'] == {'per_seed': {'13': pytest.approx(again['arg_vs_baseline'])},
+                                                 'mean': pytest.approx(again['arg_vs_baseline']), 'std': 0.0}
   code, err = _error(capsys, args + [f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'x'}'", f"--gin.BASELINE='{tmp_path}'"])
   assert code == 2 and len(err) == 1 and 'no downstream.json' in err[0]
