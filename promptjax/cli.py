@@ -272,18 +272,25 @@ def _is_bound(parameter: str) -> bool:
     return False
 
 
+def parse_command_gin(command: str, gin_files: Sequence[str], bindings: Sequence[str],
+                      search_paths: Sequence[str] = ()) -> None:
+  """Parses a command's gin files and bindings as `promptjax <command>` does: in the short form
+  (`promptjax train --gin_file=mtl_prompt.gin ...`, the command's run file not included) the run file goes
+  first."""
+  parse_gin(gin_files, bindings, search_paths)
+  run_file, bound = _RUN_FILES.get(command, (None, None))
+  if run_file and not _is_bound(bound):
+    gin.clear_config()
+    parse_gin([run_file] + list(gin_files), bindings, search_paths)
+
+
 def _configure(args, bindings: List[str]) -> None:
   """Registers the configurables and parses the gin files and bindings of a gin-configured command;
   checks that a model file was given and that every macro bound on the command line is read."""
   register_gin_configurables()
   bindings = list(args.gin_bindings) + bindings
   search = [p for s in args.gin_search_paths for p in s.split(',') if p]
-  parse_gin(args.gin_file, bindings, search)
-  run_file, bound = _RUN_FILES.get(args.command, (None, None))
-  if run_file and not _is_bound(bound):
-    # The short form (`promptjax train --gin_file=mtl_prompt.gin ...`): the command's run file goes first.
-    gin.clear_config()
-    parse_gin([run_file] + list(args.gin_file), bindings, search)
+  parse_command_gin(args.command, args.gin_file, bindings, search)
   if _macro('MODEL') is None:
     raise CliError('no model configuration: add a model gin file, e.g. --gin_file=models/t5_1_1_mini.gin '
                    '(the bundled mini model) or models/t5_1_1_lm100k_large.gin (the papers\' LM-adapted T5).')

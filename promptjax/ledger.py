@@ -90,11 +90,7 @@ def parse_row(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> Non
   from promptjax import cli
   cli.register_gin_configurables()
   gin.clear_config()
-  cli.parse_gin(list(row['files']), list(extra_bindings), [])
-  run_file, bound = cli._RUN_FILES.get(row['command'], (None, None))  # pylint: disable=protected-access
-  if run_file and not cli._is_bound(bound):  # pylint: disable=protected-access
-    gin.clear_config()
-    cli.parse_gin([run_file] + list(row['files']), list(extra_bindings), [])
+  cli.parse_command_gin(row['command'], row['files'], extra_bindings)
 
 
 def check_row(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> List[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Dict, Iterator, Mapping, Optional
 
 import jax
@@ -63,7 +64,6 @@ def epoch_steps(mixture_or_task_name: str, epochs: float, batch_size: int, split
   mixture sums its tasks). For a paper that states epochs rather than steps, so one row file is right for
   every partition: ``TRAIN_STEPS = @promptjax.data.epoch_steps()`` (e.g. Qin et al. 2023 §5.3's 20
   epochs). A mixture is sampled by its rates, so an "epoch" there is that many examples, not each once."""
-  import math
   if not epochs or epochs <= 0:
     raise DataError(f'TRAIN_EPOCHS must be positive, got {epochs!r}.')
   if batch_size < 1:

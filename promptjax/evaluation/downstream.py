@@ -197,7 +197,8 @@ class _Scorer:
 
 def tune_and_select(model, params, train: generation.TextSet, dev, metric: Optional[str],
                     cfg: DownstreamConfig, seed: int, gradient_fn: Optional[Callable] = None) -> Dict[str, Any]:
-  """Tunes every learning rate of the grid; returns the best-on-dev prompt and the dev curves.
+  """Tunes every learning rate of the grid; returns the best-on-dev prompt (with ``trainable='all'``: the
+  best parameters, under the same ``'prompt'`` key) and the dev curves.
 
   `dev` is a `generation.TextSet` (scored with the CrossFit `metric`) or any callable prompt -> score.
   """

@@ -509,8 +509,14 @@ def qin2023_mixture_name(setting: str, role: str, seed: Union[int, str], rate: s
     raise ValueError('Only source mixtures come for all seeds (targets are tuned one seed at a time).')
   if rate not in RATES or (rate == 'examples' and role != 'source'):
     raise ValueError(f'rate {rate!r}: source mixtures come as {RATES}, target mixtures as "equal".')
-  suffix = '_examples' if rate == 'examples' else ''
-  return f'{name_prefix}_qin2023_{qin2023_setting(setting).slug}_{role}{suffix}_{seed}'
+  return f'{name_prefix}_qin2023_{qin2023_setting(setting).slug}_{role}{_rate_suffix(rate)}_{seed}'
+
+
+def _rate_suffix(rate: str) -> str:
+  """The mixture-name suffix of a source/train mixture's rate: '' (equal) or '_examples'."""
+  if rate not in RATES:
+    raise ValueError(f'rate must be one of {RATES}, got {rate!r}.')
+  return '_examples' if rate == 'examples' else ''
 
 
 def qin2023_table4_mixture_name(num_source_tasks: int, seed: Union[int, str], rate: str = 'equal',
@@ -520,10 +526,7 @@ def qin2023_table4_mixture_name(num_source_tasks: int, seed: Union[int, str], ra
   if num_source_tasks not in QIN2023_TABLE4_SOURCES:
     raise ValueError(f'Table 4 has {sorted(QIN2023_TABLE4_SOURCES)} source tasks besides the 45 of Cls->Cls '
                      f'(qin2023_mixture_name); got {num_source_tasks}.')
-  if rate not in RATES:
-    raise ValueError(f'rate must be one of {RATES}, got {rate!r}.')
-  suffix = '_examples' if rate == 'examples' else ''
-  return f'{name_prefix}_qin2023_cls_to_cls_{num_source_tasks}tasks_source{suffix}_{seed}'
+  return f'{name_prefix}_qin2023_cls_to_cls_{num_source_tasks}tasks_source{_rate_suffix(rate)}_{seed}'
 
 
 def qin2023_task_names(setting: str, role: str, seed: int, name_prefix: str = DEFAULT_PREFIX) -> List[str]:
@@ -540,10 +543,7 @@ def crossfit_split_mixture_name(split_file: str, part: str, seed: int, rate: str
   if part not in CROSSFIT_SPLITS.get(split_file, {}):
     raise ValueError(f'CrossFit split file {split_file!r} has no list {part!r}; known: '
                      f'{ {k: tuple(v) for k, v in CROSSFIT_SPLITS.items()} }.')
-  if rate not in RATES:
-    raise ValueError(f'rate must be one of {RATES}, got {rate!r}.')
-  suffix = '_examples' if rate == 'examples' else ''
-  return f'{name_prefix}_split_{split_file}_{part}{suffix}_{seed}'
+  return f'{name_prefix}_split_{split_file}_{part}{_rate_suffix(rate)}_{seed}'
 
 
 def _register_defaults() -> None:
