@@ -6,7 +6,7 @@ STAMP := $(VENV)/.promptjax-installed
 PYTEST_ARGS ?=
 T5X_WHEELS ?= ../shared/wheels
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean data backbone
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests $(PYTEST_ARGS)
+
+# The bundled mini benchmark and the LM-adapted mini backbone the demo starts from (regenerate both, in this
+# order, after changing the generator; tests check the committed files are what these make).
+data: $(STAMP)
+	$(PY) tools/make_mini_benchmark.py
+
+backbone: $(STAMP)
+	$(PY) tools/make_mini_backbone.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

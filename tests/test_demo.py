@@ -3,11 +3,13 @@
 import json
 import os
 
+import numpy as np
+
 from promptjax import demo
 
 
 def test_demo_writes_the_table_and_the_plots(tmp_path, capsys):
-  comparison = demo.main(['--output_dir', str(tmp_path), '--lm_steps', '2', '--mtl_steps', '2',
+  comparison = demo.main(['--output_dir', str(tmp_path), '--mtl_steps', '2', '--workers', '1',
                           '--fewshot_epochs', '2', '--max_examples', '6', '--prompt_length', '4',
                           '--methods', 'MTL-T✓P✓ shallow'])
   out = capsys.readouterr().out
@@ -24,5 +26,15 @@ def test_demo_writes_the_table_and_the_plots(tmp_path, capsys):
     assert os.path.getsize(cmp_dir / f'per_dataset_{s}.png') > 1000
   sel = json.load(open(tmp_path / 'eval' / 'mtl_tv_pv_shallow' / '16shot_shallow' / 'selected_examples.json'))
   assert len(sel['examples']) == 10
-  for d in ('lm_adapted', 'mtl_tv_pv_shallow'):
-    assert any(n.startswith('checkpoint_') for n in os.listdir(tmp_path / 'models' / d))
+  assert os.listdir(tmp_path / 'models') == ['mtl_tv_pv_shallow']   # from the bundled backbone
+  assert any(n.startswith('checkpoint_') for n in os.listdir(tmp_path / 'models' / 'mtl_tv_pv_shallow'))
+  # The verdict under the table: the claims whose rows ran (here only "continued pretraining helps").
+  verdict = json.load(open(cmp_dir / 'verdict.json'))
+  assert [c['claim'] for c in verdict['claims']] == [demo.CLAIMS[0][0]]
+  (comp,) = verdict['claims'][0]['comparisons']
+  assert (comp['a'], comp['b'], comp['setting']) == ('MTL-T✓P✓ shallow', 'No cont. pretraining', '0shot_shallow')
+  row, ref = comparison['rows']['MTL-T✓P✓ shallow']['0shot_shallow'], comparison['rows']['No cont. pretraining']
+  assert np.isclose(comp['arg_a'], row['arg']) and np.isclose(comp['arg_b'], ref['0shot_shallow']['arg'])
+  assert comp['p_value'] == row['p_value']   # the same paired bootstrap as the table's
+  assert comp['holds'] == (comp['diff'] > 0 and comp['p_value'] < demo.ALPHA)
+  assert ('HOLDS here' if comp['holds'] else 'does NOT hold here') in out

@@ -60,9 +60,8 @@ DIFFICULTY = {
     'reading_num_options': 3,
     'reading_reverse_rate': 0.3,        # questions answered by an entity ("Who works as a baker?")
     'nli_distractor_fact_rate': 0.3,    # premise also states a fact about another entity
-    'completion_job_stated_rate': 0.4,  # the person's job is in the context (else: workplace / world knowledge)
-    'completion_workplace_rate': 0.3,   # of the rest: the workplace is named (else only world knowledge)
-    'completion_weather_rate': 0.25,    # weather scripts instead of job scripts
+    'nli_review_rate': 0.75,            # P3 NLI: the premise is a cafe visit, the hypothesis how it went
+    'completion_distractor_rate': 0.3,  # visit stories with one cue of the opposite polarity
     'coref_mixed_gender_rate': 0.5,     # the pronoun's gender picks the referent
     'coref_roles_stated_rate': 0.5,     # both jobs are stated in the text (else world knowledge)
     'topic_sense_sentence_rate': 0.5,   # topic texts that include a polysemous-word sentence
@@ -546,31 +545,55 @@ def gen_nli(world, rng, label):
   return {'premise': ' '.join(premise), 'hypothesis': hyp, 'label': label}
 
 
+def visit_cues(rng, food, polarity, distractor_rate):
+  """Two sentiment cues of `polarity` about a cafe visit (the sentiment family's words), sometimes with
+  one cue of the opposite polarity in between (the majority decides, as in the reviews)."""
+  words = {1: (POS_FOOD, POS_STAFF + POS_ROOM), 0: (NEG_FOOD, NEG_STAFF + NEG_ROOM)}
+
+  def cue(pol, slot):
+    w = pick(rng, words[pol][slot])
+    if slot == 0:
+      return f'The {food} {agree(food)["was"]} {w}.'
+    return f'The staff were {w}.' if w in POS_STAFF + NEG_STAFF else f'The room was {w}.'
+
+  cues = [cue(polarity, 0), cue(polarity, 1)]
+  if rng.rand() < distractor_rate:
+    cues.insert(1, cue(1 - polarity, 1))
+  return ' '.join(cues)
+
+
+def gen_nli_review(world, rng, label):
+  """P3's NLI (label: 0 entailment, 1 neutral, 2 contradiction). Mostly a cafe visit told with the
+  sentiment family's cue words, and a hypothesis on how the visitor liked it (entailed or contradicted)
+  or a fact about the visitor the premise does not mention (neutral); else `gen_nli`'s world facts."""
+  if rng.rand() >= DIFFICULTY['nli_review_rate']:
+    return gen_nli(world, rng, label)
+  p, c, food = pick(rng, world.people), pick(rng, CITIES), pick(rng, FOODS)
+  polarity = int(rng.randint(2)) if label == 1 else int(label == 0)
+  premise = f'{p} had the {food} at a cafe in {c}. {visit_cues(rng, food, polarity, 0.0)}'
+  liked = (f'{p} enjoyed the visit.', f'{p} liked the cafe.', f'{p} was happy with the {food}.')
+  disliked = (f'{p} did not enjoy the visit.', f'{p} disliked the cafe.', f'{p} was unhappy with the {food}.')
+  if label == 1:
+    hyp = world.say(p, pick(rng, KIND_RELATIONS['person']), form=int(rng.randint(3)))
+  else:
+    hyp = pick(rng, liked if label == 0 else disliked)
+  return {'premise': premise, 'hypothesis': hyp, 'label': label}
+
+
 def gen_completion(world, rng, label):
-  """label: position (0 or 1) of the correct ending."""
+  """label: position (0 or 1) of the correct ending. A story of a cafe visit told with the sentiment
+  family's cue words; the ending consistent with it says how the visit was (good / bad)."""
   p = pick(rng, world.people)
   she = world.pron(p)
-  when = pick(rng, ('Every morning', 'On Monday', 'After breakfast', 'Early today', 'At dawn'))
-  if rng.rand() < DIFFICULTY['completion_weather_rate']:
-    c = pick(rng, CITIES)
-    climate = world.facts[c]['climate']
-    look = pick(rng, ('looks out of the window', 'opens the door', 'steps outside'))
-    ctx = f'It is {climate} in {c} today. {p} {look}.'
-    good = cap(pick(rng, CLIMATES[climate])) + '.'
-    bad = cap(pick(rng, CLIMATES[pick(rng, [x for x in CLIMATES if x != climate])])) + '.'
-  else:
-    job = world.facts[p]['job']
-    home = world.facts[p]['home']
-    u = rng.rand()
-    if u < DIFFICULTY['completion_job_stated_rate']:
-      ctx = f'{p} is a {job} who lives in {home}. {when}, {she} goes to work.'
-    elif u < DIFFICULTY['completion_job_stated_rate'] + DIFFICULTY['completion_workplace_rate']:
-      ctx = f'{p} lives in {home}. {when}, {she} walks to the {JOBS[job][0]}.'
-    else:
-      ctx = f'{p} lives in {home}. {when}, {she} goes to work.'
-    good = f'{cap(she)} {pick(rng, JOBS[job][1])}.'
-    bad = f'{cap(she)} {pick(rng, JOBS[pick(rng, [x for x in JOBS if x != job])][1])}.'
-  endings = [bad, good] if label else [good, bad]
+  c, food = pick(rng, CITIES), pick(rng, FOODS)
+  polarity = int(rng.randint(2))
+  opener = pick(rng, (f'{p} went to a cafe in {c} and ordered the {food}.', f'{p} stopped in {c} for some {food}.',
+                      f'{p} tried the {food} at the market cafe in {c}.'))
+  ctx = f'{opener} {visit_cues(rng, food, polarity, DIFFICULTY["completion_distractor_rate"])}'
+  verb = pick(rng, ('says', 'writes'))
+  good, bad = (f'{cap(she)} {verb} that the visit was {w}.' for w in ('good', 'bad'))
+  right, wrong = (good, bad) if polarity else (bad, good)
+  endings = [wrong, right] if label else [right, wrong]
   return {'context': ctx, 'endings': endings, 'label': label}
 
 
@@ -608,6 +631,16 @@ def gen_word_sense(world, rng, label):
   if s1 == s2 or t1 == t2:
     return None
   return {'word': w, 'sentence1': s1, 'sentence2': s2, 'label': label}
+
+
+def gen_sense_topic(world, rng, label):
+  """P3's word sense: a sentence with a polysemous word; label: which of its two senses is meant. The
+  choices are the senses' topics (e.g. animals / sports for "bat"), the topic family's labels where
+  the sense has one."""
+  w = pick(rng, sorted(SENSES))
+  s = fill_slots(world, rng, pick(rng, SENSES[w][label][1]))
+  topics = [SENSES[w][0][0], SENSES[w][1][0]]
+  return {'word': w, 'sentence': s, 'options': topics, 'answer': topics[label], 'label': label}
 
 
 QUESTION_LEADS = ('', 'Quick question: ', 'I wonder: ', 'Please tell me: ', 'Does anyone know: ')
@@ -751,7 +784,7 @@ def _strip_period(s):
 
 HELDOUT_DATASETS = {
     'mini_nli': dict(
-        family='nli', task_type='natural_language_inference', num_labels=3, gen=gen_nli,
+        family='nli', task_type='natural_language_inference', num_labels=3, gen=gen_nli_review,
         key=lambda ex: ex['premise'], num_choices=3,
         templates=[
             T('does_it_follow_that', lambda ex: (f"Given that {ex['premise']} Does it follow that "
@@ -792,16 +825,15 @@ HELDOUT_DATASETS = {
               choices='example'),
         ]),
     'mini_word_sense': dict(
-        family='word_sense', task_type='word_sense_disambiguation', num_labels=2, gen=gen_word_sense,
-        key=lambda ex: (ex['sentence1'], ex['sentence2']), num_choices=2,
+        family='word_sense', task_type='word_sense_disambiguation', num_labels=2, gen=gen_sense_topic,
+        key=lambda ex: ex['sentence'], num_choices=2,
         templates=[
-            T('same_sense', lambda ex: (f"Sentence 1: {ex['sentence1']}\nSentence 2: {ex['sentence2']}\n\n"
-                                        f"Determine whether the word \"{ex['word']}\" is used in the same sense in "
-                                        f"both sentences. Yes or no?", YES_NO[ex['label']]), choices=YES_NO),
-            T('affirmation_true_or_false',
-              lambda ex: (f"Sentence A: {ex['sentence1']}\nSentence B: {ex['sentence2']}\n\n\"{ex['word']}\" has a "
-                          f"similar meaning in sentences A and B. True or False?", ['false', 'true'][ex['label']]),
-              choices=['false', 'true']),
+            T('which_sense', lambda ex: (f"{ex['sentence']}\nIn this sentence, is the word \"{ex['word']}\" about "
+                                         f"{ex['options'][0]} or {ex['options'][1]}?", ex['answer']),
+              choices='example'),
+            T('sense_options', lambda ex: (f"Which meaning of \"{ex['word']}\" is used in the sentence below?\n"
+                                           f"{ex['sentence']}\nOptions:\n{options_list(ex['options'])}",
+                                           ex['answer']), prefix=' ', choices='example'),
         ]),
 }
 
@@ -1099,9 +1131,9 @@ def corpus_documents(world):
       docs.append([[fill_slots(world, rng, s) for s in SENSES[w][i][1]] for i in (order, 1 - order)])
     gloss = GLOSSES[w]
     docs.append([[f'The word {w} has two meanings.', 'The two meanings are not the same.'],
-                 [f'In the first meaning, {w} means {gloss[0]}.',
+                 [f'In the first meaning, {w} means {gloss[0]}.', f'This meaning is about {SENSES[w][0][0]}.',
                   f'Here is an example: {fill_slots(world, rng, pick(rng, SENSES[w][0][1]))}'],
-                 [f'In the second meaning, {w} means {gloss[1]}.',
+                 [f'In the second meaning, {w} means {gloss[1]}.', f'This meaning is about {SENSES[w][1][0]}.',
                   f'Here is an example: {fill_slots(world, rng, pick(rng, SENSES[w][1][1]))}']])
   texts = ['\n'.join(' '.join(p) for p in d) for d in docs]
   return shuffled(rng, list(dict.fromkeys(texts)))

@@ -72,6 +72,22 @@ def _datasets(result) -> Dict[str, str]:
   return {t: ds.get(t) or dataset_of(t) for t in result['metrics']['tasks']}
 
 
+def pairwise(run_a: Run, run_b: Run, setting: str, *, within_dataset: bool = False,
+             num_resamples: int = 1000, seed: int = 100) -> Optional[Dict[str, float]]:
+  """Paired bootstrap of "run_a > run_b" in `setting`, over the templates both evaluated:
+  `metrics.paired_bootstrap`'s dict plus 'num_templates'; None if they share none."""
+  res, ref_res = run_a.settings[setting], run_b.settings[setting]
+  common = sorted(set(res['correct']) & set(ref_res['correct']))
+  if not common:
+    return None
+  base, ds = _task_values(res, 'random_baseline'), _datasets(res)
+  bs = metrics_lib.paired_bootstrap(
+      {t: res['correct'][t] for t in common}, {t: ref_res['correct'][t] for t in common},
+      {t: base[t] for t in common}, num_resamples=num_resamples, seed=seed, datasets=ds,
+      within_dataset=within_dataset)
+  return dict(bs, num_templates=len(common))
+
+
 def compare_runs(runs: Sequence[Run], reference: Optional[str] = None, *, within_dataset: bool = False,
                  num_resamples: int = 1000, seed: int = 100) -> Dict[str, Any]:
   """{'settings': [...], 'reference': name, 'rows': {run: {setting: {'arg', 'p_value', ...}}}}."""
@@ -95,15 +111,10 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None, *, within
       acc, base, ds = _task_values(res, 'accuracy'), _task_values(res, 'random_baseline'), _datasets(res)
       cell = {'arg': metrics_lib.average_relative_gain(acc, base, ds, within_dataset),
               'num_templates': len(acc), 'mean_accuracy': float(np.mean(list(acc.values())))}
-      ref_res = ref.settings.get(s)
-      if run is not ref and ref_res is not None:
-        common = sorted(set(res['correct']) & set(ref_res['correct']))
-        if common:
-          bs = metrics_lib.paired_bootstrap(
-              {t: res['correct'][t] for t in common}, {t: ref_res['correct'][t] for t in common},
-              {t: base[t] for t in common}, num_resamples=num_resamples, seed=seed, datasets=ds,
-              within_dataset=within_dataset)
-          cell.update(p_value=bs['p_value'], bootstrap_templates=len(common))
+      if run is not ref and s in ref.settings:
+        bs = pairwise(run, ref, s, within_dataset=within_dataset, num_resamples=num_resamples, seed=seed)
+        if bs is not None:
+          cell.update(p_value=bs['p_value'], bootstrap_templates=bs['num_templates'])
       rows[run.name][s] = cell
   return {'settings': settings, 'reference': ref_name, 'rows': rows, 'within_dataset': within_dataset,
           'num_resamples': num_resamples}
