@@ -71,6 +71,7 @@ def supmer_construction(tmp_path_factory, worker_id):
 _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)
     'training/test_trainer.py',                 # ~185
     'meta/test_meta_training.py',               # ~125
+    'test_mini_backbone.py',                    # ~75 (one test: the backbone script in a subprocess)
     'test_demo.py',                             # ~60 (one test)
     'meta/test_meta_gradients.py',              # ~100
     'supmer/test_end_to_end.py',                # ~90
