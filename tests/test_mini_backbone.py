@@ -8,8 +8,9 @@ import sys
 import numpy as np
 from safetensors.numpy import load_file
 
+from promptjax.demo import BACKBONE as BUNDLED
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
-BUNDLED = os.path.join(ROOT, 'promptjax', 'tasks', 'data', 'mini_lm_adapted')
 
 
 def test_the_committed_backbone_is_what_the_script_makes(tmp_path):

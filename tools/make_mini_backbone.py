@@ -19,8 +19,9 @@ import os
 import tempfile
 from typing import List, Optional
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'promptjax', 'tasks', 'data',
-                   'mini_lm_adapted')
+from promptjax import demo
+
+OUT = demo.BACKBONE
 STEPS = 250
 SETTINGS = {  # prefix LM from scratch; batch 32 of 64 + 64 tokens; Adafactor faster than the papers' 1e-3
     'MIXTURE_OR_TASK_NAME': "'mini_text_prefix_lm'", 'BATCH_SIZE': 32, 'LEARNING_RATE': 1e-2,
@@ -38,7 +39,7 @@ def make(out_dir: str = OUT, steps: int = STEPS) -> str:
   with tempfile.TemporaryDirectory() as tmp:
     flags = [f'--gin.{k}={v}' for k, v in SETTINGS.items()]
     gin.clear_config()
-    rc = cli.main(['train', '--gin_file=runs/train.gin', '--gin_file=models/t5_1_1_mini.gin', '--gin_file=t0.gin',
+    rc = cli.main(['train', '--gin_file=runs/train.gin', f'--gin_file={demo.MODEL_GIN}', '--gin_file=t0.gin',
                    f"--gin.MODEL_DIR='{tmp}'", f'--gin.TRAIN_STEPS={steps}', f'--gin.CHECKPOINT_PERIOD={steps}'] + flags)
     gin.clear_config()
     if rc:
