@@ -233,9 +233,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         f'instances): 0-shot rank classification, 16-shot prompt tuning ({cfg.epochs} epochs, Adafactor '
         f'{cfg.learning_rate:g})', flush=True)
   runs = []
+  # Rows without a prompt get a fresh prompt of each kind the rows run have (both when none has one).
+  fresh_kinds = [k for k in ('shallow', 'deep') if any(m[2] == k for m in methods)] or ['shallow', 'deep']
   for name, (ckpt, kind) in ckpts.items():
     run_dir = os.path.join(out, 'eval', SLUG[name])
-    kinds = ['shallow', 'deep'] if kind == 'none' else [kind]
+    kinds = fresh_kinds if kind == 'none' else [kind]
     zero = None
     for k in kinds:
       setting = f'0shot_{k}'

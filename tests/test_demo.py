@@ -16,9 +16,11 @@ def test_demo_writes_the_table_and_the_plots(tmp_path, capsys):
   assert '[4/4]' in out and '| MTL-T✓P✓ shallow |' in out
   assert comparison['reference'] == 'No cont. pretraining'   # the first row when MTL-T✓P✗ is not run
   assert set(comparison['rows']) == {'No cont. pretraining', 'MTL-T✓P✓ shallow'}
-  # Table 1's columns: shallow then deep, 0-shot then 16-shot; the shallow-only method has no deep cells.
-  assert comparison['settings'] == ['0shot_shallow', '16shot_shallow', '0shot_deep', '16shot_deep']
+  # Table 1's columns, 0-shot then 16-shot: only the shallow prompt's, as no row run has a deep prompt (the
+  # row without a prompt is tuned with a fresh prompt of the kinds the other rows have).
+  assert comparison['settings'] == ['0shot_shallow', '16shot_shallow']
   assert set(comparison['rows']['MTL-T✓P✓ shallow']) == {'0shot_shallow', '16shot_shallow'}
+  assert sorted(os.listdir(tmp_path / 'eval' / 'no_cont_pretraining')) == ['0shot_shallow', '16shot_shallow']
   assert 'p_value' in comparison['rows']['MTL-T✓P✓ shallow']['16shot_shallow']
   cmp_dir = tmp_path / 'comparison'
   assert open(cmp_dir / 'table.md').read() == comparison['table']

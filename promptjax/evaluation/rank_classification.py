@@ -38,6 +38,16 @@ def _round_up(n: int, multiple: int) -> int:
   return max(multiple, -(-int(n) // multiple) * multiple)
 
 
+def _bucket(n: int, multiple: int = 1) -> int:
+  """A padded size for `n` from a short list, so that one compiled program serves many shapes: powers of
+  two up to 8 (when `multiple` is 1), above that four sizes per octave (at most 25% padding), always a
+  multiple of `multiple`."""
+  n = max(int(n), 1)
+  if n <= 8 and multiple == 1:
+    return 1 << (n - 1).bit_length()
+  return _round_up(n, max(multiple, 1 << max((n - 1).bit_length() - 3, 0)))
+
+
 @dataclasses.dataclass
 class ChoiceSet:
   """The instances of one rank-classification task, grouped: inputs [E, L], targets [E, C, T].
@@ -194,9 +204,12 @@ class ChoiceScorer:
   def scores(self, params, choices: ChoiceSet, progress: Optional[str] = None) -> np.ndarray:
     """[E, C] float32 log-likelihood scores; padded choices get -inf."""
     n = self.examples_per_batch
-    L = _round_up(choices.inputs.shape[1], 16)
-    T = choices.targets.shape[2]      # exact: short targets (1-2 pieces) dominate rank classification
+    # Padded to a few bucketed sizes (padding is masked: padded input tokens are 0, padded target tokens carry
+    # no loss weight, padded choices get -inf), so that templates of different shapes share compiled programs.
+    L = _bucket(choices.inputs.shape[1], 16)
+    T = _bucket(choices.targets.shape[2])
     E, C = choices.valid.shape
+    C_pad = _bucket(C)
     out = np.full((E, C), -np.inf, np.float32)
     starts = range(0, E, n)
     if progress:
@@ -206,10 +219,10 @@ class ChoiceScorer:
       rows = slice(s, min(s + n, E))
       m = rows.stop - rows.start
       inp = np.zeros((n, L), np.int32)
-      tgt = np.zeros((n, C, T), np.int32)
+      tgt = np.zeros((n, C_pad, T), np.int32)
       inp[:m, :choices.inputs.shape[1]] = choices.inputs[rows]
-      tgt[:m, :, :choices.targets.shape[2]] = choices.targets[rows]
-      out[rows] = np.asarray(self._fn(params, inp, tgt))[:m]
+      tgt[:m, :C, :choices.targets.shape[2]] = choices.targets[rows]
+      out[rows] = np.asarray(self._fn(params, inp, tgt))[:m, :C]
     return np.where(choices.valid, out, -np.inf)
 
 

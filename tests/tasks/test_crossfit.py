@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -196,19 +195,16 @@ def test_crossfit_split_files_equal_shared_json_and_are_registered():
   assert seqio.MixtureRegistry.get('crossfit_split_random_train_examples_13')
 
 
-def test_registration_is_fast_and_reads_nothing():
+def test_registration_reads_nothing():
   calls = []
 
   def data_dir():
     calls.append(1)
     return '/nonexistent'
 
-  start = time.perf_counter()
   names = cf.register_crossfit_tasks(cf.CROSSFIT_TASKS, data_dir_fn=data_dir, name_prefix='timing_crossfit')
-  elapsed = time.perf_counter() - start
   try:
     assert len(names) == 800
-    assert elapsed < 2.0, elapsed
     assert not calls  # the directory is only looked up when data is requested
   finally:
     cf.unregister_crossfit_tasks(names)

@@ -27,7 +27,7 @@ def test_two_processes_match_one(tmp_path):
                          total_steps=common.STEPS, mesh_shape=(4, 2), batches=iter(batches), progress=False,
                          async_checkpointing=False)
   port = str(_free_port())
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0',
          'PYTHONPATH': os.pathsep.join([os.path.dirname(os.path.dirname(HERE)), os.environ.get('PYTHONPATH', '')])}
   out = str(tmp_path / 'losses.json')
   procs = [subprocess.Popen([sys.executable, os.path.join(HERE, 'multiprocess_worker.py'), str(i), '2', port,

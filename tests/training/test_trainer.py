@@ -31,10 +31,9 @@ def cli_args(model_dir, steps, *extra, method='mtl_prompt.gin'):
           '--gin.promptjax.models.PromptConfig.length=4', '--gin.CHECKPOINT_PERIOD=3', *extra]
 
 
-def run_cli(args, **kw):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'promptjax.train', *args], capture_output=True, text=True,
-                        cwd=REPO, env=env, timeout=600, **kw)
+def run_cli(args):
+  """`promptjax train <args>` in this process (the interrupted runs below are subprocesses)."""
+  return h.run_cli(['train', *args])
 
 
 def popen_cli(args):
@@ -67,7 +66,7 @@ def _error_line(stderr):
 # ---------------------------------------------------------------------------------------------------
 
 
-STEPS = 30
+STEPS = 15
 
 
 @pytest.fixture(scope='module')
