@@ -21,7 +21,6 @@ import seqio
 import promptjax.tasks as T
 from promptjax import cli
 from promptjax.supmer import baselines as sb
-from tests.helpers import cli as _cli
 from tests.helpers import read_records as _records
 
 LENGTHS = {'inputs': 256, 'targets': 8}
@@ -248,21 +247,6 @@ def test_metapt_build_is_deterministic(metapt, tmp_path):
     sb.build_metapt(cfg)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Through the CLI.
-
-
-def test_cli_ppt_train_one_step(supmer_dir, tmp_path):
-  ppt = tmp_path / 'ppt'
-  assert _cli(['train', '--gin_file=paper/pan2023_mini_ppt.gin', f"--gin.MODEL_DIR='{ppt}'", '--gin.TRAIN_STEPS=1',
-               '--gin.EVAL_PERIOD=1', '--gin.CHECKPOINT_PERIOD=1']) == 0
-  assert os.path.isdir(ppt / 'checkpoint_1')
-  conf = open(ppt / 'config.gin').read()
-  assert "MIXTURE_OR_TASK_NAME = 'mini_ppt_pretrain'" in conf and 'rsqrt_decay_schedule' in conf
-  # MetaPT's gin file (maml_prompt.gin over the cluster tasks) runs through the dry run below; one real
-  # meta-step of it is prompt-only MAML, exercised in tests/meta.
-
-
 def _parse_row(repo, name):
   gin.clear_config()
   cli.register_gin_configurables()
@@ -282,7 +266,7 @@ def test_paper_gin_files_dry_run_and_parse():
   rows, App. C.1 for the downstream rows (the numbers are written here from the paper)."""
   from tests.training.common import dry_run_reports
   names = ['pan2023_base_ppt.gin', 'pan2023_base_unified_ppt.gin', 'pan2023_base_metapt.gin',
-           'pan2023_base_supmer.gin']
+           'pan2023_base_supmer.gin', 'pan2023_mini_ppt.gin']
   reports = dict(dry_run_reports(names))
   for name in names:
     assert 'trainable: prompt' in reports[name], name
@@ -290,6 +274,11 @@ def test_paper_gin_files_dry_run_and_parse():
   assert 'second order' in reports['pan2023_base_supmer.gin']   # Eq. 8, App. A.1
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
+    # The mini PPT row pre-trains on the bundled construction's PPT mixture (its examples: the tests above)
+    # with PPT's inverse-square-root schedule (prompt-only training itself: tests/training).
+    _parse_row(repo, 'pan2023_mini_ppt.gin')
+    assert _macro('MIXTURE_OR_TASK_NAME') == 'mini_ppt_pretrain'
+    assert 'rsqrt_decay_schedule' in gin.config_str()
     # Downstream (App. C.1): AdamW, lr grid {0.1, 0.2, 0.3}, batch 32, 200 epochs, validation every 10 steps,
     # seeds 10-50, 100 soft tokens; ψ* for SUPMER only; PT from a normal prompt (App. B).
     for name, psi in (('pan2023_base_fewshot.gin', True), ('pan2023_base_domain.gin', True),
