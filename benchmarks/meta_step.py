@@ -8,7 +8,10 @@ such batch, so "(T + 1)·M MTL steps" is the multi-task training that reads the 
   - Wu et al. 2022's FOMAML and adapted Reptile (all parameters trained, T prompt-only Adafactor inner
     steps, clipping 1.0, as `fomaml.gin` / `reptile.gin`), against MTL steps of all parameters;
   - Qin et al. 2023's prompt-only MAML (second order, SGD inner steps, `maml_prompt.gin`) at T = 1 and
-    T = 4, with and without `remat`, and prompt-only FoMAML, against prompt-only MTL steps;
+    T = 4, with and without `remat` (and, with `--layer_remat 1`, on the model with `T5Config.remat`), and
+    prompt-only FoMAML, against prompt-only MTL steps;
+  - the official Wu et al. code's design (`--groups anchor`): clones one after another, each a copy of the
+    whole model, rebuilt on HF PyTorch with the same shapes, against that model's PyTorch MTL step;
 * **memory**: XLA's `memory_analysis()` of each compiled step (temporaries, arguments, outputs), and
   MAML's temporaries ÷ FoMAML's at the same T;
 * **clone chunking**: adapted Reptile (which holds one transformer-sized update per clone of a chunk) and
@@ -21,7 +24,7 @@ default (`small` with 4 + 4 layers and a 4096-piece vocabulary, 26 M parameters;
 T = 7; inputs 64, targets 16 tokens) is the shape these ratios were first measured at.
 
 Usage:
-  python benchmarks/meta_step.py                        # all groups, about 10 minutes on 2 CPU cores
+  python benchmarks/meta_step.py --rounds 2 --steps 1   # all groups, about 15 minutes on 2 CPU cores
   python benchmarks/meta_step.py --groups wu --rounds 2
   python benchmarks/meta_step.py --layers 1 --vocab_size 512 --emb_dim 64 --rounds 1 --steps 1   # smoke test
 Results: benchmarks/results/meta_step.json (git-ignored).
@@ -205,9 +208,13 @@ def build(args):
     step = ts.make_train_step(model, opt, trainable=trainable, dropout_seed=None)
     return Program(name, step, ts.TrainState.create(params, opt), _batch(rng, (args.batch,), args, vocab))
 
-  def meta(name, cfg, trainable, baseline, lr=1e-3):
+  # The same network with every T5 layer rematerialized in the backward pass (`T5Config.remat`).
+  layer_remat = PromptableT5(get_config(args.size, remat=True, **overrides), model.prompt)
+  assert jax.tree.structure(layer_remat.init_params(jax.random.PRNGKey(0))) == jax.tree.structure(params)
+
+  def meta(name, cfg, trainable, baseline, lr=1e-3, net=model):
     opt = outer(trainable, lr)
-    step = make_meta_train_step(model, opt, cfg, trainable=trainable, dropout_seed=None)
+    step = make_meta_train_step(net, opt, cfg, trainable=trainable, dropout_seed=None)
     return Program(name, step, ts.TrainState.create(params, opt), meta_batch(rng, args, cfg.inner_steps, vocab),
                    mtl_steps=(cfg.inner_steps + 1) * m, baseline=baseline)
 
@@ -231,6 +238,12 @@ def build(args):
         programs.append(meta(f'prompt MAML T={qt}' + (' remat' if remat else ''),
                              MetaConfig('maml', inner_steps=qt, remat=remat, **qin_inner), 'prompt',
                              'MTL step (prompt only)', lr=0.5))
+      if args.layer_remat:
+        programs.append(meta(f'prompt FoMAML T={qt} layer remat', MetaConfig('fomaml', inner_steps=qt, **qin_inner),
+                             'prompt', 'MTL step (prompt only)', lr=0.5, net=layer_remat))
+        programs.append(meta(f'prompt MAML T={qt} remat + layer remat',
+                             MetaConfig('maml', inner_steps=qt, remat=True, **qin_inner), 'prompt',
+                             'MTL step (prompt only)', lr=0.5, net=layer_remat))
   if 'chunks' in groups:
     for chunk in [c for c in range(1, m + 1) if m % c == 0]:
       programs.append(meta(f'adapted Reptile T={t} chunk {chunk}',
@@ -257,6 +270,8 @@ def main(argv=None):
   p.add_argument('--inner_steps', type=int, default=7, help='T of FOMAML / Reptile (Wu et al.: 7)')
   p.add_argument('--maml_steps', type=lambda s: [int(x) for x in s.split(',')], default=[1, 4],
                  help='the T values of the prompt-only MAML / FoMAML rows')
+  p.add_argument('--layer_remat', type=int, default=1,
+                 help='1: the qin group adds FoMAML and MAML (remat) on the model with T5Config.remat')
   p.add_argument('--input_len', type=int, default=64)
   p.add_argument('--target_len', type=int, default=16)
   p.add_argument('--rounds', type=int, default=3)
@@ -303,9 +318,10 @@ def main(argv=None):
     fo = by_name.get(f'prompt FoMAML T={qt}')
     if fo is None:
       continue
-    for suffix in ('', ' remat'):
-      ma = by_name[f'prompt MAML T={qt}{suffix}']
-      maml[f'T={qt}{suffix}'] = ma.memory.get('temp', 0) / max(fo.memory.get('temp', 1), 1)
+    for suffix in ('', ' remat', ' remat + layer remat'):
+      ma = by_name.get(f'prompt MAML T={qt}{suffix}')
+      if ma is not None:
+        maml[f'T={qt}{suffix}'] = ma.memory.get('temp', 0) / max(fo.memory.get('temp', 1), 1)
   if maml:
     print('prompt MAML temporaries / prompt FoMAML temporaries: '
           + ', '.join(f'{k}: {v:.2f}x' for k, v in maml.items()))
