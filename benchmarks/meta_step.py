@@ -208,10 +208,6 @@ def build(args):
     step = ts.make_train_step(model, opt, trainable=trainable, dropout_seed=None)
     return Program(name, step, ts.TrainState.create(params, opt), _batch(rng, (args.batch,), args, vocab))
 
-  # The same network with every T5 layer rematerialized in the backward pass (`T5Config.remat`).
-  layer_remat = PromptableT5(get_config(args.size, remat=True, **overrides), model.prompt)
-  assert jax.tree.structure(layer_remat.init_params(jax.random.PRNGKey(0))) == jax.tree.structure(params)
-
   def meta(name, cfg, trainable, baseline, lr=1e-3, net=model):
     opt = outer(trainable, lr)
     step = make_meta_train_step(net, opt, cfg, trainable=trainable, dropout_seed=None)
@@ -239,6 +235,9 @@ def build(args):
                              MetaConfig('maml', inner_steps=qt, remat=remat, **qin_inner), 'prompt',
                              'MTL step (prompt only)', lr=0.5))
       if args.layer_remat:
+        # The same network with every T5 layer rematerialized in the backward pass (`T5Config.remat`): the
+        # same parameter tree, so the runs share `params`.
+        layer_remat = PromptableT5(get_config(args.size, remat=True, **overrides), model.prompt)
         programs.append(meta(f'prompt FoMAML T={qt} layer remat', MetaConfig('fomaml', inner_steps=qt, **qin_inner),
                              'prompt', 'MTL step (prompt only)', lr=0.5, net=layer_remat))
         programs.append(meta(f'prompt MAML T={qt} remat + layer remat',
@@ -246,9 +245,10 @@ def build(args):
                              'MTL step (prompt only)', lr=0.5, net=layer_remat))
   if 'chunks' in groups:
     for chunk in [c for c in range(1, m + 1) if m % c == 0]:
-      programs.append(meta(f'adapted Reptile T={t} chunk {chunk}',
-                           MetaConfig('reptile', inner_steps=t, chunk_size=chunk, **wu_inner), 'all',
-                           'MTL step (all parameters)'))
+      if chunk < m or 'wu' not in groups:   # chunk M is the `wu` group's adapted Reptile row, not compiled twice
+        programs.append(meta(f'adapted Reptile T={t} chunk {chunk}',
+                             MetaConfig('reptile', inner_steps=t, chunk_size=chunk, **wu_inner), 'all',
+                             'MTL step (all parameters)'))
       programs.append(meta(f"'mtl' meta-algorithm T={t} chunk {chunk}",
                            MetaConfig('mtl', inner_steps=t, chunk_size=chunk, **wu_inner), 'all',
                            'MTL step (all parameters)'))

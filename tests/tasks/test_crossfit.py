@@ -202,13 +202,13 @@ def test_registration_reads_nothing():
     calls.append(1)
     return '/nonexistent'
 
-  names = cf.register_crossfit_tasks(cf.CROSSFIT_TASKS, data_dir_fn=data_dir, name_prefix='timing_crossfit')
+  names = cf.register_crossfit_tasks(cf.CROSSFIT_TASKS, data_dir_fn=data_dir, name_prefix='unread_crossfit')
   try:
     assert len(names) == 800
     assert not calls  # the directory is only looked up when data is requested
   finally:
     cf.unregister_crossfit_tasks(names)
-  assert not cf.registered_tasks('timing_crossfit')
+  assert not cf.registered_tasks('unread_crossfit')
 
 
 def test_import_without_data_or_vocabulary():
