@@ -3,9 +3,11 @@
 CrossFit tasks (Ye et al. 2021; Qin et al. 2023 evaluate on them) are text-to-text: the model generates
 the answer and the task's metric (`crossfit_metrics`) compares it with the references (max over
 references where the metric allows several). `greedy_decode` generates up to `max_length` tokens
-(argmax at each step, stopping at EOS; the loop ends when every row has emitted EOS); every step re-runs the teacher-forced decoder on the prefix
-(no key/value cache: targets here are short, and the same `PromptableT5.decode` serves shallow and deep
-prompts).
+(argmax at each step, stopping at EOS; the loop ends when every row has emitted EOS). Each step runs
+one decoder position against a key/value cache (`PromptableT5.init_decoding_cache` / `decode_step`; a deep
+prompt's decoder prefixes sit in the cache); ``use_cache=False`` re-runs the teacher-forced decoder on the
+whole prefix instead, the same tokens at a cost that grows with the square of the length
+(`benchmarks/decoding.py`).
 
 `evaluate_with_seqio` runs ``seqio.Evaluator`` on any task that has ``metric_fns`` (the CrossFit tasks carry
 their CrossFit metric and a postprocessor that returns all references; `promptjax.tasks.crossfit`): greedy
@@ -41,32 +43,43 @@ from promptjax.models.model import shift_right
 EOS = 1
 
 
-def greedy_tokens(model, params, inputs: jax.Array, max_length: int) -> jax.Array:
-  """Traceable greedy decoding: [b, max_length] ids (EOS kept, zeros after it) for encoder inputs [b, n]."""
+def greedy_tokens(model, params, inputs: jax.Array, max_length: int, use_cache: bool = True) -> jax.Array:
+  """Traceable greedy decoding: [b, max_length] ids (EOS kept, zeros after it) for encoder inputs [b, n].
+
+  With `use_cache` (the default) each step runs the decoder on one position against the key/value cache
+  (`PromptableT5.decode_step`); without, each step re-runs the teacher-forced decoder on the whole prefix
+  (the reference the cached path is tested against).
+  """
   encoded, mask = model.encode(params, inputs)
   b = inputs.shape[0]
   ones = jnp.ones((b, max_length), jnp.int32)
 
   def cond(carry):
-    i, _, done = carry
+    i, _, done, _ = carry
     return (i < max_length) & ~jnp.all(done)
 
   def body(carry):
-    i, tokens, done = carry
-    logits = model.decode(params, encoded, mask, ones, decoder_input_tokens=shift_right(tokens))
-    step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
+    i, tokens, done, cache = carry
+    if use_cache:
+      previous = jnp.where(i > 0, jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(i - 1, 0), axis=1,
+                                                               keepdims=False), 0)
+      step, cache = model.decode_step(params, cache, previous, i)
+    else:
+      logits = model.decode(params, encoded, mask, ones, decoder_input_tokens=shift_right(tokens))
+      step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
     nxt = jnp.argmax(step.astype(jnp.float32), axis=-1).astype(jnp.int32)
     nxt = jnp.where(done, 0, nxt)
-    return i + 1, tokens.at[:, i].set(nxt), done | (nxt == EOS)
+    return i + 1, tokens.at[:, i].set(nxt), done | (nxt == EOS), cache
 
-  _, tokens, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((b, max_length), jnp.int32),
-                                                 jnp.zeros((b,), bool)))
+  cache = model.init_decoding_cache(params, encoded, mask, max_length) if use_cache else ()
+  _, tokens, _, _ = jax.lax.while_loop(
+      cond, body, (jnp.int32(0), jnp.zeros((b, max_length), jnp.int32), jnp.zeros((b,), bool), cache))
   return tokens
 
 
 @functools.lru_cache(maxsize=16)
-def _decoder(model, max_length: int):
-  return jax.jit(functools.partial(greedy_tokens, model, max_length=max_length))
+def _decoder(model, max_length: int, use_cache: bool = True):
+  return jax.jit(functools.partial(greedy_tokens, model, max_length=max_length, use_cache=use_cache))
 
 
 def _padded_batches(arrays: Sequence[np.ndarray], batch_size: int, multiples: Sequence[int]):
@@ -84,9 +97,10 @@ def _padded_batches(arrays: Sequence[np.ndarray], batch_size: int, multiples: Se
     yield s, m, chunks
 
 
-def greedy_decode(model, params, inputs: np.ndarray, max_length: int, batch_size: int = 32) -> np.ndarray:
-  """[n, max_length] generated ids (EOS kept, zeros after it) for encoder inputs [n, L]."""
-  fn = _decoder(model, int(max_length))
+def greedy_decode(model, params, inputs: np.ndarray, max_length: int, batch_size: int = 32,
+                  use_cache: bool = True) -> np.ndarray:
+  """[n, max_length] generated ids (EOS kept, zeros after it) for encoder inputs [n, L] (`greedy_tokens`)."""
+  fn = _decoder(model, int(max_length), bool(use_cache))
   out = np.zeros((inputs.shape[0], max_length), np.int32)
   for s, m, (chunk,) in _padded_batches([inputs], batch_size, [16]):
     out[s:s + m] = np.asarray(fn(params, chunk))[:m]

@@ -12,9 +12,13 @@ Loss: the model's `loss_normalization` and `z_loss` become T5X's `loss_normalizi
 ('num_real_target_tokens' -> 'NUM_REAL_TARGET_TOKENS', 'none' -> None, a float stays a float), so both
 trainers minimize the same loss. T5X computes it itself (`t5x.models.BaseTransformerModel.loss_fn`).
 
-Not supported: packed examples (segment ids / positions; use an unpacked feature converter), and beam
-search or sampling: `predict_batch` decodes greedily without a key/value cache (each step re-runs the
-decoder on the prefix, fine for short targets). Scoring (`score_batch`) and evaluation losses work.
+Decoding: `predict_batch` runs T5X's own decoding function (`decode_fn`: `t5x.decoding.temperature_sample`
+by default, whose default top-k of 1 is greedy decoding, as `promptjax eval`; `t5x.decoding.beam_search` for
+beams) over promptjax's key/value cache (`PromptableT5.init_decoding_cache` / `decode_step`; a deep prompt's
+decoder prefixes sit in the cache), with `num_decodes`, `return_all_decodes`, `decoder_params` (e.g.
+`temperature`, `topk`, `decode_rng`) and forced target prefixes (`prompt_with_targets`) as in T5X.
+
+Not supported: packed examples (segment ids / positions; use an unpacked feature converter).
 
 This module imports T5X; `import promptjax` does not import it.
 """
@@ -29,11 +33,11 @@ from flax.linen import partitioning as flax_partitioning
 import jax
 import jax.numpy as jnp
 import optax
+from t5x import decoding as t5x_decoding
 from t5x import models as t5x_models
 from t5x import optimizers as t5x_optimizers
 
 from promptjax.errors import DataError, TrainingError
-from promptjax.evaluation.generation import greedy_tokens
 from promptjax.models.model import PromptableT5
 from promptjax.models.prompts import init_prompt_params
 from promptjax.models.t5 import Transformer
@@ -42,9 +46,9 @@ from promptjax.training import partitioning
 from promptjax.training.method import masked_default_optimizer
 
 _PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions', 'decoder_positions')
-_NO_DECODING = ('promptjax.interop.t5x.T5XModel decodes greedily only (one decode, no beam search, sampling, '
-                'decoder_params or forced target prefixes; promptjax has no key/value cache); use the default '
-                'predict_batch, or score_batch for rank classification.')
+_FLAX_CACHE = ("promptjax.interop.t5x.T5XModule has no flax 'cache' collection (decode=True): promptjax's "
+               'key/value cache is explicit; decode through T5XModel.predict_batch, which passes it to T5X\'s '
+               'decoding functions.')
 
 
 class T5XModule(Transformer):
@@ -55,7 +59,7 @@ class T5XModule(Transformer):
                decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: Optional[int] = None):
     if decode or max_decode_length is not None:
-      raise NotImplementedError(_NO_DECODING)
+      raise NotImplementedError(_FLAX_CACHE)
     given = dict(zip(_PACKING_FEATURES, (encoder_segment_ids, decoder_segment_ids, encoder_positions,
                                          decoder_positions)))
     packed = [k for k, v in given.items() if v is not None]
@@ -126,17 +130,22 @@ class T5XModel(t5x_models.EncoderDecoderModel):
     model: the promptjax model (architecture, prompt, loss normalization, z_loss).
     input_vocabulary, output_vocabulary: seqio vocabularies (T5X's feature converter and evaluation).
     optimizer_def: T5X's optimizer (`optimizer(...)`; None: `optimizer()`, Adafactor on everything).
-    label_smoothing, feature_converter_cls: as in T5X.
+    decode_fn: T5X's decoding function (default `t5x.decoding.temperature_sample`, greedy at its default
+      top-k of 1; `t5x.decoding.beam_search` for beam search).
+    label_smoothing, feature_converter_cls, default_decoder_params: as in T5X.
   """
 
   def __init__(self, model: PromptableT5, input_vocabulary=None, output_vocabulary=None,
-               optimizer_def=None, label_smoothing: float = 0.0, feature_converter_cls=None):
+               optimizer_def=None, label_smoothing: float = 0.0, feature_converter_cls=None,
+               decode_fn=t5x_decoding.temperature_sample, default_decoder_params=None):
     self.promptable = model
     super().__init__(module=T5XModule(model.config, model.prompt), input_vocabulary=input_vocabulary,
                      output_vocabulary=output_vocabulary or input_vocabulary,
                      optimizer_def=optimizer() if optimizer_def is None else optimizer_def,
-                     feature_converter_cls=feature_converter_cls, label_smoothing=label_smoothing,
-                     z_loss=model.z_loss, loss_normalizing_factor=loss_normalizing_factor(model))
+                     decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
+                     label_smoothing=label_smoothing, z_loss=model.z_loss,
+                     loss_normalizing_factor=loss_normalizing_factor(model),
+                     default_decoder_params=default_decoder_params)
 
   def get_initial_variables(self, rng, input_shapes=None, input_types=None):
     """{'params': the values of `PromptableT5.init_params(rng)`, 'params_axes': their logical axes}.
@@ -152,14 +161,35 @@ class T5XModel(t5x_models.EncoderDecoderModel):
 
   def predict_batch_with_aux(self, params, batch, rng=None, decoder_params=None, return_all_decodes=None,
                              num_decodes=None, prompt_with_targets=False):
-    """Greedy decoding up to the batch's target length (`promptjax.evaluation.generation.greedy_tokens`:
-    no key/value cache, each step re-runs the decoder on the prefix), with each sequence's log-likelihood
-    as its score. `rng` is ignored (greedy is deterministic); beams, sampling and forced prefixes raise."""
-    del rng
-    if (num_decodes or 1) > 1 or return_all_decodes or prompt_with_targets or decoder_params:
-      raise NotImplementedError(_NO_DECODING)
-    tokens = greedy_tokens(self.promptable, params, batch['encoder_input_tokens'],
-                           batch['decoder_input_tokens'].shape[1])
-    scores = self.promptable.score_batch(params, {'encoder_input_tokens': batch['encoder_input_tokens'],
-                                                  'decoder_target_tokens': tokens})
-    return tokens, {'scores': scores}
+    """T5X's `EncoderDecoderModel.predict_batch_with_aux` over promptjax's explicit key/value cache: the
+    same arguments and returns (decodes [b, max_len] and {'scores': [b]}, or [b, num_decodes, ...] with
+    `return_all_decodes`), decoding up to the batch's target length with `decode_fn`."""
+    if return_all_decodes is None:
+      return_all_decodes = self._default_decoder_params.return_all_decodes
+    if num_decodes is None:
+      num_decodes = self._default_decoder_params.num_decodes
+    eos_id = self.output_vocabulary.eos_id if self.output_vocabulary is not None else 1
+    decoder_input_tokens = jnp.asarray(batch['decoder_input_tokens'], jnp.int32)
+    if prompt_with_targets:   # forced prefixes; EOS removed so that decoding does not stop at the prompt
+      prompt = decoder_input_tokens * (decoder_input_tokens != eos_id)
+    else:
+      prompt = jnp.zeros_like(decoder_input_tokens)
+    model = self.promptable
+    encoded, mask = model.encode(params, jnp.asarray(batch['encoder_input_tokens'], jnp.int32))
+    cache = model.init_decoding_cache(params, encoded, mask, decoder_input_tokens.shape[1])
+
+    def tokens_to_logits(state: t5x_decoding.DecodingState):
+      return model.decode_step(params, state.cache, state.cur_token, state.cur_index)
+
+    decoder_params = dict(decoder_params or {})
+    if rng is not None:
+      if decoder_params.get('decode_rng') is not None:
+        raise ValueError(f"Got RNG both from the `rng` argument ({rng}) and decoder_params['decode_rng'] "
+                         f"({decoder_params['decode_rng']}); give one or the other.")
+      decoder_params['decode_rng'] = rng
+    decoder_params.setdefault('eos_id', eos_id or 1)
+    decodes, scores = self._decode_fn(inputs=prompt, cache=cache, tokens_to_logits=tokens_to_logits,
+                                      num_decodes=num_decodes, cache_offset=0, **decoder_params)
+    if return_all_decodes:
+      return decodes, {'scores': scores}
+    return decodes[:, -1, :], {'scores': scores[:, -1]}

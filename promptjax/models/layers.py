@@ -117,16 +117,36 @@ class RelativePositionBiases(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, q_len: int, k_len: int) -> Array:
-    """Returns float32 biases [1, heads, q_len, k_len]."""
+  def __call__(self, q_len: int, k_len: int, query_positions: Optional[Array] = None) -> Array:
+    """Returns float32 biases [1, heads, q_len, k_len]; with `query_positions` [b] int (one query per row,
+    cached decoding), the rows of the [k_len, k_len] table at those positions: [b, heads, 1, k_len]."""
     table = _param(self, 'rel_embedding',
                    nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
                    (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
-    ctx = np.arange(q_len)[:, None]
+    ctx = np.arange(k_len if query_positions is not None else q_len)[:, None]
     mem = np.arange(k_len)[None, :]
-    buckets = relative_position_bucket(mem - ctx, self.bidirectional, self.num_buckets,
-                                       self.max_distance)
-    return jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=1)[None].astype(jnp.float32)
+    buckets = jnp.asarray(relative_position_bucket(mem - ctx, self.bidirectional, self.num_buckets,
+                                                   self.max_distance), jnp.int32)
+    if query_positions is None:
+      return jnp.take(table, buckets, axis=1)[None].astype(jnp.float32)
+    rows = jnp.take(buckets, query_positions, axis=0)  # [b, k_len]
+    return jnp.transpose(jnp.take(table, rows, axis=1), (1, 0, 2))[:, :, None].astype(jnp.float32)
+
+
+def prefix_kv(prefix: Tuple[Array, Array], batch: int, num_heads: int, head_dim: int, dtype
+              ) -> Tuple[Array, Array]:
+  """A deep prompt's (key [L, heads*head_dim], value [L, heads*head_dim]) as [batch, L, heads, head_dim]."""
+  pk, pv = prefix
+  plen = pk.shape[-2]
+  shape = (batch, plen, num_heads, head_dim)
+  return (jnp.broadcast_to(pk.astype(dtype).reshape(plen, num_heads, head_dim), shape),
+          jnp.broadcast_to(pv.astype(dtype).reshape(plen, num_heads, head_dim), shape))
+
+
+def _write_rows(cache: Array, update: Array, index: Array) -> Array:
+  """cache [b, K, h, d] with update [b, 1, h, d] written at position index[i] of row i."""
+  return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=0))(
+      cache, update.astype(cache.dtype), index)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -135,6 +155,13 @@ class MultiHeadDotProductAttention(nn.Module):
   Optional prefix keys/values (deep prompt tuning, Li & Liang 2021) are prepended to the projected keys
   and values; the caller's `bias` must already contain the columns for them (zero bias: always
   visible, no relative position bias).
+
+  Cached decoding (`promptjax.models.t5.Decoder`) uses three more modes, all with the same parameters:
+  `only_kv` returns the projected (prefix +) keys and values [b, L+k, heads, head_dim] without attending
+  (the cross-attention cache, computed once); `kv` = cached (keys, values) attends over them without
+  projecting `inputs_kv` (cross-attention per step); `kv` with `kv_index` [b] first writes the projections
+  of the one new position of `inputs_kv` at those cache positions and returns (output, updated (keys,
+  values)) (self-attention per step).
   """
   num_heads: int
   head_dim: int
@@ -142,34 +169,47 @@ class MultiHeadDotProductAttention(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array,
-               prefix: Optional[Tuple[Array, Array]] = None, deterministic: bool = True) -> Array:
+  def __call__(self, inputs_q: Optional[Array], inputs_kv: Optional[Array], bias: Optional[Array],
+               prefix: Optional[Tuple[Array, Array]] = None, deterministic: bool = True, *,
+               only_kv: bool = False, kv: Optional[Tuple[Array, Array]] = None,
+               kv_index: Optional[Array] = None):
     """inputs_q [b, q, embed], inputs_kv [b, k, embed], bias [b|1, heads|1, q, (L+)k] float32,
-    prefix: (key [L, heads*head_dim], value [L, heads*head_dim]) or None. Returns [b, q, embed]."""
+    prefix: (key [L, heads*head_dim], value [L, heads*head_dim]) or None. Returns [b, q, embed] (see the
+    class docstring for the cached-decoding modes)."""
     h, d = self.num_heads, self.head_dim
-    emb = inputs_q.shape[-1]
     q_init = nn.initializers.variance_scaling(1.0 / d, 'fan_in', 'normal')
     kv_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
     dense = functools.partial(Dense, features=h * d, axes=('embed', 'joined_kv'), dtype=self.dtype)
-    b, ql = inputs_q.shape[:2]
-    kl = inputs_kv.shape[1]
+
+    def project_kv():
+      b, kl = inputs_kv.shape[:2]
+      key = dense(kernel_init=kv_init, name='key')(inputs_kv).reshape(b, kl, h, d)
+      value = dense(kernel_init=kv_init, name='value')(inputs_kv).reshape(b, kl, h, d)
+      if prefix is not None:
+        pk, pv = prefix_kv(prefix, b, h, d, self.dtype)
+        key = jnp.concatenate([pk, key], axis=1)
+        value = jnp.concatenate([pv, value], axis=1)
+      return key, value
+
+    if only_kv:
+      return project_kv()
+    b, ql, emb = inputs_q.shape
     query = dense(kernel_init=q_init, name='query')(inputs_q).reshape(b, ql, h, d)
-    key = dense(kernel_init=kv_init, name='key')(inputs_kv).reshape(b, kl, h, d)
-    value = dense(kernel_init=kv_init, name='value')(inputs_kv).reshape(b, kl, h, d)
-    if prefix is not None:
-      pk, pv = prefix
-      plen = pk.shape[-2]
-      pk = jnp.broadcast_to(pk.astype(self.dtype).reshape(plen, h, d), (b, plen, h, d))
-      pv = jnp.broadcast_to(pv.astype(self.dtype).reshape(plen, h, d), (b, plen, h, d))
-      key = jnp.concatenate([pk, key], axis=1)
-      value = jnp.concatenate([pv, value], axis=1)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32) + bias
+    if kv is None:
+      key, value = project_kv()
+    elif kv_index is None:
+      key, value = kv
+    else:
+      new_key, new_value = project_kv()
+      key, value = _write_rows(kv[0], new_key, kv_index), _write_rows(kv[1], new_value, kv_index)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key.astype(self.dtype)).astype(jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(b, ql, h * d)
-    return Dense(emb, axes=('joined_kv', 'embed'), kernel_init=kv_init, dtype=self.dtype,
-                 name='out')(out)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value.astype(self.dtype)).reshape(b, ql, h * d)
+    out = Dense(emb, axes=('joined_kv', 'embed'), kernel_init=kv_init, dtype=self.dtype,
+                name='out')(out)
+    return out if kv_index is None else (out, (key, value))
 
 
 # `T5Config.mlp_activations` names -> functions ('gelu': tanh approximation, as T5X and HF's 'gelu_new').

@@ -186,6 +186,20 @@ class PromptableT5:
     return self._apply(params, encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens,
                        method=Transformer.decode)
 
+  def init_decoding_cache(self, params: Params, encoded: jax.Array, encoder_mask: jax.Array,
+                          max_length: int) -> Dict[str, Any]:
+    """The key/value cache for generating up to `max_length` tokens from `encode`'s output: per decoder
+    layer the cross-attention keys/values (computed once) and self-attention buffers (a deep prompt's
+    prefix first), every array with the batch on axis 0 (`promptjax.models.t5.Decoder`)."""
+    return self._apply(params, encoded, encoder_mask, max_length, method=Transformer.init_decoding)
+
+  def decode_step(self, params: Params, cache: Dict[str, Any], tokens: jax.Array, index: jax.Array
+                  ) -> Tuple[jax.Array, Dict[str, Any]]:
+    """One cached decoding step: the previous tokens [b] (or [b, 1]; 0 = BOS at index 0) at position
+    `index` (scalar or [b]) -> (logits [b, vocab], updated cache). Equals row `index` of `decode`'s
+    teacher-forced logits."""
+    return self._apply(params, cache, tokens, index, method=Transformer.decode_step)
+
   def loss_fn(self, params: Params, batch: Batch, dropout_rng: Optional[jax.Array] = None
               ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """loss(params, batch, rng) -> (scalar, aux): the one loss every algorithm differentiates."""

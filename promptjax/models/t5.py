@@ -98,25 +98,50 @@ class DecoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
-               prefix: Optional[Dict[str, Tuple[Array, Array]]] = None):
+  def __call__(self, x: Optional[Array], encoded: Array, self_bias: Optional[Array],
+               cross_bias: Optional[Array], prefix: Optional[Dict[str, Tuple[Array, Array]]] = None,
+               cache: Optional[Dict[str, Array]] = None, cache_index: Optional[Array] = None,
+               init_cache_length: Optional[int] = None):
+    """Teacher-forced: x [b, t, embed] -> [b, t, embed]. Cached decoding (see `Decoder`):
+    `init_cache_length` T returns this layer's cache; with `cache` and `cache_index` [b] (absolute cache
+    positions, after any prefix) x is one position [b, 1, embed] and it returns (x, updated cache)."""
     c = self.config
     dt = c.jnp_dtype
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
     attn = lambda name: layers.MultiHeadDotProductAttention(c.num_heads, c.head_dim, dt,
                                                             c.dropout_rate, name=name)
+    if init_cache_length is not None:
+      b = encoded.shape[0]
+      cross_key, cross_value = attn('encoder_decoder_attention')(
+          None, encoded, None, prefix and prefix['encoder_decoder_attention'], only_kv=True)
+      empty = jnp.zeros((b, init_cache_length, c.num_heads, c.head_dim), dt)
+      self_key, self_value = empty, empty
+      if prefix is not None:
+        pk, pv = layers.prefix_kv(prefix['self_attention'], b, c.num_heads, c.head_dim, dt)
+        self_key, self_value = jnp.concatenate([pk, empty], 1), jnp.concatenate([pv, empty], 1)
+      return {'self_key': self_key, 'self_value': self_value, 'cross_key': cross_key,
+              'cross_value': cross_value}
     h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_self_attention_layer_norm')(x)
-    h = attn('self_attention')(h, h, self_bias, prefix and prefix['self_attention'],
-                               deterministic=self.deterministic)
+    if cache is None:
+      h = attn('self_attention')(h, h, self_bias, prefix and prefix['self_attention'],
+                                 deterministic=self.deterministic)
+    else:
+      h, (self_key, self_value) = attn('self_attention')(
+          h, h, self_bias, kv=(cache['self_key'], cache['self_value']), kv_index=cache_index)
+      cache = dict(cache, self_key=self_key, self_value=self_value)
     x = x + drop(h)
     h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_cross_attention_layer_norm')(x)
-    h = attn('encoder_decoder_attention')(h, encoded, cross_bias,
-                                          prefix and prefix['encoder_decoder_attention'],
-                                          deterministic=self.deterministic)
+    if cache is None:
+      h = attn('encoder_decoder_attention')(h, encoded, cross_bias,
+                                            prefix and prefix['encoder_decoder_attention'],
+                                            deterministic=self.deterministic)
+    else:
+      h = attn('encoder_decoder_attention')(h, None, cross_bias,
+                                            kv=(cache['cross_key'], cache['cross_value']))
     x = x + drop(h)
     h = layers.RMSNorm(c.layer_norm_epsilon, dt, name='pre_mlp_layer_norm')(x)
     h = layers.MlpBlock(c.mlp_dim, dt, c.dropout_rate, c.mlp_activations, name='mlp')(h, self.deterministic)
-    return x + drop(h)
+    return x + drop(h) if cache is None else (x + drop(h), cache)
 
 
 def _layer_cls(cls, config: T5Config):
@@ -149,43 +174,79 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+  """T5's decoder stack and output projection.
+
+  Teacher-forced (the default) or, for generation, with a key/value cache: ``init_cache_length=T``
+  returns a cache for T generated positions (per layer: the projected cross-attention keys/values of the
+  encoder output, computed once, and self-attention buffers holding the deep prompt's self-attention
+  prefix, if any, followed by T empty positions; plus the encoder mask), every array with the batch on
+  axis 0 (T5X's decoding functions expand and gather them along it). ``cache`` with ``cache_index`` [b]
+  (the position of each row's token, 0-based) runs one position: ``embedded`` [b, 1, embed] -> (logits
+  [b, 1, vocab], updated cache). The biases equal row `cache_index` of the teacher-forced ones (relative
+  position bias of the [T, T] table, causal mask, zero-bias prefix columns), so the two paths compute
+  the same function.
+  """
   config: T5Config
   # The token embedding the logits are computed with when `config.logits_via_embedding` (shared with the
   # Transformer: its parameters stay at `token_embedder/embedding`).
   embedder: Optional[layers.Embed] = None
 
   @nn.compact
-  def __call__(self, embedded: Array, encoded: Array, encoder_mask: Array,
+  def __call__(self, embedded: Optional[Array], encoded: Optional[Array], encoder_mask: Optional[Array],
                decoder_mask: Optional[Array] = None, prefixes: Optional[List[Dict]] = None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, *, cache: Optional[Dict[str, Any]] = None,
+               cache_index: Optional[Array] = None, init_cache_length: Optional[int] = None):
     """embedded [b, t, embed] decoder inputs, encoded [b, n, embed], encoder_mask [b, n] bool,
-    decoder_mask [b, t] bool (valid target positions) or None. Returns logits [b, t, vocab]."""
+    decoder_mask [b, t] bool (valid target positions) or None. Returns logits [b, t, vocab] (see the
+    class docstring for cached decoding)."""
     c = self.config
-    b, t = embedded.shape[:2]
-    causal = jnp.tril(jnp.ones((t, t), jnp.bool_))[None, None]
-    if decoder_mask is not None:
-      causal = causal & decoder_mask[:, None, None, :]
-    self_bias = layers.RelativePositionBiases(c.relative_attention_num_buckets,
-                                              c.relative_attention_max_distance, c.num_heads,
-                                              bidirectional=False, name='relpos_bias')(t, t)
+    plen = 0 if prefixes is None else prefixes[0]['self_attention'][0].shape[0]
+    if init_cache_length is not None:
+      layer_caches = {f'layers_{i}': DecoderLayer(c, True, name=f'layers_{i}')(
+          None, encoded, None, None, None if prefixes is None else prefixes[i],
+          init_cache_length=init_cache_length) for i in range(c.num_decoder_layers)}
+      return {'encoder_mask': encoder_mask, **layer_caches}
+    relpos = layers.RelativePositionBiases(c.relative_attention_num_buckets,
+                                           c.relative_attention_max_distance, c.num_heads,
+                                           bidirectional=False, name='relpos_bias')
+    if cache is None:
+      b, t = embedded.shape[:2]
+      causal = jnp.tril(jnp.ones((t, t), jnp.bool_))[None, None]
+      if decoder_mask is not None:
+        causal = causal & decoder_mask[:, None, None, :]
+      self_bias = relpos(t, t)
+      cross_bias = _mask_bias(encoder_mask)
+    else:
+      b = embedded.shape[0]
+      t = cache['layers_0']['self_key'].shape[1] - plen
+      index = jnp.broadcast_to(jnp.asarray(cache_index, jnp.int32), (b,))
+      causal = (jnp.arange(t)[None, :] <= index[:, None])[:, None, None, :]
+      self_bias = relpos(1, t, query_positions=index)
+      cross_bias = _mask_bias(cache['encoder_mask'])
     self_bias = self_bias + jnp.where(causal, 0.0, layers.NEG_INF).astype(jnp.float32)
-    cross_bias = _mask_bias(encoder_mask)
-    if prefixes is not None:
-      plen = prefixes[0]['self_attention'][0].shape[0]
+    if plen:
       self_bias = _with_prefix_columns(self_bias, b, plen)
       cross_bias = _with_prefix_columns(cross_bias, b, plen)
     x = nn.Dropout(c.dropout_rate)(embedded, deterministic=deterministic)
-    layer_cls = _layer_cls(DecoderLayer, c)
-    for i in range(c.num_decoder_layers):
-      x = layer_cls(c, deterministic, name=f'layers_{i}')(
-          x, encoded, self_bias, cross_bias, None if prefixes is None else prefixes[i])
+    if cache is None:
+      layer_cls = _layer_cls(DecoderLayer, c)
+      for i in range(c.num_decoder_layers):
+        x = layer_cls(c, deterministic, name=f'layers_{i}')(
+            x, encoded, self_bias, cross_bias, None if prefixes is None else prefixes[i])
+    else:
+      new_cache = {'encoder_mask': cache['encoder_mask']}
+      for i in range(c.num_decoder_layers):
+        x, new_cache[f'layers_{i}'] = DecoderLayer(c, True, name=f'layers_{i}')(
+            x, None, self_bias, cross_bias, cache=cache[f'layers_{i}'], cache_index=index + plen)
     x = layers.RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name='decoder_norm')(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     if c.logits_via_embedding:
       # Original T5: the output projection is the input embedding, applied to the output scaled by d**-0.5.
-      return self.embedder.attend(x * jnp.asarray(c.emb_dim ** -0.5, x.dtype))
-    return layers.Dense(c.vocab_size, axes=('embed', 'vocab'), dtype=c.jnp_dtype,
-                        name='logits_dense')(x)
+      logits = self.embedder.attend(x * jnp.asarray(c.emb_dim ** -0.5, x.dtype))
+    else:
+      logits = layers.Dense(c.vocab_size, axes=('embed', 'vocab'), dtype=c.jnp_dtype,
+                            name='logits_dense')(x)
+    return logits if cache is None else (logits, new_cache)
 
 
 class Transformer(nn.Module):
@@ -237,6 +298,23 @@ class Transformer(nn.Module):
     return self.decoder(y, encoded, encoder_mask, dmask,
                         None if deep is None else deep['decoder'],
                         deterministic=not enable_dropout)
+
+  def init_decoding(self, encoded: Array, encoder_mask: Array, max_length: int) -> Dict[str, Any]:
+    """The key/value cache for generating `max_length` tokens after `encode` (see `Decoder`)."""
+    deep = self._deep()
+    return self.decoder(None, encoded, encoder_mask, prefixes=None if deep is None else deep['decoder'],
+                        init_cache_length=max_length)
+
+  def decode_step(self, cache: Dict[str, Any], decoder_input_tokens: Array, index: Array
+                  ) -> Tuple[Array, Dict[str, Any]]:
+    """One cached decoder position: tokens [b] or [b, 1] (the previous output, 0 = BOS at index 0) at
+    position `index` (scalar or [b]) -> (logits [b, vocab], updated cache)."""
+    deep = self._deep()
+    tokens = jnp.reshape(decoder_input_tokens, (-1, 1))
+    logits, cache = self.decoder(self.token_embedder(tokens), None, None,
+                                 prefixes=None if deep is None else deep['decoder'], cache=cache,
+                                 cache_index=index)
+    return logits[:, 0], cache
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,

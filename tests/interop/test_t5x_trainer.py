@@ -91,9 +91,58 @@ def test_t5x_trainer_gives_promptjax_losses(case, tmp_path):
   np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
 
 
+def _uncached_decode(net, params, batch, **kwargs):
+  """T5X's `decode_fn` with a `tokens_to_logits` that re-runs promptjax's teacher-forced decoder on the
+  whole sequence so far (no cache): the reference for `T5XModel.predict_batch_with_aux`'s cached decoding."""
+  model = net.promptable
+  encoded, mask = model.encode(params, batch['encoder_input_tokens'])
+  length = batch['decoder_input_tokens'].shape[1]
+
+  def tokens_to_logits(state):
+    sequences = state.sequences[:, :length]
+    reps = sequences.shape[0] // encoded.shape[0]
+    logits = model.decode(params, jax.numpy.repeat(encoded, reps, 0), jax.numpy.repeat(mask, reps, 0),
+                          jax.numpy.ones_like(sequences), sequences)
+    index = jax.numpy.broadcast_to(state.cur_index, (sequences.shape[0],))
+    return jax.numpy.take_along_axis(logits, index[:, None, None], axis=1)[:, 0], state.cache
+
+  decodes, scores = net._decode_fn(inputs=jax.numpy.zeros_like(batch['decoder_input_tokens']),
+                                   cache={'unused': jax.numpy.zeros((BATCH,))},
+                                   tokens_to_logits=tokens_to_logits, eos_id=1, **kwargs)
+  return decodes, scores
+
+
+def test_t5x_decoding_over_the_cache():
+  """`predict_batch_with_aux` runs T5X's beam search and temperature sampling over promptjax's key/value cache
+  and decodes exactly what they decode without a cache (a deep prompt: its decoder prefixes sit in the
+  cache); the default (T5X's temperature_sample at top-k 1) is promptjax's greedy decoding."""
+  from t5x import decoding
+  from promptjax.evaluation import generation
+  from promptjax.interop import t5x as t5x_model
+  model, batch = _model('deep'), _batches()[0]
+  params = model.init_params(jax.random.PRNGKey(1))
+  greedy = t5x_model.T5XModel(model).predict_batch(params, batch)
+  np.testing.assert_array_equal(greedy, generation.greedy_tokens(model, params, batch['encoder_input_tokens'],
+                                                                 LENGTHS['targets']))
+  beams = t5x_model.T5XModel(model, decode_fn=decoding.beam_search)
+  got, aux = beams.predict_batch_with_aux(params, batch, num_decodes=3, return_all_decodes=True)
+  want, scores = _uncached_decode(beams, params, batch, num_decodes=3)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(aux['scores'], scores, atol=1e-4)
+  assert got.shape == (BATCH, 3, LENGTHS['targets'])
+  sampler = t5x_model.T5XModel(model)
+  rng = jax.random.PRNGKey(5)
+  got, aux = sampler.predict_batch_with_aux(params, batch, rng=rng, num_decodes=2, return_all_decodes=True,
+                                            decoder_params={'temperature': 1.0, 'topk': 0})
+  want, scores = _uncached_decode(sampler, params, batch, num_decodes=2, decode_rng=rng, temperature=1.0, topk=0)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(aux['scores'], scores, atol=1e-4)
+  assert not np.array_equal(got[:, 0], got[:, 1])   # two different samples
+
+
 def test_scoring_decoding_and_refusals():
   """`score_batch` (T5X's) is promptjax's summed target log-likelihood, `predict_batch` decodes greedily; packed
-  batches, beams and a loss normalization T5X lacks are refused with the fix named."""
+  batches and a loss normalization T5X lacks are refused with the fix named."""
   import dataclasses
   from promptjax.errors import DataError, TrainingError
   from promptjax.interop import t5x as t5x_model
@@ -104,8 +153,6 @@ def test_scoring_decoding_and_refusals():
                              atol=1e-5)
   predicted = np.asarray(jax.jit(net.predict_batch)(params, batch))   # `greedy_tokens`, as promptjax eval
   assert predicted.shape == (BATCH, LENGTHS['targets']) and predicted.min() >= 0 and predicted.max() < VOCAB
-  with pytest.raises(NotImplementedError, match='greedily only'):
-    net.predict_batch_with_aux(params, batch, num_decodes=4)
   with pytest.raises(DataError, match='pack = False'):
     net.loss_fn(params, {**batch, 'encoder_segment_ids': batch['encoder_input_tokens'] > 0}, None)
   with pytest.raises(TrainingError, match='no T5X equivalent'):
