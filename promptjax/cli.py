@@ -16,7 +16,8 @@
 Flags (T5X's): ``--gin_file`` (repeatable), ``--gin_bindings`` (repeatable), ``--gin.NAME=VALUE``
 (shorthand for ``--gin_bindings='NAME = VALUE'``), ``--gin_search_paths`` (comma-separated; the package's
 ``configs/`` and the working directory are always searched), ``--dry_run`` (shapes, shardings and memory
-only), ``--restore_fallback`` (resume from the newest readable checkpoint); for multi-host runs
+only; with ``--compile`` also XLA's memory analysis of the compiled sharded step, on CPU over as many fake
+devices as ``MESH_SHAPE`` names), ``--restore_fallback`` (resume from the newest readable checkpoint); for multi-host runs
 ``--coordinator_address``, ``--process_count``, ``--process_index``, or ``--multiprocess`` /
 ``--multiprocess_gpu`` to let JAX detect them (Cloud TPU pods, SLURM); absl's ``--alsologtostderr``,
 ``--logtostderr``, ``-v`` and ``--tfds_data_dir``.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import math
 import os
 import sys
 import tokenize
@@ -314,13 +316,31 @@ def _dry_run_steps() -> str:
             'the estimate above assumes 1 step.')
 
 
+def _compile_devices() -> None:
+  """For ``--dry_run --compile``: a mesh of MESH_SHAPE's size needs that many devices; where jax has not
+  started yet and runs on CPU, create them (``jax_num_cpu_devices``, as
+  ``XLA_FLAGS=--xla_force_host_platform_device_count``)."""
+  import jax
+  from jax._src import xla_bridge
+  shape = _macro('MESH_SHAPE')
+  if not shape or any(int(x) < 1 for x in shape) or xla_bridge.backends_are_initialized():
+    return   # all devices / -1: the mesh takes what there is; a started backend keeps its devices
+  if os.environ.get('JAX_PLATFORMS', 'cpu').split(',')[0] in ('cpu', ''):
+    jax.config.update('jax_platforms', 'cpu')
+    jax.config.update('jax_num_cpu_devices', max(math.prod(int(x) for x in shape), 1))
+
+
 def run_train(args, bindings: List[str]) -> int:
   _configure(args, bindings)
   _check_required_macros(dry_run=args.dry_run)
+  if args.compile and not args.dry_run:
+    raise CliError('--compile goes with --dry_run (it compiles the step to measure its memory, and trains nothing).')
   from promptjax.training import trainer
   if args.dry_run:
     note = _dry_run_steps()
-    report = gin.get_configurable(trainer.train)(dry_run=True)
+    if args.compile:
+      _compile_devices()
+    report = gin.get_configurable(trainer.train)(dry_run=True, compile_step=args.compile)
     print(f"{report}{note}")
     return 0
   _init_distributed(args)
@@ -448,6 +468,9 @@ def _gin_flags(p: argparse.ArgumentParser, command: str) -> None:
   d.add_argument('--multiprocess_gpu', action='store_true', help='T5X\'s name for --multiprocess on GPUs')
   if command == 'train':
     p.add_argument('--dry_run', action='store_true', help='shapes, shardings and memory only')
+    p.add_argument('--compile', action='store_true',
+                   help='with --dry_run: also compile the sharded step and report XLA\'s per-device memory (on '
+                        'CPU, with as many fake devices as MESH_SHAPE needs)')
     p.add_argument('--restore_fallback', action='store_true',
                    help='resume from the newest readable checkpoint, moving unreadable newer ones aside')
 

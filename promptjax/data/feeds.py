@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -22,6 +22,15 @@ from promptjax.tasks import utils as task_utils
 
 FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 VECTOR_FEATURES = ('encoder_input_vectors', 'encoder_input_vector_positions')
+
+
+def abstract_features(task_feature_lengths: Mapping[str, int], lead_shape: Tuple[int, ...]
+                      ) -> Dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of the four model features (int32, as `seqio.EncDecFeatureConverter(pack=False)`
+  makes them) with leading dimensions `lead_shape`: inputs [..., L_inputs], the rest [..., L_targets]."""
+  lengths = {'encoder_input_tokens': int(task_feature_lengths['inputs'])}
+  lengths.update({k: int(task_feature_lengths['targets']) for k in FEATURES[1:]})
+  return {k: jax.ShapeDtypeStruct(tuple(lead_shape) + (lengths[k],), np.int32) for k in FEATURES}
 
 
 def import_task_module(module: Optional[str]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator
 import jax
 
 from promptjax.data import meta_sampler
-from promptjax.data.feeds import DatasetConfig
+from promptjax.data.feeds import DatasetConfig, abstract_features
 from promptjax.errors import TrainingError
 from promptjax.meta import algorithms
 from promptjax.training.method import ModelOnlyMethod, meta_validation
@@ -63,6 +63,17 @@ class MetaLearning(ModelOnlyMethod):
 
   def batches(self, start_step: int) -> Iterator[Dict[str, Any]]:
     return meta_sampler.meta_batches(self.data_cfg, start_step=start_step)
+
+  def abstract_batch(self, model) -> Dict[str, jax.ShapeDtypeStruct]:
+    """The global meta-batch (`promptjax.data.meta_sampler`'s layout): support [M, T, b, ...], query [M, bq, ...]."""
+    del model
+    data = self.data_cfg
+    m = data.meta_batch_size
+    out = {f'support/{k}': v for k, v in abstract_features(
+        data.task_feature_lengths, (m, data.support_batches, data.support_batch_size)).items()}
+    out.update({f'query/{k}': v for k, v in abstract_features(
+        data.task_feature_lengths, (m, data.query_batch_size)).items()})
+    return out
 
   def validation(self, model, mesh, num_batches: int, trainable: str):
     """params -> the meta-loss (`algorithms.meta_gradient`'s: the query loss after the inner loop) on the

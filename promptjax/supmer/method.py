@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator
 import jax
 
 from promptjax.data import meta_sampler
-from promptjax.data.feeds import DatasetConfig
+from promptjax.data.feeds import DatasetConfig, abstract_features
 from promptjax.errors import TrainingError
 from promptjax.supmer import algorithm as supmer_lib
 from promptjax.training import optimizers as opt_lib
@@ -69,6 +69,32 @@ class Supmer:
       return supmer_lib.default_batches(self.data_cfg, start_step=start_step)
     except ValueError as e:
       raise TrainingError(str(e)) from e
+
+  def abstract_batch(self, model) -> Dict[str, jax.ShapeDtypeStruct]:
+    """The global meta-batch: support / query / mix_query [M, S or Q, ...]; with SUPMER's own data, the
+    inserted centroid vectors too. Support and query sizes are the construction's (Table 6: 32 / 32; the
+    data's manifest decides in a real run), the centroids have the model's width."""
+    import numpy as np
+    from promptjax.supmer import construct, tasks as supmer_tasks
+    cfg = self.data_cfg
+    if isinstance(cfg, meta_sampler.MetaDataConfig):
+      m, lengths = cfg.meta_batch_size, cfg.task_feature_lengths
+      sizes = {'support': cfg.support_batch_size, 'query': cfg.query_batch_size, 'mix_query': cfg.query_batch_size}
+      vectors = False
+    else:
+      cfg = cfg or supmer_tasks.SupmerDataConfig()
+      defaults = construct.ConstructConfig()
+      m, lengths, vectors = cfg.meta_batch_size, cfg.task_feature_lengths, True
+      sizes = {'support': defaults.support_size, 'query': defaults.query_size, 'mix_query': defaults.query_size}
+    out = {}
+    for role, rows in sizes.items():
+      feats = dict(abstract_features(lengths, (m, rows)))
+      if vectors:
+        v = supmer_tasks.NUM_VECTORS
+        feats['encoder_input_vectors'] = jax.ShapeDtypeStruct((m, rows, v, model.config.emb_dim), np.float32)
+        feats['encoder_input_vector_positions'] = jax.ShapeDtypeStruct((m, rows, v), np.int32)
+      out.update({f'{role}/{k}': x for k, x in feats.items()})
+    return out
 
   def validation(self, model, mesh, num_batches: int, trainable: str):
     """params -> the meta-validation loss (`algorithm.validation_loss`) on the first `num_batches`

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import optax
 
-from promptjax.data.feeds import DatasetConfig, dataset_batches
+from promptjax.data.feeds import DatasetConfig, abstract_features, dataset_batches
 from promptjax.errors import TrainingError
 from promptjax.training import optimizers as opt_lib
 from promptjax.training import train_step as ts
@@ -42,7 +42,9 @@ class Method(Protocol):
   ``summary`` is the dry run's description; ``num_microbatches`` (gradient accumulation, 1 for none) sizes
   the dry run's activation estimate.
 
-  Optional (not part of the protocol's check): ``validation(model, mesh, num_batches, trainable)`` returns a
+  Optional (not part of the protocol's check): ``abstract_batch(model)`` returns the global batch of one
+  step as ``{feature: jax.ShapeDtypeStruct}`` without reading data (``--dry_run --compile`` compiles the step
+  with it); ``validation(model, mesh, num_batches, trainable)`` returns a
   function
   ``params -> float``, the method's own validation loss (e.g. a meta-learner's query loss after adaptation
   on validation tasks), or None; without it the trainer's validation is the mean token loss on its
@@ -139,6 +141,10 @@ class MultiTask(ModelOnlyMethod):
 
   def batches(self, start_step: int) -> Iterator[Batch]:
     return dataset_batches(self.dataset_cfg, start_batch=start_step)
+
+  def abstract_batch(self, model) -> Dict[str, jax.ShapeDtypeStruct]:
+    del model
+    return abstract_features(self.dataset_cfg.task_feature_lengths, (self.dataset_cfg.batch_size,))
 
   def signature(self) -> Dict[str, Any]:
     return {}

@@ -194,11 +194,37 @@ class Setup:
                    out_shardings=self.state_shardings)
     return init(params)
 
-  def dry_run_report(self) -> 'DryRunReport':
+  def compiled_memory(self) -> Dict[str, float]:
+    """Lowers and compiles the sharded step for the method's abstract batch (``method.abstract_batch``; no
+    data read, nothing allocated) and returns XLA's per-device memory analysis in bytes: ``arguments``
+    (state and batch), ``outputs``, ``aliased`` (the donated state the outputs reuse), ``temporaries`` and
+    ``peak`` = arguments + outputs - aliased + temporaries, plus the compile time in seconds."""
+    if self.step_fn is None:
+      raise TrainingError('This setup has no step function (an abstract dry run); build it with a mesh of '
+                          'real devices to compile the step.')
+    if not hasattr(self.method, 'abstract_batch'):
+      raise TrainingError(f'{type(self.method).__name__} has no abstract_batch(model), so its step cannot be '
+                          'compiled without data; add the method hook (see promptjax.training.method.Method).')
+    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    state = jax.tree.map(with_sharding, self.abstract_state, self.state_shardings)
+    batch_sharding = partitioning.batch_sharding(self.mesh)
+    batch = {k: with_sharding(v, batch_sharding) for k, v in self.method.abstract_batch(self.model).items()}
+    t0 = time.time()
+    stats = self.step_fn.lower(state, batch).compile().memory_analysis()
+    seconds = time.time() - t0
+    out = {'arguments': float(stats.argument_size_in_bytes), 'outputs': float(stats.output_size_in_bytes),
+           'aliased': float(stats.alias_size_in_bytes), 'temporaries': float(stats.temp_size_in_bytes)}
+    out['peak'] = out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries']
+    out['compile_seconds'] = seconds
+    return out
+
+  def dry_run_report(self, compile_step: bool = False) -> 'DryRunReport':
     opt_shardings = self.state_shardings.opt_state
     report = DryRunReport.build(self.model, self.trainable, self.groups, self.mesh, self.abstract_params,
                                 self.param_shardings, self.abstract_state.opt_state, opt_shardings,
                                 self.method.data(), self.method.num_microbatches)
+    if compile_step:
+      report.add_compiled(self.compiled_memory(), self.mesh)
     summary = self.method.summary()
     if summary:
       report.text += '\n\n' + summary
@@ -211,8 +237,8 @@ def setup(model: PromptableT5, method: Method, *, total_steps: int,
           mesh_shape: Optional[Sequence[int]] = None, logical_axis_rules: Optional[Sequence] = None,
           dropout_seed: Optional[int] = 0, abstract: bool = False) -> Setup:
   """Checks `method` against the model and mesh and builds the shapes, shardings, optimizer and jitted step
-  (nothing is allocated). `abstract` (a dry run) builds no step function and allows a mesh larger than
-  the devices."""
+  (nothing is allocated). `abstract` (a dry run that does not compile) builds no step function and allows a
+  mesh larger than the devices."""
   if not isinstance(method, Method):
     raise TrainingError(f'train.method must implement promptjax.training.method.Method, got '
                         f'{type(method).__name__}.')
@@ -259,7 +285,8 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
           keep_best: bool = False, early_stopping_patience: Optional[int] = None,
           seed: int = 0, dropout_seed: Optional[int] = 0, progress: bool = True,
           batches: Optional[Iterator[Mapping[str, np.ndarray]]] = None, dry_run: bool = False,
-          restore_fallback: bool = False, run_record: Optional[Mapping[str, str]] = None):
+          compile_step: bool = False, restore_fallback: bool = False,
+          run_record: Optional[Mapping[str, str]] = None):
   """Trains `model` with `method` until `total_steps`, resuming from MODEL_DIR if it holds a checkpoint.
   Returns the final state, the losses seen by this invocation, and whether it was preempted.
 
@@ -268,7 +295,9 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   `optimizer` (None: the method's default); `trainable` names the model's trainable groups ('all',
   'transformer', 'prompt'). `batches` replaces the method's data (tests); with it, resume cannot skip
   consumed data. `dry_run` returns a report of shapes, shardings and per-device memory (`DryRunReport`)
-  without allocating, reading data or writing files.
+  without allocating, reading data or writing files; with `compile_step` it also lowers and compiles the
+  sharded step (the mesh needs that many devices: on CPU, fake ones) and adds XLA's per-device memory
+  analysis next to the estimate (`Setup.compiled_memory`).
 
   Nothing is written before the configuration, the resume and the initial checkpoint are validated;
   then `run_record` ({file name: text}, e.g. the CLI's ``config.gin``) and ``model-info.txt`` are
@@ -302,9 +331,11 @@ def train(*, model_dir: str, model: PromptableT5, method: Method, total_steps: i
   run = setup(model, method, total_steps=total_steps, optimizer=optimizer,
               learning_rate_fn=learning_rate_fn or opt_lib.learning_rate_schedule(optimizer), trainable=trainable,
               mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules, dropout_seed=dropout_seed,
-              abstract=dry_run)
+              abstract=dry_run and not compile_step)
   if dry_run:
-    return run.dry_run_report()
+    return run.dry_run_report(compile_step)
+  if compile_step:
+    raise TrainingError('compile_step only goes with dry_run (promptjax train --dry_run --compile).')
   mesh, data_cfg = run.mesh, method.data()
   model_dir = os.path.abspath(model_dir)
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
@@ -745,6 +776,7 @@ class DryRunReport:
   text: str
   param_counts: Dict[str, int]
   per_device_bytes: Dict[str, float]
+  compiled: Optional[Dict[str, float]] = None   # `Setup.compiled_memory` (``--dry_run --compile``)
 
   def __str__(self) -> str:
     return self.text
@@ -772,7 +804,7 @@ class DryRunReport:
     per_device = {'params': params_bytes, 'optimizer_state': opt_bytes, 'gradients': grads_bytes,
                   'activations (estimate)': act_bytes}
     per_device['total'] = sum(per_device.values())
-    gib = lambda b: f'{b / 2**30:,.2f} GiB'
+    gib = _format_bytes
     lines = [f'model: {model.config}', f'prompt: {model.prompt}', f'trainable: {trainable} -> {", ".join(groups)}',
              f'mesh: {dict(mesh.shape)}', '', 'parameters:']
     for group, n in sorted(counts.items()):
@@ -784,6 +816,31 @@ class DryRunReport:
       lines.append(f'  {name:<48s} {str(tuple(flat[name].shape)):<18s} {flat_sh[name].spec}')
     lines += ['', 'per-device memory:'] + [f'  {k:<24s} {gib(v)}' for k, v in per_device.items()]
     return cls('\n'.join(lines), counts, per_device)
+
+
+  def add_compiled(self, compiled: Dict[str, float], mesh) -> None:
+    """Adds XLA's memory analysis of the compiled step (`Setup.compiled_memory`) next to the estimate."""
+    self.compiled = compiled
+    gib = _format_bytes
+    platform = mesh.devices.flat[0].platform.upper()
+    ratio = compiled['peak'] / self.per_device_bytes['total'] if self.per_device_bytes['total'] else float('nan')
+    self.text += '\n'.join([
+        '', '', f'compiled step (XLA for {platform}, {mesh.devices.size} devices, per device; compiled in '
+        f'{compiled["compile_seconds"]:.0f} s):',
+        f'  {"arguments":<24s} {gib(compiled["arguments"])}  (state and batch)',
+        f'  {"outputs":<24s} {gib(compiled["outputs"])}',
+        f'  {"aliased":<24s} {gib(compiled["aliased"])}  (donated state reused by the outputs)',
+        f'  {"temporaries":<24s} {gib(compiled["temporaries"])}',
+        f'  {"peak":<24s} {gib(compiled["peak"])}  (arguments + outputs - aliased + temporaries; '
+        f'{ratio:.2f}x the estimate)'])
+    if platform == 'CPU':
+      self.text += ('\n  XLA:CPU fuses and schedules differently from TPU/GPU: this is the CPU program\'s '
+                    'memory; run it on the accelerator for its own.')
+
+
+def _format_bytes(b: float) -> str:
+  """GiB with two decimals from 1 GiB up, MiB below (a tiny model's memory is not all 0.00 GiB)."""
+  return f'{b / 2**30:,.2f} GiB' if b >= 2**30 else f'{b / 2**20:,.1f} MiB'
 
 
 def _activation_bytes(model, dataset_cfg, mesh, num_microbatches) -> float:
