@@ -18,6 +18,10 @@ beams) over promptjax's key/value cache (`PromptableT5.init_decoding_cache` / `d
 decoder prefixes sit in the cache), with `num_decodes`, `return_all_decodes`, `decoder_params` (e.g.
 `temperature`, `topk`, `decode_rng`) and forced target prefixes (`prompt_with_targets`) as in T5X.
 
+Meta-learning: `MetaTrainer` (a `t5x.trainer.Trainer` whose step is promptjax's meta-gradient) and
+`meta_dataset` (promptjax's meta-batch sampler as T5X's ``get_dataset_fn``), bound by
+``configs/t5x/runs/meta_pretrain.gin``.
+
 Not supported: packed examples (segment ids / positions; use an unpacked feature converter).
 
 This module imports T5X; `import promptjax` does not import it.
@@ -25,6 +29,8 @@ This module imports T5X; `import promptjax` does not import it.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Mapping, Optional
 
 import flax
@@ -36,6 +42,7 @@ import optax
 from t5x import decoding as t5x_decoding
 from t5x import models as t5x_models
 from t5x import optimizers as t5x_optimizers
+from t5x import trainer as t5x_trainer
 
 from promptjax.errors import DataError, TrainingError
 from promptjax.models.model import PromptableT5
@@ -193,3 +200,108 @@ class T5XModel(t5x_models.EncoderDecoderModel):
     if return_all_decodes:
       return decodes, {'scores': scores}
     return decodes[:, -1, :], {'scores': scores[:, -1]}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Meta-learning under T5X's trainer.
+
+class MetaTrainer(t5x_trainer.Trainer):
+  """T5X's `Trainer` whose step is promptjax's meta-learning step: FOMAML / adapted Reptile (Wu et al. 2022
+  App. B), prompt-only MAML / FoMAML / Reptile (Qin et al. 2023 §4.3), the meta-gradient of
+  `promptjax.meta.algorithms.meta_gradient` fed to T5X's optimizer (`T5XModel.optimizer_def`, masked to
+  the trainable group) through `t5x.trainer.apply_grads`. Everything else (partitioner, checkpoints,
+  summaries, learning-rate logging) is T5X's.
+
+  Bind it as ``train.trainer_cls`` with `meta_dataset` as ``train.get_dataset_fn`` (the meta-batches:
+  `promptjax.data.meta_sampler`'s ``support/<feature>`` [M, T, b, ...] and ``query/<feature>`` [M, b, ...],
+  clones sharded over the 'data' axis like promptjax's trainer); ``promptjax/configs/t5x/fomaml.gin`` does.
+
+  Args (besides `t5x.trainer.Trainer`'s):
+    meta_config: the algorithm (`promptjax.meta.MetaConfig`).
+    trainable: the outer trainable group ('all' for Wu et al., 'prompt' for Qin et al.); it must be the
+      group `optimizer(trainable=...)` masks to.
+  """
+
+  def __init__(self, model, train_state, partitioner, eval_names, summary_dir, train_state_axes, rng,
+               learning_rate_fn, num_microbatches=None, weight_metrics_computer=None, *,
+               meta_config=None, trainable: str = 'all'):
+    if meta_config is None:
+      raise TrainingError('MetaTrainer needs meta_config (a promptjax.meta.MetaConfig); bind '
+                          'promptjax.interop.t5x.MetaTrainer.meta_config, e.g. with promptjax/configs/t5x/fomaml.gin.')
+    if num_microbatches not in (None, 1):
+      raise TrainingError(f'MetaTrainer takes no micro-batches (got num_microbatches={num_microbatches}): a '
+                          'meta-step chunks its clones instead (MetaConfig.chunk_size).')
+    if not isinstance(model, T5XModel):
+      raise TrainingError(f'MetaTrainer trains a promptjax.interop.t5x.T5XModel, got {type(model).__name__}.')
+    self._meta_config = meta_config
+    self._meta_trainable = trainable
+    super().__init__(model=model, train_state=train_state, partitioner=partitioner, eval_names=eval_names,
+                     summary_dir=summary_dir, train_state_axes=train_state_axes, rng=rng,
+                     learning_rate_fn=learning_rate_fn, num_microbatches=None,
+                     weight_metrics_computer=weight_metrics_computer)
+
+  @functools.cached_property
+  def _partitioned_train_step(self):
+    from promptjax.meta import algorithms
+    from t5x import metrics as t5x_metrics
+    model, meta, trainable = self._model.promptable, self._meta_config, self._meta_trainable
+    dropout = model.config.dropout_rate > 0
+
+    def train_step(train_state, batch):
+      support, query = algorithms.split_meta_batch(batch)
+      params = flax.core.unfreeze(train_state.params)
+      rng = self._get_step_rng(train_state.step) if dropout else None
+      loss, grads, _ = algorithms.meta_gradient(model, params, support, query, meta, trainable=trainable,
+                                                rng=rng)
+      if isinstance(train_state.params, flax.core.FrozenDict):
+        grads = flax.core.freeze(grads)
+      metrics = {'loss': t5x_metrics.AveragePerStep.from_model_output(loss)}
+      return t5x_trainer.apply_grads(train_state, grads, metrics, self._learning_rate_fn(train_state.step),
+                                     self._weight_metrics_computer)
+
+    return self._partitioner.partition(train_step, in_axis_resources=(self._train_state_axes,
+                                                                      self._partitioner.data_partition_spec),
+                                       out_axis_resources=(self._train_state_axes, None), donate_argnums=(0,))
+
+
+def _latest_t5x_step(model_dir: Optional[str]) -> int:
+  if not model_dir or not os.path.isdir(model_dir):
+    return 0
+  steps = [int(n.split('_', 1)[1]) for n in os.listdir(model_dir)
+           if n.startswith('checkpoint_') and n.split('_', 1)[1].isdigit()]
+  return max(steps, default=0)
+
+
+def meta_dataset(cfg, shard_id: int, num_shards: int, feature_converter_cls=None, num_epochs=None,
+                 continue_from_last_checkpoint: bool = False, *, data_cfg=None, model_dir: Optional[str] = None,
+                 initial_step: int = 0):
+  """T5X's ``train.get_dataset_fn`` for `MetaTrainer`: this host's share of promptjax's meta-batches
+  (`promptjax.data.meta_sampler.meta_batches` of `data_cfg`, host `shard_id` of `num_shards`) as a
+  ``tf.data.Dataset``. T5X's ``DatasetConfig`` (`cfg`) must name the same task and have ``batch_size`` =
+  the meta-batch size M (T5X shards batches by it).
+
+  Exact resume: the sampler is a pure function of the step, so it starts at the meta-step of the newest
+  ``checkpoint_<step>`` in `model_dir` minus `initial_step` (the step of T5X's ``INITIAL_CHECKPOINT_PATH``,
+  which T5X's step count includes; 0 from scratch).
+  """
+  import tensorflow as tf
+  from promptjax.data import meta_sampler
+  del feature_converter_cls, num_epochs, continue_from_last_checkpoint  # meta-batches are built here
+  if data_cfg is None:
+    raise DataError('meta_dataset needs data_cfg (a promptjax.meta.MetaDataConfig); bind '
+                    'promptjax.interop.t5x.meta_dataset.data_cfg, e.g. with promptjax/configs/t5x/fomaml.gin.')
+  if cfg is not None and cfg.batch_size != data_cfg.meta_batch_size:
+    raise DataError(f'T5X\'s DatasetConfig.batch_size ({cfg.batch_size}) must be the meta-batch size '
+                    f'({data_cfg.meta_batch_size}): T5X shards the clones by it. Set BATCH_SIZE = META_BATCH_SIZE.')
+  start = max(_latest_t5x_step(model_dir) - int(initial_step), 0)
+  m_local = data_cfg.meta_batch_size // num_shards
+  spec = {}
+  for role, lead in (('support', (m_local, data_cfg.support_batches, data_cfg.support_batch_size)),
+                     ('query', (m_local, data_cfg.query_batch_size))):
+    for k in meta_sampler.FEATURES:
+      length = data_cfg.task_feature_lengths['inputs' if k == 'encoder_input_tokens' else 'targets']
+      spec[f'{role}/{k}'] = tf.TensorSpec(lead + (int(length),), tf.int32)
+  return tf.data.Dataset.from_generator(
+      lambda: meta_sampler.meta_batches(data_cfg, start_step=start, process_index=shard_id,
+                                        process_count=num_shards),
+      output_signature=spec)

@@ -23,7 +23,8 @@ T5X_SEARCH_PATH = os.path.dirname(os.path.dirname(t5x.__file__))  # where t5x.tr
 
 # method file: (prompt kind, prompt length, trainable group)
 METHODS = {'mtl_prompt.gin': ('shallow', 20, 'all'), 'mtl_prompt_deep.gin': ('deep', 20, 'all'),
-           't0.gin': ('none', None, 'transformer'), 'ppt.gin': ('shallow', 20, 'prompt')}
+           't0.gin': ('none', None, 'transformer'), 'ppt.gin': ('shallow', 20, 'prompt'),
+           'fomaml.gin': ('shallow', 20, 'all'), 'reptile.gin': ('shallow', 20, 'all')}
 # model file: (promptjax.models.get_config name, vocabulary name)
 MODELS = {'models/t5_1_1_mini.gin': ('mini', 'mini'),
           'models/t5_1_1_lm100k_large.gin': ('t5_1_1_lm100k_large', 't5'),
@@ -59,7 +60,7 @@ def test_shipped_files_are_tested():
   shipped = {os.path.relpath(os.path.join(d, f), CONFIG_DIR) for d, _, fs in os.walk(CONFIG_DIR) for f in fs
              if f.endswith('.gin')}
   runs = {'models/promptable_t5.gin', 'runs/pretrain.gin', 'runs/finetune.gin', 'runs/eval.gin',
-          'runs/promptjax_overrides.gin'}
+          'runs/promptjax_overrides.gin', 'runs/meta_pretrain.gin'}
   assert shipped == set(METHODS) | set(MODELS) | runs
 
 
@@ -84,7 +85,10 @@ def test_method_files_build_the_model(method):
   kind, length, trainable = METHODS[method]
   with _parsed(['models/t5_1_1_mini.gin', method]):
     model = gin.query_parameter('%MODEL').scoped_configurable_fn()
-    assert gin.query_parameter('pj_t5x.optimizer.trainable') == trainable
+    bound = gin.query_parameter('pj_t5x.optimizer.trainable')
+    if isinstance(bound, gin.config.ConfigurableReference):   # a macro (the meta files' %TRAINABLE)
+      bound = bound.scoped_configurable_fn()
+    assert bound == trainable
   assert isinstance(model, pj_t5x.T5XModel) and isinstance(model.optimizer_def, pj_t5x.OptaxWrapper)
   assert model.promptable.prompt.kind == kind
   if length is not None:
@@ -127,3 +131,37 @@ def test_eval_run_file():
     assert gin.query_parameter('utils.DatasetConfig.split') == 'validation'
     assert gin.query_parameter('utils.DatasetConfig.pack') is False
     assert gin.query_parameter('%MIXTURE_OR_TASK_MODULE') == 'promptjax.tasks'
+
+
+@pytest.mark.parametrize('method', ['fomaml.gin', 'reptile.gin'])
+def test_meta_run_file(method):
+  """runs/meta_pretrain.gin makes `t5x.train` run promptjax's meta-step (`MetaTrainer`) on promptjax's
+  meta-batches (`meta_dataset`), with Wu et al. 2022's App. C settings from the method file."""
+  with _parsed(['models/t5_1_1_mini.gin', method, 'runs/meta_pretrain.gin'], TRAIN_BINDINGS, script='train'):
+    assert gin.query_parameter('train_script.train.trainer_cls').configurable.wrapped is pj_t5x.MetaTrainer
+    assert gin.query_parameter('train_script.train.get_dataset_fn').configurable.wrapped is pj_t5x.meta_dataset
+    assert gin.query_parameter('train_script.train.train_eval_dataset_cfg') is None
+    assert gin.query_parameter('%BATCH_SIZE').scoped_configurable_fn() == gin.query_parameter('%META_BATCH_SIZE') == 128
+    meta = gin.query_parameter('pj_t5x.MetaTrainer.meta_config').scoped_configurable_fn()
+    data = gin.query_parameter('pj_t5x.meta_dataset.data_cfg').scoped_configurable_fn()
+    lr = gin.query_parameter('pj_t5x.MetaTrainer.learning_rate_fn').scoped_configurable_fn()
+  assert meta.algorithm == method[:-4] and meta.inner_steps == 7 and meta.inner_learning_rate == 1e-3
+  assert meta.inner_global_norm_clip == 1.0
+  assert (data.meta_batch_size, data.support_batch_size, data.query_batch_size) == (128, 16, 16)
+  assert float(lr(0)) == pytest.approx(1e-3)
+
+
+def test_meta_dataset_resumes_at_the_checkpoint_step(tmp_path):
+  """`meta_dataset` yields promptjax's meta-batches from the step of MODEL_DIR's newest T5X checkpoint."""
+  import numpy as np
+  from promptjax.data import meta_sampler
+  data = meta_sampler.MetaDataConfig('mini_train', {'inputs': 32, 'targets': 8}, meta_batch_size=4, inner_steps=1,
+                                     support_batch_size=2, query_batch_size=2)
+  (tmp_path / 'checkpoint_7').mkdir()
+  (tmp_path / 'checkpoint_5').mkdir()
+  ds = pj_t5x.meta_dataset(None, 0, 2, data_cfg=data, model_dir=str(tmp_path), initial_step=4)
+  got = next(iter(ds.as_numpy_iterator()))
+  want = next(meta_sampler.meta_batches(data, start_step=3, process_index=0, process_count=2))
+  assert sorted(got) == sorted(want) and got['query/encoder_input_tokens'].shape[0] == 2
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])

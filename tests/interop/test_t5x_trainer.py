@@ -60,10 +60,11 @@ def _promptjax_losses(model, trainable, batches, model_dir):
   return [result.losses[s] for s in range(1, STEPS + 1)]
 
 
-def _t5x_losses(model, trainable, batches):
+def _t5x_losses(model, group, batches, trainer_cls=None, **trainer_kwargs):
+  """Per-step losses of T5X's `trainer_cls` (default `t5x.trainer.Trainer`) training `T5XModel(model)`."""
   from t5x import partitioning, trainer as t5x_trainer, utils
   from promptjax.interop import t5x as t5x_model
-  opt_def = t5x_model.optimizer(_adafactor(), trainable)
+  opt_def = t5x_model.optimizer(_adafactor(), group)
   net = t5x_model.T5XModel(model, optimizer_def=opt_def)
   partitioner = partitioning.PjitPartitioner(num_partitions=1)
   shapes = {k: v.shape for k, v in batches[0].items()}
@@ -72,9 +73,10 @@ def _t5x_losses(model, trainable, batches):
   # T5X's own initialization: `get_initial_variables` gives `PromptableT5.init_params(PRNGKey(0))`, the
   # parameters promptjax's trainer starts from with seed 0 (a deep prompt's projections up to float rounding).
   state = init.from_scratch(jax.random.PRNGKey(0))
-  t = t5x_trainer.Trainer(net, state, partitioner, eval_names=[], summary_dir=None,
-                          train_state_axes=init.train_state_axes, rng=jax.random.PRNGKey(0),
-                          learning_rate_fn=t5x_model.learning_rate_fn(opt_def), num_microbatches=None)
+  t = (trainer_cls or t5x_trainer.Trainer)(
+      net, state, partitioner, eval_names=[], summary_dir=None, train_state_axes=init.train_state_axes,
+      rng=jax.random.PRNGKey(0), learning_rate_fn=t5x_model.learning_rate_fn(opt_def), num_microbatches=None,
+      **trainer_kwargs)
   with t:
     return [float(t.train(iter([b]), num_steps=1).result()['loss'].value) for b in batches]
 
@@ -157,3 +159,53 @@ def test_scoring_decoding_and_refusals():
     net.loss_fn(params, {**batch, 'encoder_segment_ids': batch['encoder_input_tokens'] > 0}, None)
   with pytest.raises(TrainingError, match='no T5X equivalent'):
     t5x_model.T5XModel(dataclasses.replace(model, loss_normalization='num_examples'))
+
+
+META_STEPS, CLONES, INNER = 3, 8, 2
+
+
+def _meta_batches():
+  """META_STEPS meta-batches cycling through two: support [M, T, b, ...], query [M, b, ...] (ragged targets)."""
+  rng = np.random.RandomState(1)
+  out = []
+  for _ in range(2):
+    b = {}
+    for role, lead in (('support', (CLONES, INNER, 2)), ('query', (CLONES, 2))):
+      enc = rng.randint(2, VOCAB, size=lead + (LENGTHS['inputs'],)).astype(np.int32)
+      tgt = rng.randint(2, VOCAB, size=lead + (LENGTHS['targets'],)).astype(np.int32)
+      tgt[..., -1] = 1
+      tgt[..., 0, -2:] = [1, 0]
+      b[f'{role}/encoder_input_tokens'] = enc
+      b[f'{role}/decoder_target_tokens'] = tgt
+      b[f'{role}/decoder_input_tokens'] = np.asarray(shift_right(tgt.reshape(-1, tgt.shape[-1]))).reshape(tgt.shape)
+      b[f'{role}/decoder_loss_weights'] = (tgt > 0).astype(np.int32)
+    out.append(b)
+  return [out[i % 2] for i in range(META_STEPS)]
+
+
+META_CASES = {'fomaml-T✓P✓ shallow (Wu)': ('fomaml', 'shallow', 'all'),
+              'maml-T✗P✓ (Qin)': ('maml', 'shallow', 'prompt')}
+
+
+@pytest.mark.parametrize('case', list(META_CASES))
+def test_t5x_meta_trainer_gives_promptjax_losses(case, tmp_path):
+  """`promptjax.interop.t5x.MetaTrainer` (T5X's trainer, partitioner and optimizer wrapper around promptjax's
+  meta-gradient) and promptjax's trainer with `MetaLearning` give the same per-step meta-losses."""
+  import optax
+  from promptjax.data.meta_sampler import MetaDataConfig
+  from promptjax.interop import t5x as t5x_model
+  from promptjax.meta import MetaConfig, MetaLearning
+  algorithm, kind, trainable = META_CASES[case]
+  model, batches = _model(kind), _meta_batches()
+  meta = MetaConfig(algorithm, inner_steps=INNER, inner_optimizer=optax.sgd(0.5), inner_learning_rate=0.5)
+  data = MetaDataConfig('none', LENGTHS, meta_batch_size=CLONES, inner_steps=INNER, support_batch_size=2,
+                        query_batch_size=2, module=None)
+  result = trainer.train(model_dir=str(tmp_path), model=model, method=MetaLearning(meta, data),
+                         total_steps=META_STEPS, optimizer=_adafactor(), trainable=trainable,
+                         batches=iter(batches), progress=False, async_checkpointing=False)
+  ours = [result.losses[s] for s in range(1, META_STEPS + 1)]
+
+  theirs = _t5x_losses(model, trainable, batches, t5x_model.MetaTrainer, meta_config=meta, trainable=trainable)
+  print(f'{case}: promptjax {np.round(ours, 5)}, T5X {np.round(theirs, 5)}')
+  assert ours[0] - ours[2] > 100 * TOLERANCE, ours   # the meta-steps lowered the first batch's meta-loss
+  np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
