@@ -7,8 +7,10 @@ the file's `MESH_SHAPE` needs (`jax_num_cpu_devices`), builds the run exactly as
 allocated: parameters, optimizer state and batch are abstract), lowers and compiles the jitted step for the
 method's abstract batch (`Method.abstract_batch`) and records:
 
-  estimate   `DryRunReport.per_device_bytes`: params, optimizer state, gradients, activations (Korthikanti
-             et al. 2022's per-token rule), total
+  estimate   `DryRunReport.per_device_bytes`: params, optimizer state, gradients, activations (the residuals
+             autodiff saves per layer, traced at the per-device shapes), total; for a remat row also the
+             total without remat, which is what XLA:CPU compiles (it does not honour remat: the compiled
+             temporaries of `jax.checkpoint`-ed layer stacks equal the plain ones, jax-ml/jax#19822)
   compiled   XLA's `memory_analysis()` of the compiled step: arguments, outputs, aliased (the donated state),
              temporaries, peak = arguments + outputs - aliased + temporaries; compile seconds
 
@@ -106,17 +108,20 @@ def main(argv=None):
     print(f'{name}: ' + (f"estimate {_gib(r['estimate']['total'])} GiB, compiled peak "
                          f"{_gib(r['compiled']['peak'])} GiB" if 'compiled' in r else r['error']), flush=True)
 
-  print('\n| row file | devices | estimate GiB (params / opt / grads / act / total) | compiled GiB '
-        '(args / temps / peak) | peak ÷ estimate | compile s |')
-  print('|---|---|---|---|---|---|')
+  print('\n| row file | devices | estimate GiB (params / opt / grads / act / total) | without remat | compiled GiB '
+        '(args / temps / peak) | peak ÷ estimate (÷ without remat) | compile s |')
+  print('|---|---|---|---|---|---|---|')
   for name, r in results.items():
     if 'compiled' not in r:
-      print(f'| {name} | | {r["error"][:120]} | | | |')
+      print(f'| {name} | | {r["error"][:120]} | | | | |')
       continue
     e, c = r['estimate'], r['compiled']
     est = ' / '.join(_gib(e[k]) for k in ('params', 'optimizer_state', 'gradients', 'activations (estimate)', 'total'))
     comp = ' / '.join(_gib(c[k]) for k in ('arguments', 'temporaries', 'peak'))
-    print(f'| {name} | {r["devices"]} | {est} | {comp} | {c["peak"] / e["total"]:.2f} | {c["compile_seconds"]:.0f} |')
+    plain = c.get('estimate_without_remat')
+    ratio = f'{c["peak"] / e["total"]:.2f}' + (f' ({c["peak"] / plain:.2f})' if plain else '')
+    print(f'| {name} | {r["devices"]} | {est} | {_gib(plain) if plain else "(no remat)"} | {comp} | {ratio} | '
+          f'{c["compile_seconds"]:.0f} |')
   common.write_record(dict(benchmark='compiled_memory', results=results, machine=common.machine_info()), args.out)
 
 

@@ -28,6 +28,7 @@ a checkpoint at the current step and return cleanly; no checkpoint of diverged p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -224,7 +225,13 @@ class Setup:
                                 self.param_shardings, self.abstract_state.opt_state, opt_shardings,
                                 self.method.data(), self.method.num_microbatches)
     if compile_step:
-      report.add_compiled(self.compiled_memory(), self.mesh)
+      without_remat = None
+      if self.model.config.remat:   # XLA:CPU does not honour remat: compare its program with this too
+        plain = dataclasses.replace(self.model, config=dataclasses.replace(self.model.config, remat=False))
+        without_remat = report.per_device_bytes['total'] + (
+            _activation_bytes(plain, self.method.data(), self.mesh, self.method.num_microbatches)
+            - report.per_device_bytes['activations (estimate)'])
+      report.add_compiled(self.compiled_memory(), self.mesh, without_remat)
     summary = self.method.summary()
     if summary:
       report.text += '\n\n' + summary
@@ -801,6 +808,8 @@ class DryRunReport:
     for x, sh in zip(jax.tree.leaves(abstract_opt), jax.tree.leaves(opt_shardings)):
       opt_bytes += float(np.prod(sh.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
     act_bytes = _activation_bytes(model, dataset_cfg, mesh, num_microbatches)
+    if num_microbatches > 1:   # the accumulated gradients next to the current micro-batch's
+      grads_bytes *= 2
     per_device = {'params': params_bytes, 'optimizer_state': opt_bytes, 'gradients': grads_bytes,
                   'activations (estimate)': act_bytes}
     per_device['total'] = sum(per_device.values())
@@ -818,9 +827,12 @@ class DryRunReport:
     return cls('\n'.join(lines), counts, per_device)
 
 
-  def add_compiled(self, compiled: Dict[str, float], mesh) -> None:
-    """Adds XLA's memory analysis of the compiled step (`Setup.compiled_memory`) next to the estimate."""
-    self.compiled = compiled
+  def add_compiled(self, compiled: Dict[str, float], mesh, total_without_remat: Optional[float] = None) -> None:
+    """Adds XLA's memory analysis of the compiled step (`Setup.compiled_memory`) next to the estimate (and,
+    for a remat model, next to the estimate without remat, which is what XLA:CPU compiles)."""
+    self.compiled = dict(compiled)
+    if total_without_remat is not None:
+      self.compiled['estimate_without_remat'] = total_without_remat
     gib = _format_bytes
     platform = mesh.devices.flat[0].platform.upper()
     ratio = compiled['peak'] / self.per_device_bytes['total'] if self.per_device_bytes['total'] else float('nan')
@@ -833,9 +845,12 @@ class DryRunReport:
         f'  {"temporaries":<24s} {gib(compiled["temporaries"])}',
         f'  {"peak":<24s} {gib(compiled["peak"])}  (arguments + outputs - aliased + temporaries; '
         f'{ratio:.2f}x the estimate)'])
+    if total_without_remat is not None:
+      self.text += (f'\n  {"estimate without remat":<24s} {gib(total_without_remat)}  (peak: '
+                    f'{compiled["peak"] / total_without_remat:.2f}x)')
     if platform == 'CPU':
-      self.text += ('\n  XLA:CPU fuses and schedules differently from TPU/GPU: this is the CPU program\'s '
-                    'memory; run it on the accelerator for its own.')
+      self.text += ('\n  XLA:CPU fuses and schedules differently from TPU/GPU and does not honour remat: this is '
+                    'the CPU program\'s memory; compile on the accelerator for its own.')
 
 
 def _format_bytes(b: float) -> str:
@@ -844,23 +859,80 @@ def _format_bytes(b: float) -> str:
 
 
 def _activation_bytes(model, dataset_cfg, mesh, num_microbatches) -> float:
-  """Rough saved-activation bytes per device for one micro-batch (Korthikanti et al. 2022, §4.1:
-  about 34·h + 5·a·s bytes per token per layer in 16-bit without recomputation; with per-layer remat,
-  2·h per token per layer plus one layer's full set)."""
+  """Saved-activation bytes per device for one micro-batch: what autodiff keeps for the backward pass.
+
+  Per layer, the residuals JAX's autodiff saves for one encoder and one decoder layer of this model, traced
+  at the per-device shapes (rows = batch / micro-batches / data axis; dropout masks included when dropout
+  is on; arrays with a heads or MLP axis divided by the 'model' axis), plus each layer's input; with
+  per-layer remat only the layer inputs are kept, plus one layer's residuals while it is recomputed. Once
+  per step: the attention biases, the encoder output, and the logits with their gradient in float32.
+  Compiled programs keep less where XLA fuses residuals away; XLA:CPU does not honour remat
+  (`benchmarks/compiled_memory.py`)."""
   if dataset_cfg is None:
     return 0.0
   c = model.config
-  data = dict(mesh.shape).get('data', 1)
-  rows = max(dataset_cfg.batch_size // max(num_microbatches, 1) // data, 1)
+  axes = dict(mesh.shape)
+  rows = max(dataset_cfg.batch_size // max(num_microbatches, 1) // axes.get('data', 1), 1)
   lengths = dict(dataset_cfg.task_feature_lengths)
-  s_enc = lengths.get('inputs', 0) + (model.prompt.length if model.prompt.kind != 'none' else 0)
+  s_enc = lengths.get('inputs', 0) + (model.prompt.length if model.prompt.kind == 'shallow' else 0)
   s_dec = lengths.get('targets', 0)
-  scale = 2 if c.dtype == 'bfloat16' else 4
-  h, a = c.emb_dim, c.num_heads
-  full = lambda s: (34 * h + 5 * a * s) * scale / 2
-  per_layer = [(s_enc, c.num_encoder_layers), (s_dec, c.num_decoder_layers)]
+  prefix = model.prompt.length if model.prompt.kind == 'deep' else 0
+  itemsize = 2 if c.dtype == 'bfloat16' else 4
+  enc, dec = _layer_residual_bytes(c, rows, s_enc, s_dec, prefix, axes.get('model', 1))
+  inputs = [rows * s * c.emb_dim * itemsize for s in (s_enc, s_dec)]
+  layers = [(enc, inputs[0], c.num_encoder_layers), (dec, inputs[1], c.num_decoder_layers)]
   if c.remat:
-    total = sum(rows * s * n * h * scale for s, n in per_layer) + max(rows * s * full(s) for s, _ in per_layer)
+    total = sum(x * n for _, x, n in layers) + max(r for r, _, _ in layers)
   else:
-    total = sum(rows * s * n * full(s) for s, n in per_layer)
-  return float(total + rows * s_dec * c.vocab_size * 4 * 2)  # logits and their gradient in fp32
+    total = sum((r + x) * n for r, x, n in layers)
+  heads = c.num_heads / min(axes.get('model', 1), c.num_heads)
+  biases = rows * heads * 4 * (s_enc * (s_enc + prefix) + s_dec * (s_dec + prefix))
+  logits = rows * s_dec * c.vocab_size * 4 * 2
+  return float(total + biases + inputs[0] + logits)
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_residual_bytes(config: T5Config, rows: int, s_enc: int, s_dec: int, prefix: int, model_axis: int
+                          ) -> Tuple[float, float]:
+  """(encoder layer, decoder layer) residual bytes per device that are not the layer's arguments (see
+  `_activation_bytes`), from `jax._src.ad_checkpoint.saved_residuals` on abstract inputs; where that
+  function is missing, Korthikanti et al. 2022's 34·h + 5·a·s bytes per token in 16-bit."""
+  from promptjax.models import t5
+  try:
+    from jax._src.ad_checkpoint import saved_residuals
+  except ImportError:
+    saved_residuals = None
+  c = config
+  itemsize = 2 if c.dtype == 'bfloat16' else 4
+  if saved_residuals is None:
+    full = lambda s: rows * s * (34 * c.emb_dim + 5 * c.num_heads * s) * itemsize / 2
+    return full(s_enc), full(s_dec)
+  dropout = c.dropout_rate > 0
+  sds = lambda shape, dtype=c.jnp_dtype: jax.ShapeDtypeStruct(shape, dtype)
+  joined = c.num_heads * c.head_dim
+  kv = lambda: (sds((prefix, joined), jnp.float32), sds((prefix, joined), jnp.float32))
+  enc_args = (sds((rows, s_enc, c.emb_dim)), sds((rows, c.num_heads, s_enc, s_enc + prefix), jnp.float32),
+              {'attention': kv()} if prefix else None)
+  dec_args = (sds((rows, s_dec, c.emb_dim)), sds((rows, s_enc, c.emb_dim)),
+              sds((rows, c.num_heads, s_dec, s_dec + prefix), jnp.float32),
+              sds((rows, 1, 1, s_enc + prefix), jnp.float32),
+              {'self_attention': kv(), 'encoder_decoder_attention': kv()} if prefix else None)
+
+  def count(layer, args):
+    params = jax.eval_shape(layer.init, jax.random.PRNGKey(0), *args)
+    rng = jax.random.PRNGKey(0)
+
+    def fn(p, *a):
+      return layer.apply(p, *a, rngs={'dropout': rng} if dropout else None)
+    total = 0.0
+    for aval, source in saved_residuals(fn, params, *args):
+      if 'argument' in source:
+        continue
+      shape = tuple(aval.shape)
+      nbytes = float(np.prod(shape)) * np.dtype(aval.dtype).itemsize
+      sharded = c.mlp_dim in shape or joined in shape[-1:] or (len(shape) == 4 and shape[1] == c.num_heads)
+      total += nbytes / (min(model_axis, c.num_heads) if sharded else 1)
+    return total
+
+  deterministic = not dropout
+  return count(t5.EncoderLayer(c, deterministic), enc_args), count(t5.DecoderLayer(c, deterministic), dec_args)

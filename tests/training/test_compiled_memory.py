@@ -1,7 +1,8 @@
 """``promptjax train --dry_run --compile``: the sharded step compiled for the method's abstract batch, XLA's
 per-device memory next to the estimate. The arguments XLA reports must be the per-device shards of
 the train state and the batch (summed here from their shapes and shardings), for multi-task learning and
-a meta-learning step on an 8-device mesh; a mesh larger than the devices is refused with the fix."""
+a meta-learning step on an 8-device mesh, and the estimate must bound the compiled peak within 25% from
+above (no remat: XLA:CPU does not honour it); a mesh larger than the devices is refused with the fix."""
 
 import math
 
@@ -53,6 +54,9 @@ def test_compiled_arguments_are_the_state_and_batch_shards(which, tmp_path):
   assert compiled['aliased'] > 0                 # the donated state is reused by the outputs
   assert compiled['peak'] == (compiled['arguments'] + compiled['outputs'] - compiled['aliased']
                               + compiled['temporaries'])
+  # The estimate counts what autodiff saves (`trainer._activation_bytes`); XLA fuses some of it away
+  # (element-wise results recomputed inside fusions), so the program needs at most a little more.
+  assert 0.5 < compiled['peak'] / report.per_device_bytes['total'] < 1.25, (compiled, report.per_device_bytes)
   assert 'compiled step (XLA for CPU, 8 devices' in report.text and 'the estimate)' in report.text
   assert not list(tmp_path.iterdir())            # a dry run writes nothing
 
