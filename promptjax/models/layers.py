@@ -144,9 +144,12 @@ def prefix_kv(prefix: Tuple[Array, Array], batch: int, num_heads: int, head_dim:
 
 
 def _write_rows(cache: Array, update: Array, index: Array) -> Array:
-  """cache [b, K, h, d] with update [b, 1, h, d] written at position index[i] of row i."""
-  return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=0))(
-      cache, update.astype(cache.dtype), index)
+  """cache [b, K, h, d] with update [b, 1, h, d] written at position `index` (a scalar: every row, one
+  in-place dynamic-update-slice) or index[i] of row i ([b])."""
+  update = update.astype(cache.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache, update, index, axis=1)
+  return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=0))(cache, update, index)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -159,7 +162,7 @@ class MultiHeadDotProductAttention(nn.Module):
   Cached decoding (`promptjax.models.t5.Decoder`) uses three more modes, all with the same parameters:
   `only_kv` returns the projected (prefix +) keys and values [b, L+k, heads, head_dim] without attending
   (the cross-attention cache, computed once); `kv` = cached (keys, values) attends over them without
-  projecting `inputs_kv` (cross-attention per step); `kv` with `kv_index` [b] first writes the projections
+  projecting `inputs_kv` (cross-attention per step); `kv` with `kv_index` ([] or [b]) first writes the projections
   of the one new position of `inputs_kv` at those cache positions and returns (output, updated (keys,
   values)) (self-attention per step).
   """

@@ -103,8 +103,8 @@ class DecoderLayer(nn.Module):
                cache: Optional[Dict[str, Array]] = None, cache_index: Optional[Array] = None,
                init_cache_length: Optional[int] = None):
     """Teacher-forced: x [b, t, embed] -> [b, t, embed]. Cached decoding (see `Decoder`):
-    `init_cache_length` T returns this layer's cache; with `cache` and `cache_index` [b] (absolute cache
-    positions, after any prefix) x is one position [b, 1, embed] and it returns (x, updated cache)."""
+    `init_cache_length` T returns this layer's cache; with `cache` and `cache_index` ([] or [b]: absolute
+    cache positions, after any prefix) x is one position [b, 1, embed] and it returns (x, updated cache)."""
     c = self.config
     dt = c.jnp_dtype
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
@@ -219,7 +219,8 @@ class Decoder(nn.Module):
     else:
       b = embedded.shape[0]
       t = cache['layers_0']['self_key'].shape[1] - plen
-      index = jnp.broadcast_to(jnp.asarray(cache_index, jnp.int32), (b,))
+      position = jnp.asarray(cache_index, jnp.int32)   # [] (every row at one position) or [b]
+      index = jnp.broadcast_to(position, (b,))
       causal = (jnp.arange(t)[None, :] <= index[:, None])[:, None, None, :]
       self_bias = relpos(1, t, query_positions=index)
       cross_bias = _mask_bias(cache['encoder_mask'])
@@ -237,7 +238,7 @@ class Decoder(nn.Module):
       new_cache = {'encoder_mask': cache['encoder_mask']}
       for i in range(c.num_decoder_layers):
         x, new_cache[f'layers_{i}'] = DecoderLayer(c, True, name=f'layers_{i}')(
-            x, None, self_bias, cross_bias, cache=cache[f'layers_{i}'], cache_index=index + plen)
+            x, None, self_bias, cross_bias, cache=cache[f'layers_{i}'], cache_index=position + plen)
     x = layers.RMSNorm(c.layer_norm_epsilon, c.jnp_dtype, name='decoder_norm')(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     if c.logits_via_embedding:
