@@ -78,7 +78,8 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'training/test_multiprocess.py',            # ~65 (one test)
     'supmer/test_baselines.py',                 # ~70
     'training/test_hardening.py',               # ~60
-    'interop/test_t5x_trainer.py',              # ~60
+    'interop/test_t5x_trainer.py',              # ~85
+    'models/test_decoding_cache.py',            # ~35
     'evaluation/test_eval_cli.py',              # ~55
     'supmer/test_algorithm.py',                 # ~55
     'models/test_t5.py',                        # ~55
@@ -87,6 +88,7 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'data/test_meta_sampler.py',                # ~35
     'evaluation/test_downstream.py',            # ~30
     'training/test_partitioning.py',            # ~30
+    'training/test_compiled_memory.py',         # ~25
     'tasks/test_mini.py',                       # ~25
     'meta/test_maml_reference.py',              # ~25
     'evaluation/test_rank_classification.py',   # ~20

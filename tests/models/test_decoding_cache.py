@@ -1,8 +1,9 @@
 """Cached decoding (`PromptableT5.init_decoding_cache` / `decode_step`) against the teacher-forced decoder,
 which the parity tests check against HF PyTorch T5: every step's logits equal the teacher-forced logits at
 that position, for T5.1.1 with no prompt and a deep prompt (its decoder prefixes sit in the cache; a
-shallow prompt only changes the encoder output the cache holds) and for original T5 (tied output projection), also when the rows of a batch are at different
-positions; greedy decoding gives the same tokens with and without the cache."""
+shallow prompt only changes the encoder output the cache holds) and for original T5 (tied output
+projection), also when the rows of a batch are at different positions; greedy decoding gives the same
+tokens with and without the cache."""
 
 import jax
 import jax.numpy as jnp
