@@ -60,7 +60,7 @@ def test_shipped_files_are_tested():
   shipped = {os.path.relpath(os.path.join(d, f), CONFIG_DIR) for d, _, fs in os.walk(CONFIG_DIR) for f in fs
              if f.endswith('.gin')}
   runs = {'models/promptable_t5.gin', 'runs/pretrain.gin', 'runs/finetune.gin', 'runs/eval.gin',
-          'runs/promptjax_overrides.gin', 'runs/meta_pretrain.gin'}
+          'runs/promptjax_overrides.gin', 'runs/meta_pretrain.gin', 'runs/infer.gin'}
   assert shipped == set(METHODS) | set(MODELS) | runs
 
 
@@ -124,6 +124,18 @@ def test_train_run_files(run):
     assert float(lr(0)) == pytest.approx(1e-3)
     if 'finetune' in run:
       assert gin.query_parameter('utils.RestoreCheckpointConfig.fallback_to_scratch') is True
+
+
+def test_infer_run_file():
+  bindings = ["CHECKPOINT_PATH = '/tmp/unused'", "INFER_OUTPUT_DIR = '/tmp/unused'",
+              "MIXTURE_OR_TASK_NAME = 'mini_train'", "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 16}"]
+  with _parsed(['models/t5_1_1_mini.gin', 'mtl_prompt.gin', 'runs/infer.gin'], bindings, script='infer'):
+    assert gin.query_parameter('utils.DatasetConfig.split') == 'validation'
+    assert gin.query_parameter('utils.RestoreCheckpointConfig.dtype') == 'float32'
+    assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'mini_train'
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+  from t5x import decoding
+  assert model._decode_fn is decoding.temperature_sample   # greedy at its default top-k of 1
 
 
 def test_eval_run_file():
