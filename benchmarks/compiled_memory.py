@@ -105,6 +105,8 @@ def main(argv=None):
         results[name] = {'error': (errors or lines or [f'exit {proc.returncode}'])[-1]}
       results[name]['wall_seconds'] = time.time() - t0
     r = results[name]
+    common.write_record(dict(benchmark='compiled_memory', results=results, machine=common.machine_info()),
+                        args.out)   # after every file: a long run keeps what it has
     print(f'{name}: ' + (f"estimate {_gib(r['estimate']['total'])} GiB, compiled peak "
                          f"{_gib(r['compiled']['peak'])} GiB" if 'compiled' in r else r['error']), flush=True)
 
