@@ -180,11 +180,11 @@ class Decoder(nn.Module):
   returns a cache for T generated positions (per layer: the projected cross-attention keys/values of the
   encoder output, computed once, and self-attention buffers holding the deep prompt's self-attention
   prefix, if any, followed by T empty positions; plus the encoder mask), every array with the batch on
-  axis 0 (T5X's decoding functions expand and gather them along it). ``cache`` with ``cache_index`` [b]
-  (the position of each row's token, 0-based) runs one position: ``embedded`` [b, 1, embed] -> (logits
-  [b, 1, vocab], updated cache). The biases equal row `cache_index` of the teacher-forced ones (relative
-  position bias of the [T, T] table, causal mask, zero-bias prefix columns), so the two paths compute
-  the same function.
+  axis 0 (T5X's decoding functions expand and gather them along it). ``cache`` with ``cache_index`` (the
+  0-based position of the token: a scalar for every row, or [b] per row) runs one position: ``embedded``
+  [b, 1, embed] -> (logits [b, 1, vocab], updated cache). The biases equal row `cache_index` of the
+  teacher-forced ones (relative position bias of the [T, T] table, causal mask, zero-bias prefix columns),
+  so the two paths compute the same function.
   """
   config: T5Config
   # The token embedding the logits are computed with when `config.logits_via_embedding` (shared with the

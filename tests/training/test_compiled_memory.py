@@ -17,7 +17,8 @@ from promptjax.training import partitioning, trainer
 from promptjax.training.method import MultiTask
 import tests.helpers as h
 
-MODEL = PromptableT5(get_config('tiny', vocab_size=128, num_heads=8, head_dim=2), PromptConfig(kind='shallow', length=4))
+MODEL = PromptableT5(get_config('tiny', vocab_size=128, num_heads=8, head_dim=2),
+                     PromptConfig(kind='shallow', length=4))
 LENGTHS = {'inputs': 16, 'targets': 4}
 
 
