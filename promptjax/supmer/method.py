@@ -41,10 +41,20 @@ class Supmer:
                           "TRAINABLE = 'prompt' (supmer.gin sets it).")
 
   def data(self) -> DatasetConfig:
-    """The data described for the checkpoint info and the dry run's activation estimate."""
+    """The data described for the checkpoint info and the dry run's activation estimate: every row one
+    meta-step runs through the model (support, query and mixed query of each task, whose activations the
+    outer gradient needs; second order counts the support rows twice, for the backward pass it
+    differentiates). SUPMER's own data take the construction's sizes (Table 6: 32 / 32; the data's
+    manifest decides in a real run)."""
+    from promptjax.supmer import construct
     cfg = self.data_cfg
     m = getattr(cfg, 'meta_batch_size', 1)
-    rows = max(getattr(cfg, 'support_batch_size', 1), getattr(cfg, 'query_batch_size', 1))
+    if isinstance(cfg, meta_sampler.MetaDataConfig):
+      support, query = cfg.support_batch_size, cfg.query_batch_size
+    else:
+      defaults = construct.ConstructConfig()
+      support, query = defaults.support_size, defaults.query_size
+    rows = support * (2 if self.config.second_order else 1) + 2 * query
     return DatasetConfig(getattr(cfg, 'mixture_or_task_name', 'supmer_batches'),
                          dict(getattr(cfg, 'task_feature_lengths', {}) or {}), batch_size=m * rows,
                          seed=getattr(cfg, 'seed', 0), module=getattr(cfg, 'module', None))
