@@ -270,14 +270,18 @@ class _Stream:
     self._it = None
 
   def _open(self):
-    import seqio
+    import tensorflow as tf
     from promptjax.tasks import utils as task_utils
     ds = self.task.get_dataset(sequence_length=self.lengths, split=self.split, shuffle=True, seed=self.seed,
                                num_epochs=1, use_cached=False)
     ds = ds.repeat()
-    ds = seqio.EncDecFeatureConverter(pack=False)(ds, self.lengths)
-    ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES})
-    ds = ds.batch(self.chunk)
+    # seqio.EncDecFeatureConverter(pack=False)'s output is made in numpy (`_model_features`) from padded
+    # inputs / targets: tracing its tf.data maps cost about half of opening a stream.
+    lengths = {'inputs': self.lengths['inputs'], 'targets': self.lengths['targets']}
+    ds = ds.map(lambda ex: {k: ex[k][:lengths[k]] for k in lengths})
+    ds = ds.padded_batch(self.chunk, padded_shapes={k: [n] for k, n in lengths.items()},
+                         padding_values={k: tf.constant(0, ex_dtype) for k, ex_dtype in
+                                         ((k, ds.element_spec[k].dtype) for k in lengths)})
     assert self.skip % self.chunk == 0
     if self.skip:
       ds = ds.skip(self.skip // self.chunk)
@@ -294,7 +298,19 @@ class _Stream:
       except StopIteration:
         raise DataError(f'Task {self.task.name!r} split {self.split!r} has no examples; check its data files '
                         f'or use another split.') from None
-    return {k: np.concatenate([p[k] for p in parts]).astype(np.int32, copy=False) for k in FEATURES}
+    return _model_features(np.concatenate([p['inputs'] for p in parts]),
+                           np.concatenate([p['targets'] for p in parts]))
+
+
+def _model_features(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, np.ndarray]:
+  """seqio.EncDecFeatureConverter(pack=False)'s features of padded inputs [n, L] and targets [n, T]:
+  encoder inputs, targets, decoder inputs (targets shifted right, 0 first) and loss weights (1 on
+  non-padding targets), int32."""
+  targets = targets.astype(np.int32, copy=False)
+  shifted = np.zeros_like(targets)
+  shifted[:, 1:] = targets[:, :-1]
+  return {'encoder_input_tokens': inputs.astype(np.int32, copy=False), 'decoder_input_tokens': shifted,
+          'decoder_target_tokens': targets, 'decoder_loss_weights': (targets != 0).astype(np.int32)}
 
 
 def meta_batches(cfg: MetaDataConfig, *, start_step: int = 0, process_index: Optional[int] = None,

@@ -212,3 +212,19 @@ def test_errors():
     cfg(support_mode='reuse')
   with pytest.raises(S.SamplerError, match='targets'):
     S.MetaDataConfig(CF, {'inputs': 8})
+
+
+def test_stream_features_are_seqio_encdec_features():
+  """A stream's examples are exactly what `seqio.EncDecFeatureConverter(pack=False)` makes of the task's
+  examples (the stream builds them in numpy from padded inputs / targets)."""
+  task = seqio.get_mixture_or_task('mini_sentiment_good_or_bad')
+  lengths = {'inputs': 32, 'targets': 4}   # short enough that some inputs are trimmed
+  got = S._Stream(task, 'train', seed=3, lengths=lengths, chunk=4, skip=0).take(12)
+  ds = task.get_dataset(sequence_length=lengths, split='train', shuffle=True, seed=3, num_epochs=1,
+                        use_cached=False)
+  ds = seqio.EncDecFeatureConverter(pack=False)(ds.repeat(), lengths).batch(12)
+  want = next(iter(ds.as_numpy_iterator()))
+  assert sorted(got) == sorted(S.FEATURES)
+  for k in S.FEATURES:
+    np.testing.assert_array_equal(got[k], want[k].astype(np.int32), err_msg=k)
+  assert (got['encoder_input_tokens'][:, -1] != 0).any()   # some rows fill (or were trimmed to) the length
