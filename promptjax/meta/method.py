@@ -57,6 +57,18 @@ class MetaLearning(ModelOnlyMethod):
                          batch_size=chunk * max(data.support_batch_size, data.query_batch_size),
                          seed=data.seed, module=data.module)
 
+  def activation_rows(self) -> int:
+    """The rows of one clone chunk whose activations a meta-step holds at once (the dry run's estimate): one
+    batch for the first-order algorithms; for second-order MAML the support rows of the inner steps twice
+    (forward and the backward it differentiates; one inner step at a time with `MetaConfig.remat`) plus
+    the query rows."""
+    data, meta = self.data_cfg, self.config
+    chunk = meta.chunk_size or data.meta_batch_size
+    if meta.algorithm != 'maml':
+      return chunk * max(data.support_batch_size, data.query_batch_size)
+    steps = 1 if meta.remat else meta.inner_steps
+    return chunk * (2 * data.support_batch_size * steps + data.query_batch_size)
+
   def make_step(self, model, optimizer, *, trainable, dropout_seed, learning_rate_fn):
     return algorithms.make_meta_train_step(model, optimizer, self.config, trainable=trainable,
                                            dropout_seed=dropout_seed, learning_rate_fn=learning_rate_fn)
@@ -100,4 +112,4 @@ class MetaLearning(ModelOnlyMethod):
         f'{data.inner_steps} steps [{data.support_mode}] + query {data.query_batch_size}), '
         f'task per {data.task_per}, sampling {data.task_sampling}',
         f'  clones per chunk {chunk} ({data.meta_batch_size // chunk} chunks); the activation estimate '
-        f'above is for one chunk\'s {chunk} x {max(data.support_batch_size, data.query_batch_size)} rows'])
+        f'above is for one chunk: {self.activation_rows()} rows held at once'])

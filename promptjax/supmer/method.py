@@ -41,23 +41,28 @@ class Supmer:
                           "TRAINABLE = 'prompt' (supmer.gin sets it).")
 
   def data(self) -> DatasetConfig:
-    """The data described for the checkpoint info and the dry run's activation estimate: every row one
-    meta-step runs through the model (support, query and mixed query of each task, whose activations the
-    outer gradient needs; second order counts the support rows twice, for the backward pass it
-    differentiates). SUPMER's own data take the construction's sizes (Table 6: 32 / 32; the data's
-    manifest decides in a real run)."""
-    from promptjax.supmer import construct
+    """The data described for the checkpoint info."""
     cfg = self.data_cfg
     m = getattr(cfg, 'meta_batch_size', 1)
+    rows = max(getattr(cfg, 'support_batch_size', 1), getattr(cfg, 'query_batch_size', 1))
+    return DatasetConfig(getattr(cfg, 'mixture_or_task_name', 'supmer_batches'),
+                         dict(getattr(cfg, 'task_feature_lengths', {}) or {}), batch_size=m * rows,
+                         seed=getattr(cfg, 'seed', 0), module=getattr(cfg, 'module', None))
+
+  def activation_rows(self) -> int:
+    """The rows a meta-step runs through the model, whose activations the outer gradient needs (the dry
+    run's estimate): support (twice for second order, for the backward pass it differentiates), query and
+    mixed query of each task. SUPMER's own data take the construction's sizes (Table 6: 32 / 32; the
+    data's manifest decides in a real run)."""
+    from promptjax.supmer import construct
+    cfg = self.data_cfg
     if isinstance(cfg, meta_sampler.MetaDataConfig):
       support, query = cfg.support_batch_size, cfg.query_batch_size
     else:
       defaults = construct.ConstructConfig()
       support, query = defaults.support_size, defaults.query_size
-    rows = support * (2 if self.config.second_order else 1) + 2 * query
-    return DatasetConfig(getattr(cfg, 'mixture_or_task_name', 'supmer_batches'),
-                         dict(getattr(cfg, 'task_feature_lengths', {}) or {}), batch_size=m * rows,
-                         seed=getattr(cfg, 'seed', 0), module=getattr(cfg, 'module', None))
+    m = getattr(cfg, 'meta_batch_size', 1)
+    return m * (support * (2 if self.config.second_order else 1) + 2 * query)
 
   def extra_params(self, model, rng) -> Dict[str, Any]:
     return {supmer_lib.SUPMER_KEY: supmer_lib.init_supmer_params(self.config, model, rng)}

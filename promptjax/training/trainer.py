@@ -219,17 +219,24 @@ class Setup:
     out['compile_seconds'] = seconds
     return out
 
+  def _estimated_data(self) -> DatasetConfig:
+    """The method's data, with the rows one step holds activations for (``method.activation_rows()``,
+    e.g. a second-order meta-step's support rows twice) where the method says so."""
+    data = self.method.data()
+    rows = getattr(self.method, 'activation_rows', None)
+    return dataclasses.replace(data, batch_size=int(rows())) if rows is not None else data
+
   def dry_run_report(self, compile_step: bool = False) -> 'DryRunReport':
     opt_shardings = self.state_shardings.opt_state
     report = DryRunReport.build(self.model, self.trainable, self.groups, self.mesh, self.abstract_params,
                                 self.param_shardings, self.abstract_state.opt_state, opt_shardings,
-                                self.method.data(), self.method.num_microbatches)
+                                self._estimated_data(), self.method.num_microbatches)
     if compile_step:
       without_remat = None
       if self.model.config.remat:   # XLA:CPU does not honour remat: compare its program with this too
         plain = dataclasses.replace(self.model, config=dataclasses.replace(self.model.config, remat=False))
         without_remat = report.per_device_bytes['total'] + (
-            _activation_bytes(plain, self.method.data(), self.mesh, self.method.num_microbatches)
+            _activation_bytes(plain, self._estimated_data(), self.mesh, self.method.num_microbatches)
             - report.per_device_bytes['activations (estimate)'])
       report.add_compiled(self.compiled_memory(), self.mesh, without_remat)
     summary = self.method.summary()
