@@ -44,7 +44,9 @@ class Method(Protocol):
 
   Optional (not part of the protocol's check): ``abstract_batch(model)`` returns the global batch of one
   step as ``{feature: jax.ShapeDtypeStruct}`` without reading data (``--dry_run --compile`` compiles the step
-  with it); ``validation(model, mesh, num_batches, trainable)`` returns a
+  with it); ``activation_rows()`` the rows whose activations one step holds at once, when that is not
+  ``data().batch_size`` (the dry run's estimate; e.g. a second-order meta-step);
+  ``validation(model, mesh, num_batches, trainable)`` returns a
   function
   ``params -> float``, the method's own validation loss (e.g. a meta-learner's query loss after adaptation
   on validation tasks), or None; without it the trainer's validation is the mean token loss on its
