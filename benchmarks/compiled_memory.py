@@ -45,19 +45,12 @@ PAPER_DIR = os.path.join(common.REPO_ROOT, 'promptjax', 'configs', 'paper')
 
 def _one(gin_file: str, out: str) -> None:
   """In a fresh process: the dry run with the compiled step, as `promptjax train --dry_run --compile`."""
-  import gin
   from promptjax import cli
-  from promptjax.training import trainer
   with tempfile.TemporaryDirectory() as model_dir:
     argv, bindings = cli.split_gin_args(['train', f'--gin_file={gin_file}', f"--gin.MODEL_DIR='{model_dir}'",
                                          '--dry_run', '--compile'])
-    args = cli.build_parser().parse_args(argv)
-    cli._configure(args, bindings)          # pylint: disable=protected-access
-    cli._check_required_macros(dry_run=True)  # pylint: disable=protected-access
-    cli._dry_run_steps()                    # pylint: disable=protected-access
-    cli._compile_devices()                  # pylint: disable=protected-access
+    report, _ = cli.dry_run_report(cli.build_parser().parse_args(argv), bindings)
     import jax
-    report = gin.get_configurable(trainer.train)(dry_run=True, compile_step=True)
     record = dict(estimate=report.per_device_bytes, compiled=report.compiled, devices=jax.device_count(),
                   params=sum(report.param_counts.values()))
   with open(out, 'w') as fh:

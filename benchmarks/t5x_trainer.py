@@ -34,20 +34,7 @@ import time
 import numpy as np
 
 import common  # noqa: E402  (benchmarks/common.py: the repository on sys.path, machine facts)
-
-
-def _batches(n, batch, input_len, target_len, vocab):
-  from promptjax.models.model import shift_right
-  rng = np.random.RandomState(0)
-  out = []
-  for _ in range(n):
-    enc = rng.randint(2, vocab, (batch, input_len)).astype(np.int32)
-    tgt = rng.randint(2, vocab, (batch, target_len)).astype(np.int32)
-    tgt[:, -1] = 1
-    out.append({'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
-                'decoder_input_tokens': np.asarray(shift_right(tgt)),
-                'decoder_loss_weights': np.ones_like(tgt)})
-  return out
+import train_step  # noqa: E402  (random full-length batches shared with the step benchmark)
 
 
 def main(argv=None):
@@ -71,7 +58,8 @@ def main(argv=None):
 
   model = PromptableT5(get_config(args.size), PromptConfig(kind='shallow', length=args.prompt_len))
   lengths = {'inputs': args.input_len, 'targets': args.target_len}
-  batches = _batches(2, args.batch, args.input_len, args.target_len, model.config.vocab_size)
+  shapes = train_step.shapes_from_size(args.size, args.batch, args.input_len, args.target_len)
+  batches = [train_step.make_batch(shapes, seed) for seed in (0, 1)]
   adafactor = lambda: optimizers.adafactor(1e-3)
 
   # promptjax: start-up = setup + init + compile + first step.

@@ -330,19 +330,28 @@ def _compile_devices() -> None:
     jax.config.update('jax_num_cpu_devices', max(math.prod(int(x) for x in shape), 1))
 
 
-def run_train(args, bindings: List[str]) -> int:
+def dry_run_report(args, bindings: List[str]):
+  """``promptjax train --dry_run [--compile]``: configures the run from `args` / `bindings` and returns
+  (its `DryRunReport`, a note line or '') without allocating, reading data or writing files."""
   _configure(args, bindings)
-  _check_required_macros(dry_run=args.dry_run)
-  if args.compile and not args.dry_run:
-    raise CliError('--compile goes with --dry_run (it compiles the step to measure its memory, and trains nothing).')
+  _check_required_macros(dry_run=True)
   from promptjax.training import trainer
+  note = _dry_run_steps()
+  if args.compile:
+    _compile_devices()
+  return gin.get_configurable(trainer.train)(dry_run=True, compile_step=args.compile), note
+
+
+def run_train(args, bindings: List[str]) -> int:
   if args.dry_run:
-    note = _dry_run_steps()
-    if args.compile:
-      _compile_devices()
-    report = gin.get_configurable(trainer.train)(dry_run=True, compile_step=args.compile)
+    report, note = dry_run_report(args, bindings)
     print(f"{report}{note}")
     return 0
+  _configure(args, bindings)
+  _check_required_macros(dry_run=False)
+  if args.compile:
+    raise CliError('--compile goes with --dry_run (it compiles the step to measure its memory, and trains nothing).')
+  from promptjax.training import trainer
   _init_distributed(args)
   # train() writes config.gin into MODEL_DIR only once the run is validated (never over a refused one).
   result = gin.get_configurable(trainer.train)(run_record={'config.gin': gin.config_str()},

@@ -170,6 +170,12 @@ def _step_from_dirname(path: str) -> Optional[int]:
   return None
 
 
+def t5x_checkpoint_step(path: Any) -> Optional[int]:
+  """The step of the checkpoint `path` resolves to (a model dir: its newest readable ``checkpoint_<step>``),
+  from the directory name; None where the name carries none. Raises like `find_t5x_checkpoint`."""
+  return _resolve(path)[2]
+
+
 def find_t5x_checkpoint(path: Any) -> str:
   """Resolves `path` (checkpoint dir, its msgpack file, or a model dir) to the checkpoint dir that
   `load_t5x_checkpoint` reads (for a model dir: the one with the highest step)."""

@@ -52,7 +52,6 @@ def greedy_tokens(model, params, inputs: jax.Array, max_length: int, use_cache: 
   """
   encoded, mask = model.encode(params, inputs)
   b = inputs.shape[0]
-  ones = jnp.ones((b, max_length), jnp.int32)
 
   def cond(carry):
     i, _, done, _ = carry
@@ -65,7 +64,7 @@ def greedy_tokens(model, params, inputs: jax.Array, max_length: int, use_cache: 
                                                                keepdims=False), 0)
       step, cache = model.decode_step(params, cache, previous, i)
     else:
-      logits = model.decode(params, encoded, mask, ones, decoder_input_tokens=shift_right(tokens))
+      logits = model.decode(params, encoded, mask, jnp.ones_like(tokens), decoder_input_tokens=shift_right(tokens))
       step = jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
     nxt = jnp.argmax(step.astype(jnp.float32), axis=-1).astype(jnp.int32)
     nxt = jnp.where(done, 0, nxt)

@@ -44,6 +44,7 @@ from t5x import models as t5x_models
 from t5x import optimizers as t5x_optimizers
 from t5x import trainer as t5x_trainer
 
+from promptjax.data.feeds import abstract_features
 from promptjax.errors import DataError, TrainingError
 from promptjax.models.model import PromptableT5
 from promptjax.models.prompts import init_prompt_params
@@ -265,11 +266,14 @@ class MetaTrainer(t5x_trainer.Trainer):
 
 
 def _latest_t5x_step(model_dir: Optional[str]) -> int:
+  """The step of MODEL_DIR's newest readable T5X checkpoint (`promptjax.checkpoints.t5x`), 0 without one."""
+  from promptjax.checkpoints import t5x as t5x_checkpoints
   if not model_dir or not os.path.isdir(model_dir):
     return 0
-  steps = [int(n.split('_', 1)[1]) for n in os.listdir(model_dir)
-           if n.startswith('checkpoint_') and n.split('_', 1)[1].isdigit()]
-  return max(steps, default=0)
+  try:
+    return t5x_checkpoints.t5x_checkpoint_step(model_dir) or 0
+  except (OSError, ValueError):   # no checkpoint yet
+    return 0
 
 
 def meta_dataset(cfg, shard_id: int, num_shards: int, feature_converter_cls=None, num_epochs=None,
@@ -281,7 +285,7 @@ def meta_dataset(cfg, shard_id: int, num_shards: int, feature_converter_cls=None
   the meta-batch size M (T5X shards batches by it).
 
   Exact resume: the sampler is a pure function of the step, so it starts at the meta-step of the newest
-  ``checkpoint_<step>`` in `model_dir` minus `initial_step` (the step of T5X's ``INITIAL_CHECKPOINT_PATH``,
+  readable ``checkpoint_<step>`` in `model_dir` minus `initial_step` (the step of T5X's ``INITIAL_CHECKPOINT_PATH``,
   which T5X's step count includes; 0 from scratch).
   """
   import tensorflow as tf
@@ -298,9 +302,8 @@ def meta_dataset(cfg, shard_id: int, num_shards: int, feature_converter_cls=None
   spec = {}
   for role, lead in (('support', (m_local, data_cfg.support_batches, data_cfg.support_batch_size)),
                      ('query', (m_local, data_cfg.query_batch_size))):
-    for k in meta_sampler.FEATURES:
-      length = data_cfg.task_feature_lengths['inputs' if k == 'encoder_input_tokens' else 'targets']
-      spec[f'{role}/{k}'] = tf.TensorSpec(lead + (int(length),), tf.int32)
+    for k, x in abstract_features(data_cfg.task_feature_lengths, lead).items():
+      spec[f'{role}/{k}'] = tf.TensorSpec(x.shape, tf.int32)
   return tf.data.Dataset.from_generator(
       lambda: meta_sampler.meta_batches(data_cfg, start_step=start, process_index=shard_id,
                                         process_count=num_shards),

@@ -49,19 +49,23 @@ class Supmer:
                          dict(getattr(cfg, 'task_feature_lengths', {}) or {}), batch_size=m * rows,
                          seed=getattr(cfg, 'seed', 0), module=getattr(cfg, 'module', None))
 
+  def _task_shape(self):
+    """(tasks M, feature lengths, support rows, query rows, SUPMER's own data with centroid vectors?).
+    SUPMER's own data take the construction's sizes (Table 6: 32 / 32; the data's manifest decides in a
+    real run)."""
+    from promptjax.supmer import construct, tasks as supmer_tasks
+    cfg = self.data_cfg
+    if isinstance(cfg, meta_sampler.MetaDataConfig):
+      return cfg.meta_batch_size, cfg.task_feature_lengths, cfg.support_batch_size, cfg.query_batch_size, False
+    cfg = cfg or supmer_tasks.SupmerDataConfig()
+    defaults = construct.ConstructConfig()
+    return cfg.meta_batch_size, cfg.task_feature_lengths, defaults.support_size, defaults.query_size, True
+
   def activation_rows(self) -> int:
     """The rows a meta-step runs through the model, whose activations the outer gradient needs (the dry
     run's estimate): support (twice for second order, for the backward pass it differentiates), query and
-    mixed query of each task. SUPMER's own data take the construction's sizes (Table 6: 32 / 32; the
-    data's manifest decides in a real run)."""
-    from promptjax.supmer import construct
-    cfg = self.data_cfg
-    if isinstance(cfg, meta_sampler.MetaDataConfig):
-      support, query = cfg.support_batch_size, cfg.query_batch_size
-    else:
-      defaults = construct.ConstructConfig()
-      support, query = defaults.support_size, defaults.query_size
-    m = getattr(cfg, 'meta_batch_size', 1)
+    mixed query of each task."""
+    m, _, support, query, _ = self._task_shape()
     return m * (support * (2 if self.config.second_order else 1) + 2 * query)
 
   def extra_params(self, model, rng) -> Dict[str, Any]:
@@ -87,20 +91,11 @@ class Supmer:
 
   def abstract_batch(self, model) -> Dict[str, jax.ShapeDtypeStruct]:
     """The global meta-batch: support / query / mix_query [M, S or Q, ...]; with SUPMER's own data, the
-    inserted centroid vectors too. Support and query sizes are the construction's (Table 6: 32 / 32; the
-    data's manifest decides in a real run), the centroids have the model's width."""
+    inserted centroid vectors too (the model's width). Sizes: `_task_shape`."""
     import numpy as np
-    from promptjax.supmer import construct, tasks as supmer_tasks
-    cfg = self.data_cfg
-    if isinstance(cfg, meta_sampler.MetaDataConfig):
-      m, lengths = cfg.meta_batch_size, cfg.task_feature_lengths
-      sizes = {'support': cfg.support_batch_size, 'query': cfg.query_batch_size, 'mix_query': cfg.query_batch_size}
-      vectors = False
-    else:
-      cfg = cfg or supmer_tasks.SupmerDataConfig()
-      defaults = construct.ConstructConfig()
-      m, lengths, vectors = cfg.meta_batch_size, cfg.task_feature_lengths, True
-      sizes = {'support': defaults.support_size, 'query': defaults.query_size, 'mix_query': defaults.query_size}
+    from promptjax.supmer import tasks as supmer_tasks
+    m, lengths, support, query, vectors = self._task_shape()
+    sizes = {'support': support, 'query': query, 'mix_query': query}
     out = {}
     for role, rows in sizes.items():
       feats = dict(abstract_features(lengths, (m, rows)))

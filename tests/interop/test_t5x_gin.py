@@ -164,13 +164,15 @@ def test_meta_run_file(method):
 
 
 def test_meta_dataset_resumes_at_the_checkpoint_step(tmp_path):
-  """`meta_dataset` yields promptjax's meta-batches from the step of MODEL_DIR's newest T5X checkpoint."""
+  """`meta_dataset` yields promptjax's meta-batches from the step of MODEL_DIR's newest readable T5X checkpoint."""
   import numpy as np
   from promptjax.data import meta_sampler
   data = meta_sampler.MetaDataConfig('mini_train', {'inputs': 32, 'targets': 8}, meta_batch_size=4, inner_steps=1,
                                      support_batch_size=2, query_batch_size=2)
-  (tmp_path / 'checkpoint_7').mkdir()
-  (tmp_path / 'checkpoint_5').mkdir()
+  for step in (5, 7):   # T5X's orbax layout: checkpoint_<step>/state/_METADATA
+    (tmp_path / f'checkpoint_{step}' / 'state').mkdir(parents=True)
+    (tmp_path / f'checkpoint_{step}' / 'state' / '_METADATA').write_text('{}')
+  (tmp_path / 'checkpoint_9').mkdir()   # not (yet) a readable checkpoint: not resumed from
   ds = pj_t5x.meta_dataset(None, 0, 2, data_cfg=data, model_dir=str(tmp_path), initial_step=4)
   got = next(iter(ds.as_numpy_iterator()))
   want = next(meta_sampler.meta_batches(data, start_step=3, process_index=0, process_count=2))

@@ -155,6 +155,9 @@ def test_scoring_decoding_and_refusals():
                              atol=1e-5)
   predicted = np.asarray(jax.jit(net.predict_batch)(params, batch))   # `greedy_tokens`, as promptjax eval
   assert predicted.shape == (BATCH, LENGTHS['targets']) and predicted.min() >= 0 and predicted.max() < VOCAB
+  # T5X's flax-cache decoding call (decode=True) is not how this model decodes: refused, the way named.
+  with pytest.raises(NotImplementedError, match='decode through T5XModel.predict_batch'):
+    net.module.apply({'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'], decode=True)
   with pytest.raises(DataError, match='pack = False'):
     net.loss_fn(params, {**batch, 'encoder_segment_ids': batch['encoder_input_tokens'] > 0}, None)
   with pytest.raises(TrainingError, match='no T5X equivalent'):
