@@ -38,6 +38,7 @@ from flax import traverse_util
 from flax.linen import partitioning as flax_partitioning
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from t5x import decoding as t5x_decoding
 from t5x import models as t5x_models
@@ -141,12 +142,24 @@ class T5XModel(t5x_models.EncoderDecoderModel):
     decode_fn: T5X's decoding function (default `t5x.decoding.temperature_sample`, greedy at its default
       top-k of 1; `t5x.decoding.beam_search` for beam search).
     label_smoothing, feature_converter_cls, default_decoder_params: as in T5X.
+    prompt_init_checkpoint: a checkpoint whose transformer the run starts from (T5X's
+      ``INITIAL_CHECKPOINT_PATH``; ``runs/finetune.gin`` binds it). The prompt is then initialized from
+      *its* weights, exactly as `promptjax train` does with that ``INITIAL_CHECKPOINT_PATH`` and
+      ``RANDOM_SEED`` = `prompt_init_seed` (vocab-sampled rows of the loaded embedding, Lester et al. 2021;
+      a deep prompt's keys/values from the loaded layers): computed once on the host, so T5X's jitted
+      initialization carries only the prompt. T5X restores the transformer itself and keeps this prompt,
+      which the checkpoint lacks (``fallback_to_scratch``). None: the prompt comes from the freshly
+      initialized transformer.
+    prompt_init_seed: the seed of that prompt (None: 0, `promptjax train`'s default ``RANDOM_SEED``).
   """
 
   def __init__(self, model: PromptableT5, input_vocabulary=None, output_vocabulary=None,
                optimizer_def=None, label_smoothing: float = 0.0, feature_converter_cls=None,
-               decode_fn=t5x_decoding.temperature_sample, default_decoder_params=None):
+               decode_fn=t5x_decoding.temperature_sample, default_decoder_params=None,
+               prompt_init_checkpoint: Optional[str] = None, prompt_init_seed: Optional[int] = None):
     self.promptable = model
+    self.prompt_init_checkpoint = prompt_init_checkpoint
+    self.prompt_init_seed = 0 if prompt_init_seed is None else int(prompt_init_seed)
     super().__init__(module=T5XModule(model.config, model.prompt), input_vocabulary=input_vocabulary,
                      output_vocabulary=output_vocabulary or input_vocabulary,
                      optimizer_def=optimizer() if optimizer_def is None else optimizer_def,
@@ -155,14 +168,32 @@ class T5XModel(t5x_models.EncoderDecoderModel):
                      loss_normalizing_factor=loss_normalizing_factor(model),
                      default_decoder_params=default_decoder_params)
 
+  @functools.cached_property
+  def _checkpoint_prompt(self):
+    """The prompt `promptjax train` initializes on `prompt_init_checkpoint` with `prompt_init_seed`."""
+    from promptjax.checkpoints import restore
+    try:
+      loaded = restore.load_transformer(self.promptable, self.prompt_init_checkpoint)
+    except restore.RestoreError as e:
+      raise TrainingError(f'promptjax.interop.t5x.T5XModel.prompt_init_checkpoint='
+                          f'{self.prompt_init_checkpoint} (INITIAL_CHECKPOINT_PATH): {e}') from e
+    with jax.ensure_compile_time_eval():   # host values even when T5X's jitted init calls this first
+      prompt_rng = jax.random.split(jax.random.PRNGKey(self.prompt_init_seed))[1]
+      prompt = init_prompt_params(prompt_rng, self.promptable.prompt, self.promptable.config, loaded)
+    return jax.tree_util.tree_map(np.asarray, prompt)
+
   def get_initial_variables(self, rng, input_shapes=None, input_types=None):
     """{'params': the values of `PromptableT5.init_params(rng)`, 'params_axes': their logical axes}.
-    Traceable (T5X jits it); the prompt comes from the freshly initialized transformer (a deep prompt's
-    projections equal the host-side ones up to float rounding)."""
+    Traceable (T5X jits it). The prompt comes from the freshly initialized transformer (a deep prompt's
+    projections equal the host-side ones up to float rounding), or with `prompt_init_checkpoint` from that
+    checkpoint's transformer (constants computed once on the host)."""
     del input_shapes, input_types  # parameter values do not depend on them
     init_rng, prompt_rng = jax.random.split(rng)
     params = self.promptable.init_transformer(init_rng)
-    prompt = init_prompt_params(prompt_rng, self.promptable.prompt, self.promptable.config, params, xp=jnp)
+    if self.prompt_init_checkpoint and self.promptable.prompt.enabled:
+      prompt = self._checkpoint_prompt
+    else:
+      prompt = init_prompt_params(prompt_rng, self.promptable.prompt, self.promptable.config, params, xp=jnp)
     if prompt is not None:
       params['prompt'] = jax.tree_util.tree_map(jnp.asarray, prompt)
     return flax.core.freeze({'params': params, 'params_axes': params_axes(self.promptable)})

@@ -124,6 +124,9 @@ def test_train_run_files(run):
     assert float(lr(0)) == pytest.approx(1e-3)
     if 'finetune' in run:
       assert gin.query_parameter('utils.RestoreCheckpointConfig.fallback_to_scratch') is True
+      # the prompt is initialized from INITIAL_CHECKPOINT_PATH's weights (T5X's RANDOM_SEED None -> 0)
+      model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+      assert (model.prompt_init_checkpoint, model.prompt_init_seed) == ('/tmp/unused', 0)
 
 
 def test_infer_run_file():
