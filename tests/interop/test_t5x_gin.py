@@ -3,9 +3,7 @@ parse them (`t5x.gin_utils.parse_gin_flags`, `from __gin__ import dynamic_regist
 refused) and build the intended `T5XModel`: its architecture and vocabulary, its prompt, and an optimizer
 that updates exactly the method's trainable group (Wu et al. 2022 §3). Nothing is trained here."""
 
-import contextlib
 import os
-import sys
 
 import jax
 import pytest
@@ -13,13 +11,10 @@ import pytest
 t5x = pytest.importorskip('t5x')
 
 import gin  # noqa: E402
-from t5x import gin_utils  # noqa: E402
 
-import promptjax  # noqa: E402
 from promptjax.interop import t5x as pj_t5x  # noqa: E402
+from tests.interop.t5x_helpers import CONFIG_DIR, parsed as _parsed  # noqa: E402
 
-CONFIG_DIR = os.path.join(os.path.dirname(promptjax.__file__), 'configs', 't5x')
-T5X_SEARCH_PATH = os.path.dirname(os.path.dirname(t5x.__file__))  # where t5x.train finds t5x/configs/...
 
 # method file: (prompt kind, prompt length, trainable group)
 METHODS = {'mtl_prompt.gin': ('shallow', 20, 'all'), 'mtl_prompt_deep.gin': ('deep', 20, 'all'),
@@ -33,27 +28,6 @@ TRAIN_BINDINGS = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'mini_tra
                   "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 16}"]
 EVAL_BINDINGS = ["CHECKPOINT_PATH = '/tmp/unused'", "EVAL_OUTPUT_DIR = '/tmp/unused'",
                  "MIXTURE_OR_TASK_NAME = 'mini_heldout_rank_classification'"]
-
-
-@contextlib.contextmanager
-def _parsed(files, bindings=(), script=None):
-  """Parses `files` as t5x's scripts do; `script` ('train' / 'eval') stands in for the `__main__` their run
-  files import. The gin config is cleared before and after."""
-  main = sys.modules['__main__']
-  # `promptjax` CLI tests in the same process add promptjax/configs to gin's search paths, where the same
-  # relative names (models/t5_1_1_mini.gin, mtl_prompt.gin, runs/eval.gin) are promptjax's own files.
-  prefixes = list(gin.config._LOCATION_PREFIXES)  # pylint: disable=protected-access
-  gin.config._LOCATION_PREFIXES[:] = ['']  # pylint: disable=protected-access
-  gin.clear_config()
-  try:
-    if script:
-      sys.modules['__main__'] = __import__(f't5x.{script}', fromlist=['_'])
-    gin_utils.parse_gin_flags([CONFIG_DIR, T5X_SEARCH_PATH], files, list(bindings), finalize_config=False)
-    yield
-  finally:
-    sys.modules['__main__'] = main
-    gin.clear_config()
-    gin.config._LOCATION_PREFIXES[:] = prefixes  # pylint: disable=protected-access
 
 
 def test_shipped_files_are_tested():
