@@ -189,10 +189,10 @@ class T5XModel(t5x_models.EncoderDecoderModel):
     checkpoint's transformer (constants computed once on the host)."""
     del input_shapes, input_types  # parameter values do not depend on them
     init_rng, prompt_rng = jax.random.split(rng)
+    from_checkpoint = bool(self.prompt_init_checkpoint) and self.promptable.prompt.enabled
+    prompt = self._checkpoint_prompt if from_checkpoint else None   # a checkpoint that does not fit fails first
     params = self.promptable.init_transformer(init_rng)
-    if self.prompt_init_checkpoint and self.promptable.prompt.enabled:
-      prompt = self._checkpoint_prompt
-    else:
+    if not from_checkpoint:
       prompt = init_prompt_params(prompt_rng, self.promptable.prompt, self.promptable.config, params, xp=jnp)
     if prompt is not None:
       params['prompt'] = jax.tree_util.tree_map(jnp.asarray, prompt)

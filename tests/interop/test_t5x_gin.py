@@ -23,7 +23,9 @@ METHODS = {'mtl_prompt.gin': ('shallow', 20, 'all'), 'mtl_prompt_deep.gin': ('de
 # model file: (promptjax.models.get_config name, vocabulary name)
 MODELS = {'models/t5_1_1_mini.gin': ('mini', 'mini'),
           'models/t5_1_1_lm100k_large.gin': ('t5_1_1_lm100k_large', 't5'),
-          'models/t5_1_1_lm100k_xl.gin': ('t5_1_1_lm100k_xl', 't5')}
+          'models/t5_1_1_lm100k_xl.gin': ('t5_1_1_lm100k_xl', 't5'),
+          'models/t5_base.gin': ('t5_base', 't5'), 'models/t5_large.gin': ('t5_large', 't5'),
+          'models/flan_t5_xl.gin': ('flan_t5_xl', 't5')}
 TRAIN_BINDINGS = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'mini_train'", 'TRAIN_STEPS = 2',
                   "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 16}"]
 EVAL_BINDINGS = ["CHECKPOINT_PATH = '/tmp/unused'", "EVAL_OUTPUT_DIR = '/tmp/unused'",
