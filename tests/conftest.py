@@ -71,7 +71,7 @@ def supmer_construction(tmp_path_factory, worker_id):
 _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)
     'training/test_trainer.py',                 # ~185
     'meta/test_meta_training.py',               # ~125
-    'test_mini_backbone.py',                    # ~75 (one test: the backbone script in a subprocess)
+    'interop/test_t5x_end_to_end.py',           # ~60 (one test: T5X train, eval, infer; promptjax eval)
     'test_demo.py',                             # ~60 (one test)
     'meta/test_meta_gradients.py',              # ~100
     'supmer/test_end_to_end.py',                # ~90
@@ -87,6 +87,7 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'evaluation/test_fewshot.py',               # ~45
     'data/test_meta_sampler.py',                # ~35
     'evaluation/test_downstream.py',            # ~30
+    'test_mini_backbone.py',                    # ~30 (the backbone script's first steps in a subprocess)
     'training/test_partitioning.py',            # ~30
     'training/test_compiled_memory.py',         # ~25
     'tasks/test_mini.py',                       # ~25
@@ -96,6 +97,7 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'test_tour.py',                             # ~20
     'models/test_input_vectors.py',             # ~15
     'training/test_method.py',                  # ~15
+    'interop/test_t5x_finetune.py',             # ~15
     'models/test_prompts.py',                   # ~15
     'supmer/test_construct.py',                 # ~15
     'tasks/test_crossfit.py',                   # ~15
