@@ -162,21 +162,43 @@ def evaluate_zero_shot(model, params, tasks: Sequence[str], *, split: str = 'val
                        length_normalize: bool = True, examples_per_batch: int = 32,
                        task_feature_lengths: Optional[Mapping[str, int]] = None,
                        max_examples: Optional[int] = None, output_dir: Optional[str] = None,
-                       progress: bool = True, eval_choices: Optional[Mapping[str, rc.ChoiceSet]] = None
+                       progress: bool = True, eval_choices: Optional[Mapping[str, rc.ChoiceSet]] = None,
+                       demonstrations: int = 0, demonstration_split: str = 'train', demonstration_seed: int = 100
                        ) -> Dict[str, rc.TaskResult]:
   """Rank classification of every task with `params` as they are (with their prompt, if any).
 
-  `eval_choices` (task -> `ChoiceSet`) skips reading the data again.
+  `eval_choices` (task -> `ChoiceSet`) skips reading the data again. `demonstrations` > 0 is few-shot
+  in-context inference: that many instances of `demonstration_split`, chosen per task as few-shot tuning
+  chooses its examples (`select_examples` with `demonstration_seed`), each its input with its gold answer,
+  precede every input (`rank_classification.with_demonstrations`; inputs at most TASK_FEATURE_LENGTHS'
+  ``inputs`` long, the first demonstrations dropped where they do not fit).
   """
   scorer = rc.get_scorer(model, length_normalize, examples_per_batch)
-  results = {}
+  results, chosen = {}, {}
   for task in _progress(tasks, progress, 'zero-shot'):
     choices = (eval_choices or {}).get(task) or rc.load_choices(task, split, task_feature_lengths, max_examples)
+    if demonstrations:
+      pool = rc.load_choices(task, demonstration_split, task_feature_lengths)
+      rows = select_examples(task, pool.num_examples, demonstrations, demonstration_seed)
+      choices = rc.with_demonstrations(choices, pool.subset(rows), _sentinel_ids(task),
+                                       (task_feature_lengths or {}).get('inputs'))
+      chosen[task] = [int(i) for i in pool.example_ids[rows]]
     results[task] = rc.rank_classify(scorer, params, choices)
   if output_dir:
-    rc.write_results(results, output_dir, {'summary': summary(results), 'setting': '0-shot',
-                                           'split': split, 'length_normalize': length_normalize})
+    extra = {'summary': summary(results), 'setting': f'{demonstrations}-shot in-context' if demonstrations
+             else '0-shot', 'split': split, 'length_normalize': length_normalize}
+    if demonstrations:
+      extra['demonstrations'] = {'split': demonstration_split, 'seed': demonstration_seed, 'examples': chosen}
+    rc.write_results(results, output_dir, extra)
   return results
+
+
+def _sentinel_ids(task: str) -> List[int]:
+  """The sentinel ids (``<extra_id_N>``) of the task's target vocabulary."""
+  from promptjax.tasks import utils as task_utils
+  vocab = task_utils.get_task_or_mixture(task).output_features['targets'].vocabulary
+  extra = int(getattr(vocab, 'extra_ids', 0) or 0)
+  return list(range(vocab.vocab_size - extra, vocab.vocab_size))
 
 
 def evaluate_few_shot(model, params, tasks: Sequence[str], cfg: FewShotConfig = FewShotConfig(), *,

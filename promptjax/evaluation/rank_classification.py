@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +165,44 @@ def load_choices(task_name: str, split: str = 'validation',
     choice_texts.append(texts)
   return ChoiceSet(task_name, inputs, targets, valid, correct, np.asarray(order, np.int64),
                    [groups[i]['text'] for i in order], choice_texts)
+
+
+def _tokens(row: np.ndarray) -> List[int]:
+  """The ids of a padded row, without padding and without a final EOS (id 1)."""
+  ids = [int(t) for t in row if t != 0]
+  return ids[:-1] if ids and ids[-1] == 1 else ids
+
+
+def demonstration_tokens(inputs: np.ndarray, target: np.ndarray, sentinel_ids: Collection[int] = ()) -> List[int]:
+  """One in-context demonstration: an instance's input with its gold answer. A target that starts with a
+  sentinel of the input (``<extra_id_0> word``, the cloze form of SUPMER's and PPT's templates) fills that
+  sentinel with the rest of the target; any other target follows the input."""
+  x, y = _tokens(inputs), _tokens(target)
+  if y and y[0] in sentinel_ids and y[0] in x:
+    at = x.index(y[0])
+    return x[:at] + y[1:] + x[at + 1:]
+  return x + y
+
+
+def with_demonstrations(choices: ChoiceSet, demonstrations: ChoiceSet, sentinel_ids: Collection[int] = (),
+                        max_input_length: Optional[int] = None) -> ChoiceSet:
+  """`choices` with the instances of `demonstrations` (input and gold answer, `demonstration_tokens`, in
+  their order) before every input: few-shot in-context inference (Brown et al. 2020). With
+  `max_input_length`, the first demonstrations are dropped from an instance whose context would not fit
+  (its own input is never cut)."""
+  demos = [demonstration_tokens(x, y, sentinel_ids)
+           for x, y in zip(demonstrations.inputs, demonstrations.gold_targets())]
+  rows = []
+  for x in choices.inputs:
+    own = [int(t) for t in x if t != 0]
+    kept = list(demos)
+    while kept and max_input_length is not None and sum(map(len, kept)) + len(own) > max_input_length:
+      kept.pop(0)
+    rows.append([t for d in kept for t in d] + own)
+  inputs = np.zeros((len(rows), max(map(len, rows))), np.int32)
+  for e, r in enumerate(rows):
+    inputs[e, :len(r)] = r
+  return dataclasses.replace(choices, inputs=inputs)
 
 
 def task_names(mixture_or_task: str) -> List[str]:

@@ -89,10 +89,15 @@ def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_
              task_feature_lengths: Optional[Mapping[str, int]] = None, examples_per_batch: int = 32,
              max_examples: Optional[int] = None, fewshot: Optional[fewshot_lib.FewShotConfig] = None,
              seed: int = 0, module: Optional[str] = 'promptjax.tasks', progress: bool = True,
-             max_decode_length: Optional[int] = 64) -> Dict[str, Any]:
+             max_decode_length: Optional[int] = 64, demonstrations: int = 0,
+             demonstration_split: str = 'train', demonstration_seed: int = 100) -> Dict[str, Any]:
   """Zero-shot (``fewshot=None``) or few-shot rank classification of every rank-classification task, and
   (zero-shot) greedy generation scored by ``seqio.Evaluator`` of every task with seqio ``metric_fns``;
-  returns the summary (``generative``: {task: {metric: value}} for the latter)."""
+  returns the summary (``generative``: {task: {metric: value}} for the latter). `demonstrations` > 0:
+  few-shot in-context inference of the rank-classification tasks (`fewshot.evaluate_zero_shot`)."""
+  if demonstrations and (fewshot is not None or demonstrations < 0):
+    raise rc.EvaluationError(f'DEMONSTRATIONS={demonstrations}: in-context demonstrations are for zero-shot '
+                             '`promptjax eval` (a number >= 0), not with few-shot prompt tuning.')
   feeds.import_task_module(module)
   tasks = rc.task_names(mixture_or_task_name)
   generative = []
@@ -116,7 +121,9 @@ def evaluate(*, model, checkpoint_path: Optional[str], output_dir: str, mixture_
                 progress=progress)
   results = {}
   if ranked and fewshot is None:
-    results = fewshot_lib.evaluate_zero_shot(model, params, ranked, **kwargs)
+    results = fewshot_lib.evaluate_zero_shot(model, params, ranked, demonstrations=demonstrations,
+                                             demonstration_split=demonstration_split,
+                                             demonstration_seed=demonstration_seed, **kwargs)
   elif ranked:
     if model.prompt.kind == 'none':
       raise rc.EvaluationError('Few-shot prompt tuning needs a prompt: set PromptConfig.kind to shallow or deep '

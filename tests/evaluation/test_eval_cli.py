@@ -60,6 +60,16 @@ def test_eval_fewshot_and_compare(checkpoint, tmp_path, capsys):
   first = lambda d: json.loads(open(d / 'predictions' / sorted(os.listdir(d / 'predictions'))[0]).readline())
   assert first(zero)['scores'] != first(nop)['scores']
 
+  # Few-shot in-context inference: 2 solved training instances before every input (inputs up to 192 tokens).
+  icl = tmp_path / 'icl'
+  assert _cli(_eval_args('eval', checkpoint, icl, FIRST, '--gin.DEMONSTRATIONS=2',
+                         "--gin.TASK_FEATURE_LENGTHS={'inputs': 192, 'targets': 16}")) == 0
+  im = json.load(open(icl / 'metrics.json'))
+  assert im['setting'] == '2-shot in-context' and im['demonstrations']['split'] == 'train'
+  assert len(im['demonstrations']['examples']) == 10
+  assert all(len(v) == 2 for v in im['demonstrations']['examples'].values())
+  assert first(icl)['scores'] != first(zero)['scores']
+
   few = tmp_path / 'a' / '16shot'
   assert _cli(_eval_args('fewshot', checkpoint, few, FIRST, '--gin.FEWSHOT_EPOCHS=2',
                          '--gin.TEMPLATES_PER_PROGRAM=5')) == 0   # two programs of one shape: one compile

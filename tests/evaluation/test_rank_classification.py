@@ -186,3 +186,43 @@ def test_seqio_rank_metric_matches_classify(uneven_task):
   order = np.random.default_rng(0).permutation(len(targets))     # record order does not matter
   got = p3.rank_classification_accuracy([targets[i] for i in order], [flat[i] for i in order])
   assert got == {'accuracy': rc.classify(scores, choices).accuracy} == {'accuracy': 0.5}
+
+
+def _choice_set(task, inputs, targets, correct):
+  """A ChoiceSet from python lists: inputs [E][L], targets [E][C][T], correct [E][C]."""
+  E, C = len(targets), max(len(t) for t in targets)
+  L, T = max(map(len, inputs)), max(len(c) for t in targets for c in t)
+  x = np.zeros((E, L), np.int32)
+  y = np.zeros((E, C, T), np.int32)
+  valid, ok = np.zeros((E, C), bool), np.zeros((E, C), bool)
+  for e in range(E):
+    x[e, :len(inputs[e])] = inputs[e]
+    for c, t in enumerate(targets[e]):
+      y[e, c, :len(t)] = t
+      valid[e, c], ok[e, c] = True, correct[e][c]
+  return rc.ChoiceSet(task, x, y, valid, ok, np.arange(E), [''] * E, [[''] * len(t) for t in targets])
+
+
+def test_in_context_demonstrations_fill_the_cloze_or_follow_the_input():
+  """Few-shot in-context inference's inputs, written out by hand: each demonstration is its input (EOS and
+  padding dropped) with its gold answer in the sentinel's place (a cloze target `<extra_id_0> word`) or
+  after it (any other target); the demonstrations precede the instance's own input, which keeps its EOS;
+  the first demonstrations are dropped where the context would pass the input length."""
+  sentinel = 99
+  demos = _choice_set('t', [[5, 6, sentinel, 7, 1], [8, 9, 1]],
+                      [[[sentinel, 20, 1], [sentinel, 21, 1]], [[30, 31, 1], [32, 1]]],
+                      [[False, True], [True, False]])
+  assert rc.demonstration_tokens(demos.inputs[0], demos.gold_targets()[0], [sentinel]) == [5, 6, 21, 7]
+  assert rc.demonstration_tokens(demos.inputs[1], demos.gold_targets()[1], [sentinel]) == [8, 9, 30, 31]
+  # Without knowing the sentinel, the target follows the input.
+  assert rc.demonstration_tokens(demos.inputs[0], demos.gold_targets()[0]) == [5, 6, sentinel, 7, sentinel, 21]
+  evals = _choice_set('t', [[40, 41, 1], [42, 43, 44, 45, 46, 47, 1]], [[[1], [2]], [[1], [2]]],
+                      [[True, False], [False, True]])
+  out = rc.with_demonstrations(evals, demos, [sentinel], max_input_length=14)
+  np.testing.assert_array_equal(out.inputs, [
+      [5, 6, 21, 7, 8, 9, 30, 31, 40, 41, 1],      # both demonstrations fit: 11 tokens
+      [8, 9, 30, 31, 42, 43, 44, 45, 46, 47, 1]])  # 4 + 4 + 7 > 14: the first one is dropped
+  for field in ('targets', 'valid', 'correct', 'example_ids'):
+    np.testing.assert_array_equal(getattr(out, field), getattr(evals, field))
+  assert rc.with_demonstrations(evals, demos, [sentinel], max_input_length=5).inputs.tolist() == [
+      [40, 41, 1, 0, 0, 0, 0], [42, 43, 44, 45, 46, 47, 1]]   # no room: the own input stays whole
