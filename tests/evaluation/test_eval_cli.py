@@ -134,6 +134,7 @@ def test_readable_errors(checkpoint, tmp_path, capsys):
       (_eval_args('eval', checkpoint, tmp_path / 'o5', '--gin.promptjax.models.get_config.emb_dim=16'),
        'does not fit the model'),
       (['eval', '--gin_file=runs/eval.gin', *MODEL, '--gin_file=mtl_prompt.gin'], 'CHECKPOINT_PATH'),
+      (_eval_args('eval', checkpoint, tmp_path / 'o6', '--gin.DEMONSTRATIONS=-1'), 'DEMONSTRATIONS=-1'),
       (['compare', str(tmp_path / 'nothing')], 'not a directory'),
       (['compare'], 'needs run directories'),
   ]
@@ -145,7 +146,7 @@ def test_readable_errors(checkpoint, tmp_path, capsys):
   os.makedirs(tmp_path / 'empty')
   code, err = _error(capsys, ['compare', str(tmp_path / 'empty')])
   assert code == 2 and 'no evaluation results' in err[0]
-  assert np.all([not (tmp_path / f'o{i}' / 'metrics.json').exists() for i in range(1, 6)])
+  assert np.all([not (tmp_path / f'o{i}' / 'metrics.json').exists() for i in range(1, 7)])
 
 
 def test_downstream_protocol_cli_and_arg_over_a_baseline(checkpoint, tmp_path, capsys):
