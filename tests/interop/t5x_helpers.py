@@ -37,8 +37,15 @@ def parsed(files, bindings=(), script=None):
 
 def run_script(script, files, bindings):
   """`python -m t5x.<script>` ('train', 'eval', 'infer') with promptjax's gin search path, in this process:
-  the script's function made configurable and called as its `main` does."""
+  the script's function made configurable and called as its `main` does. T5X's `train` switches JAX's
+  default PRNG to 'unsafe_rbg' for the whole process when RANDOM_SEED is None (its default); the setting is
+  restored afterwards, so later tests in this worker draw the usual threefry keys."""
+  import jax
   module = __import__(f't5x.{script}', fromlist=['_'])
   fn = gin.configurable(getattr(module, {'eval': 'evaluate'}.get(script, script)))
-  with parsed(files, bindings, script=script):
-    return fn()
+  prng = jax.config.jax_default_prng_impl
+  try:
+    with parsed(files, bindings, script=script):
+      return fn()
+  finally:
+    jax.config.update('jax_default_prng_impl', prng)

@@ -58,11 +58,14 @@ def _mixture():
 
 
 def test_t5x_train_eval_infer_and_promptjax_eval_agree(tmp_path):
+  import jax
+  prng = jax.config.jax_default_prng_impl
   model_dir = str(tmp_path / 'run')
   run_script('train', [*MODEL, 'runs/pretrain.gin'],
              [f"MODEL_DIR = '{model_dir}'", "MIXTURE_OR_TASK_NAME = 'mini_train'", 'TRAIN_STEPS = 2',
               'BATCH_SIZE = 8', f'TASK_FEATURE_LENGTHS = {LENGTHS}', 't5x.train.train.train_eval_dataset_cfg = None',
-              't5x.train.train.infer_eval_dataset_cfg = None', 'LEARNING_RATE = 1e-2', REPLICATED])
+              't5x.train.train.infer_eval_dataset_cfg = None', 'LEARNING_RATE = 1e-2', 'RANDOM_SEED = 0',
+              REPLICATED])
   assert {'checkpoint_0', 'checkpoint_2'} <= set(os.listdir(model_dir))
   checkpoint = os.path.join(model_dir, 'checkpoint_2')
 
@@ -127,6 +130,7 @@ def test_t5x_train_eval_infer_and_promptjax_eval_agree(tmp_path):
   want = [vocab.decode([int(t) for t in row[:list(row).index(1) if 1 in row else len(row)]]) for row in tokens]
   assert len(predictions) == 64 and predictions == want
   assert len(set(predictions)) > 32
+  assert jax.config.jax_default_prng_impl == prng   # T5X's global PRNG switch did not leak
 
 
 def _promptjax_model(checkpoint):
