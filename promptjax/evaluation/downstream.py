@@ -23,6 +23,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,7 @@ import optax
 from promptjax.data import feeds
 from promptjax.evaluation import generation
 from promptjax.meta import inner
+from promptjax.models.prompts import prompt_shapes
 from promptjax.training import optimizers as opt_lib
 
 
@@ -66,6 +68,12 @@ class DownstreamConfig:
     data_seed: if set, every run reads the task sample of this seed, and `seeds` only seed the runs (batch
       order): SUPMER samples its few-shot data once (data seed 100) and repeats training with seeds 10–50.
       None: one sample per seed (CrossFit's five samples, Qin et al.).
+    prefix_mlp_dim: Prefix-Tuning's reparameterization (Li & Liang 2021, §4.3): a deep prompt is tuned as
+      P = MLP(P'), with P' [L, d_model] and MLP = Linear(d_model, prefix_mlp_dim) → tanh → Linear(·, every
+      layer's keys and values), the MLP dropped after training (the kept and exported prompt is P). P' is
+      drawn from N(0, 1) and the Linear layers as PyTorch's defaults, per run seed (Li & Liang's code uses
+      `nn.Embedding` and `nn.Linear`); the checkpoint's prompt is not used. None: the prompt is tuned
+      directly.
   """
   learning_rates: Tuple[float, ...] = (5e-1, 4e-1, 3e-1, 2e-1)
   batch_size: int = 8
@@ -84,8 +92,12 @@ class DownstreamConfig:
   length_normalize: bool = False
   data_seed: Optional[int] = None
   trainable: str = 'prompt'
+  prefix_mlp_dim: Optional[int] = None
 
   def __post_init__(self):
+    if self.prefix_mlp_dim is not None and (self.trainable != 'prompt' or self.prefix_mlp_dim < 1):
+      raise generation.EvaluationError(f'DownstreamConfig.prefix_mlp_dim={self.prefix_mlp_dim} reparameterizes a '
+                                       "tuned deep prompt: it needs trainable='prompt' and a size >= 1.")
     if self.trainable not in TRAINABLE:
       raise generation.EvaluationError(f'DownstreamConfig.trainable={self.trainable!r}: use one of {TRAINABLE}.')
     if self.optimizer not in OPTIMIZERS:
@@ -126,6 +138,47 @@ def join_tuned(fixed, tuned, cfg: DownstreamConfig):
   return tuned if cfg.trainable == 'all' else inner.join_prompt(fixed, tuned)
 
 
+def prefix_mlp_init(shapes: Mapping[Tuple[str, ...], Tuple[int, ...]], d_model: int, mlp_dim: int,
+                    seed: int) -> Dict[str, Any]:
+  """Prefix-Tuning's tuned parameters (`DownstreamConfig.prefix_mlp_dim`): ``source`` P' [L, d_model] ~ N(0, 1)
+  and the MLP's ``w1`` [d_model, mlp_dim], ``b1``, ``w2`` [mlp_dim, D], ``b2`` [D] ~ U(±1/sqrt(fan_in)) (PyTorch's
+  `nn.Linear` defaults), D the size of one position of the deep prompt of `shapes` (every layer's keys and
+  values)."""
+  length = {shape[0] for shape in shapes.values()}
+  if len(length) != 1:
+    raise generation.EvaluationError(f'Prefix-Tuning needs a deep prompt of one length, got shapes {shapes}.')
+  (length,) = length
+  total = sum(int(np.prod(shape[1:])) for shape in shapes.values())
+  k = jax.random.split(jax.random.PRNGKey(seed), 5)
+  def uniform(key, shape, fan_in):
+    bound = 1.0 / np.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+  return {'source': jax.random.normal(k[0], (length, d_model), jnp.float32),
+          'w1': uniform(k[1], (d_model, mlp_dim), d_model), 'b1': uniform(k[2], (mlp_dim,), d_model),
+          'w2': uniform(k[3], (mlp_dim, total), mlp_dim), 'b2': uniform(k[4], (total,), mlp_dim)}
+
+
+def prefix_mlp_prompt(tuned: Mapping[str, Any], shapes: Mapping[Tuple[str, ...], Tuple[int, ...]]) -> Dict[str, Any]:
+  """The deep prompt P = MLP(P') (Li & Liang 2021): tanh(P' w1 + b1) w2 + b2, split into the prompt's
+  parameters in the sorted order of their paths."""
+  out = jnp.tanh(tuned['source'] @ tuned['w1'] + tuned['b1']) @ tuned['w2'] + tuned['b2']   # [L, D]
+  flat, at = {}, 0
+  for path in sorted(shapes):
+    shape = tuple(shapes[path])
+    size = int(np.prod(shape[1:]))
+    flat[path] = out[:, at:at + size].reshape(shape)
+    at += size
+  return traverse_util.unflatten_dict(flat)
+
+
+def _to_prompt(model, cfg: DownstreamConfig) -> Callable:
+  """Tuned parameters -> the model's prompt subtree (the identity without `prefix_mlp_dim`)."""
+  if cfg.prefix_mlp_dim is None:
+    return lambda tuned: tuned
+  shapes = prompt_shapes(model.prompt, model.config)
+  return lambda tuned: prefix_mlp_prompt(tuned, shapes)
+
+
 def _batch_indices(n: int, batch: int, steps: int, seed: int) -> np.ndarray:
   """[steps, batch] example indices: epochs of a seeded permutation, partial batches dropped."""
   per_epoch = max(1, n // batch)
@@ -151,11 +204,13 @@ def _segment_fn(model, cfg: DownstreamConfig, gradient_fn: Optional[Callable] = 
   else:
     base = opt_lib.adafactor(1.0, global_norm_clip=cfg.global_norm_clip)
 
+  to_prompt = _to_prompt(model, cfg)
+
   def one(transformer, prompt, state, lr, inputs, targets, idx):
     def step(carry, rows):
       p, s = carry
       batch = {'encoder_input_tokens': inputs[rows], 'decoder_target_tokens': targets[rows]}
-      loss, g = jax.value_and_grad(lambda q: model.loss_fn(join_tuned(transformer, q, cfg), batch)[0])(p)
+      loss, g = jax.value_and_grad(lambda q: model.loss_fn(join_tuned(transformer, to_prompt(q), cfg), batch)[0])(p)
       if gradient_fn is not None:
         g = gradient_fn(g, transformer, p, batch)
       u, s = base.update(g, s, p)
@@ -203,6 +258,13 @@ def tune_and_select(model, params, train: generation.TextSet, dev, metric: Optio
   `dev` is a `generation.TextSet` (scored with the CrossFit `metric`) or any callable prompt -> score.
   """
   transformer, prompt = split_tuned(params, cfg)
+  to_prompt = _to_prompt(model, cfg)
+  if cfg.prefix_mlp_dim is not None:
+    if gradient_fn is not None:
+      raise generation.EvaluationError('Prefix-Tuning (DownstreamConfig.prefix_mlp_dim) takes no gradient '
+                                       'transformation (USE_SUPMER_REGULARIZER = False).')
+    prompt = prefix_mlp_init(prompt_shapes(model.prompt, model.config), model.config.emb_dim,
+                             cfg.prefix_mlp_dim, seed)
   if isinstance(dev, generation.TextSet):
     texts = dev
     dev = lambda p: float(generation.evaluate_generative(  # pylint: disable=unnecessary-lambda-assignment
@@ -222,7 +284,7 @@ def tune_and_select(model, params, train: generation.TextSet, dev, metric: Optio
     prompts, states, _ = fn(transformer, prompts, states, lrs, inputs, targets, jnp.asarray(seg))
     step = start + len(seg)
     for i, lr in enumerate(cfg.learning_rates):
-      p_i = jax.tree.map(lambda x: x[i], prompts)
+      p_i = to_prompt(jax.tree.map(lambda x: x[i], prompts))   # Prefix-Tuning: the MLP dropped here
       score = dev(p_i)
       curves[float(lr)].append((step, float(score)))
       if score > best['score']:

@@ -3,6 +3,7 @@
 import os
 
 import jax
+import jax.numpy as jnp
 
 import numpy as np
 import optax
@@ -180,3 +181,65 @@ def test_full_model_fine_tuning_equals_plain_optax_runs():
                          params['encoder']['layers_0']['mlp']['wo']['kernel'])
   with pytest.raises(generation.EvaluationError, match="trainable='nope'"):
     downstream.DownstreamConfig(trainable='nope')
+
+
+def test_prefix_tuning_reparameterization_equals_a_plain_optax_run():
+  """Prefix-Tuning (Li & Liang 2021, §4.3; DownstreamConfig.prefix_mlp_dim): P' and the MLP are tuned, the
+  model sees the deep prompt P = tanh(P' w1 + b1) w2 + b2, and what is kept (and scored) is P alone. Against a
+  plain optax AdamW loop over (P', MLP) with the reparameterization written out here."""
+  from promptjax.models.prompts import prompt_shapes
+  model = PromptableT5(CONFIG.replace(num_encoder_layers=1, num_decoder_layers=1),
+                       PromptConfig(kind='deep', length=3))
+  params = model.init_params(jax.random.PRNGKey(1))
+  train = generation.load_texts(TASK, 'train')
+  cfg = downstream.DownstreamConfig(learning_rates=(1e-2,), batch_size=8, total_steps=2, eval_interval=1,
+                                    seeds=(13,), optimizer='adamw', global_norm_clip=None, prefix_mlp_dim=8)
+  seen = []
+  best = downstream.tune_and_select(model, params, train, lambda p: seen.append(p) or -len(seen), None, cfg,
+                                    seed=13)
+  shapes = prompt_shapes(model.prompt, model.config)
+  tuned = downstream.prefix_mlp_init(shapes, model.config.emb_dim, 8, seed=13)
+  assert tuned['source'].shape == (3, model.config.emb_dim) and tuned['w1'].shape == (model.config.emb_dim, 8)
+  assert tuned['w2'].shape == (8, sum(s[1] for s in shapes.values()))
+
+  def prompt_of(t):   # the reparameterization, written out: one row of every layer's keys and values
+    out = np.tanh(np.asarray(t['source']) @ np.asarray(t['w1']) + np.asarray(t['b1'])) @ np.asarray(t['w2']) \
+        + np.asarray(t['b2'])
+    tree, at = {}, 0
+    for path in sorted(shapes):
+      node = tree
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = out[:, at:at + shapes[path][1]]
+      at += shapes[path][1]
+    return tree
+
+  transformer = {k: v for k, v in params.items() if k != 'prompt'}
+  adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+  @jax.jit
+  def step(t, s, batch):
+    def loss(q):
+      out = jnp.tanh(q['source'] @ q['w1'] + q['b1']) @ q['w2'] + q['b2']
+      flat, at = {}, 0
+      for path in sorted(shapes):
+        flat[path] = out[:, at:at + shapes[path][1]]
+        at += shapes[path][1]
+      from flax import traverse_util
+      return model.loss_fn({**transformer, 'prompt': traverse_util.unflatten_dict(flat)}, batch)[0]
+    u, s = adam.update(jax.grad(loss)(t), s, t)
+    return jax.tree.map(lambda x, d: x - 1e-2 * (d + 0.01 * x), t, u), s
+
+  s = adam.init(tuned)
+  for i, rows in enumerate(downstream._batch_indices(train.num_examples, 8, 2, seed=13)):
+    tuned, s = step(tuned, s, {'encoder_input_tokens': train.inputs[rows], 'decoder_target_tokens': train.targets[rows]})
+    want = prompt_of(tuned)
+    assert jax.tree.structure(seen[i]) == jax.tree.structure(want)
+    for got, w in zip(jax.tree.leaves(seen[i]), jax.tree.leaves(want)):
+      np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+  # The kept prompt is the deep prompt itself (the first evaluation scored best here): no MLP in it.
+  assert set(best['prompt']) == {'encoder', 'decoder'}
+  for got, w in zip(jax.tree.leaves(best['prompt']), jax.tree.leaves(seen[0])):
+    np.testing.assert_array_equal(got, w)
+  with pytest.raises(generation.EvaluationError, match='prefix_mlp_dim'):
+    downstream.DownstreamConfig(prefix_mlp_dim=8, trainable='all')
