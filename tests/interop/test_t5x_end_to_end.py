@@ -31,8 +31,8 @@ TEMPLATES = ['mini_nli_can_we_infer_score_eval_rank_classification',
 TASK = 'test_t5x_end_to_end_rank_classification'
 INFER_TASK = 'mini_sentiment_good_or_bad'   # 64 validation examples
 LENGTHS = "{'inputs': 64, 'targets': 16}"   # the longest held-out input has 62 tokens: nothing is trimmed
-# T5X's CPU mesh puts every local device on 'model' (`t5x.partitioning.get_cpu_mesh`); the mini model's 4
-# heads do not split 8 ways, so the test's 8 CPU devices run data-parallel with parameters replicated.
+# T5X's CPU mesh puts every local device on 'model' (`t5x.partitioning.get_cpu_mesh`: data 1 x model 8); the
+# mini model's 4 heads do not split 8 ways, so every parameter is replicated over the test's 8 CPU devices.
 _AXES = ('vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv', 'relpos_buckets', 'prompt', 'length', 'layers')
 REPLICATED = ('partitioning.PjitPartitioner.logical_axis_rules = '
               + repr([('batch', 'data')] + [(a, None) for a in _AXES]))
