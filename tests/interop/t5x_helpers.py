@@ -26,7 +26,11 @@ def parsed(files, bindings=(), script=None):
   gin.clear_config()
   try:
     if script:
-      sys.modules['__main__'] = __import__(f't5x.{script}', fromlist=['_'])
+      module = sys.modules['__main__'] = __import__(f't5x.{script}', fromlist=['_'])
+      # As the script's `main` does before parsing: its function made configurable, so the run files'
+      # `train_script.train` bindings land on `t5x.train.train` (query them by that name), whichever test
+      # of this process came first.
+      gin.configurable(getattr(module, SCRIPT_FUNCTIONS.get(script, script)))
     gin_utils.parse_gin_flags([CONFIG_DIR, T5X_SEARCH_PATH], files, list(bindings), finalize_config=False)
     yield
   finally:
@@ -35,17 +39,18 @@ def parsed(files, bindings=(), script=None):
     gin.config._LOCATION_PREFIXES[:] = prefixes  # pylint: disable=protected-access
 
 
+SCRIPT_FUNCTIONS = {'eval': 'evaluate'}   # t5x.<script>'s function, where it is not named as the script
+
+
 def run_script(script, files, bindings):
   """`python -m t5x.<script>` ('train', 'eval', 'infer') with promptjax's gin search path, in this process:
   the script's function made configurable and called as its `main` does. T5X's `train` switches JAX's
   default PRNG to 'unsafe_rbg' for the whole process when RANDOM_SEED is None (its default); the setting is
   restored afterwards, so later tests in this worker draw the usual threefry keys."""
   import jax
-  module = __import__(f't5x.{script}', fromlist=['_'])
-  fn = gin.configurable(getattr(module, {'eval': 'evaluate'}.get(script, script)))
   prng = jax.config.jax_default_prng_impl
   try:
     with parsed(files, bindings, script=script):
-      return fn()
+      return gin.get_configurable(f't5x.{script}.{SCRIPT_FUNCTIONS.get(script, script)}')()
   finally:
     jax.config.update('jax_default_prng_impl', prng)

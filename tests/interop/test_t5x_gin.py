@@ -129,9 +129,9 @@ def test_meta_run_file(method):
   """runs/meta_pretrain.gin makes `t5x.train` run promptjax's meta-step (`MetaTrainer`) on promptjax's
   meta-batches (`meta_dataset`), with Wu et al. 2022's App. C settings from the method file."""
   with _parsed(['models/t5_1_1_mini.gin', method, 'runs/meta_pretrain.gin'], TRAIN_BINDINGS, script='train'):
-    assert gin.query_parameter('train_script.train.trainer_cls').configurable.wrapped is pj_t5x.MetaTrainer
-    assert gin.query_parameter('train_script.train.get_dataset_fn').configurable.wrapped is pj_t5x.meta_dataset
-    assert gin.query_parameter('train_script.train.train_eval_dataset_cfg') is None
+    assert gin.query_parameter('t5x.train.train.trainer_cls').configurable.wrapped is pj_t5x.MetaTrainer
+    assert gin.query_parameter('t5x.train.train.get_dataset_fn').configurable.wrapped is pj_t5x.meta_dataset
+    assert gin.query_parameter('t5x.train.train.train_eval_dataset_cfg') is None
     assert gin.query_parameter('%BATCH_SIZE').scoped_configurable_fn() == gin.query_parameter('%META_BATCH_SIZE') == 128
     meta = gin.query_parameter('pj_t5x.MetaTrainer.meta_config').scoped_configurable_fn()
     data = gin.query_parameter('pj_t5x.meta_dataset.data_cfg').scoped_configurable_fn()
