@@ -2,6 +2,7 @@
 float64 reference shim, and a plain reader of TFRecord shards (`import tests.helpers as h`)."""
 
 import contextlib
+import os
 from typing import NamedTuple
 
 import gin
@@ -49,6 +50,20 @@ def run_cli(args) -> CliResult:
 
 # ---------------------------------------------------------------------------------------------------
 # Small models and batches.
+
+
+TINY_T5X = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
+                                         't5x_tiny', 'checkpoint_3'))
+
+
+def tiny_t5x_checkpoint():
+  """(params, step) of the real tiny T5X checkpoint (`TINY_T5X`, promptjax's reader); skips the test, with
+  the reason, where the shared reference data is absent."""
+  if not os.path.isfile(os.path.join(TINY_T5X, 'checkpoint')):
+    pytest.skip(f'the real T5X tiny checkpoint {TINY_T5X} is absent: the shared reference data '
+                f'(<repo>/../shared/data) only exists beside the checkout in the project setup')
+  from promptjax.checkpoints import t5x
+  return t5x.load_t5x_checkpoint_with_step(TINY_T5X)
 
 
 def tiny_prompt_model(vocab=64, length=3, **prompt):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from promptjax.checkpoints import t5x
 from promptjax.models import PromptConfig, PromptableT5, get_config
+from tests.helpers import tiny_t5x_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.normpath(os.path.join(REPO, '..', 'shared', 'data'))
@@ -91,10 +92,7 @@ def _leaf(tree, path):
 
 @pytest.fixture(scope='module')
 def tiny():
-  if not os.path.isfile(os.path.join(TINY, 'checkpoint')):
-    pytest.skip(f'the real T5X tiny checkpoint {TINY} is absent (shared reference data is only '
-                f'beside the checkout in the project setup)')
-  return t5x.load_t5x_checkpoint_with_step(TINY)
+  return tiny_t5x_checkpoint()
 
 
 def _copy_tiny(tmp_path):

@@ -5,6 +5,7 @@ import os
 import sys
 
 import gin
+import jax
 import t5x
 from t5x import gin_utils
 
@@ -47,7 +48,6 @@ def run_script(script, files, bindings):
   the script's function made configurable and called as its `main` does. T5X's `train` switches JAX's
   default PRNG to 'unsafe_rbg' for the whole process when RANDOM_SEED is None (its default); the setting is
   restored afterwards, so later tests in this worker draw the usual threefry keys."""
-  import jax
   prng = jax.config.jax_default_prng_impl
   try:
     with parsed(files, bindings, script=script):

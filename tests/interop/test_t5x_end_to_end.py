@@ -11,6 +11,7 @@ import glob
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,7 +59,6 @@ def _mixture():
 
 
 def test_t5x_train_eval_infer_and_promptjax_eval_agree(tmp_path):
-  import jax
   prng = jax.config.jax_default_prng_impl
   model_dir = str(tmp_path / 'run')
   run_script('train', [*MODEL, 'runs/pretrain.gin'],

@@ -3,7 +3,6 @@ restores the real tiny T5X checkpoint into `promptjax.interop.t5x.T5XModel`, and
 checkpoint lacks, is initialized from the *loaded* embedding (Lester et al. 2021's vocab sampling), as
 `promptjax train` initializes it on the same ``INITIAL_CHECKPOINT_PATH`` and ``RANDOM_SEED``."""
 
-import os
 
 import jax
 import numpy as np
@@ -14,18 +13,15 @@ t5x = pytest.importorskip('t5x')
 from promptjax.checkpoints import t5x as t5x_checkpoints  # noqa: E402
 from promptjax.errors import TrainingError  # noqa: E402
 from promptjax.models import PromptConfig, PromptableT5  # noqa: E402
+from tests.helpers import TINY_T5X, tiny_t5x_checkpoint  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.normpath(os.path.join(REPO, '..', 'shared', 'data', 't5x_tiny', 'checkpoint_3'))
+TINY = TINY_T5X
 INIT_VOCAB, SEED = 50, 3
 
 
 @pytest.fixture(scope='module')
 def tiny():
-  if not os.path.isfile(os.path.join(TINY, 'checkpoint')):
-    pytest.skip(f'the real T5X tiny checkpoint {TINY} is absent: the shared reference data '
-                f'(<repo>/../shared/data) only exists beside the checkout in the project setup')
-  return t5x_checkpoints.load_t5x_checkpoint(TINY)
+  return tiny_t5x_checkpoint()[0]
 
 
 def _restore_with_t5x(net, restore_path):
