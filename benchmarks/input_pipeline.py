@@ -81,18 +81,18 @@ def _measure(batches, count_examples, num_batches: int):
           'examples': n, 'seconds': wall}
 
 
-def mtl(batch_size: int, hosts: int, num_batches: int, name: str = 'd4_train'):
+def mtl(batch_size: int, hosts: int, num_batches: int, name: str = 'd4_train', reader: str = 'seqio'):
   from promptjax.data import feeds
-  cfg = feeds.DatasetConfig(name, LENGTHS, batch_size=batch_size, shuffle=True, seed=0)
+  cfg = feeds.DatasetConfig(name, LENGTHS, batch_size=batch_size, shuffle=True, seed=0, reader=reader)
   it = feeds.dataset_batches(cfg, process_index=0, process_count=hosts)
   return _measure(it, lambda b: int(b['encoder_input_tokens'].shape[0]), num_batches)
 
 
 def meta(meta_batch_size: int, inner_steps: int, batch: int, hosts: int, num_batches: int,
-         name: str = 'd4_train'):
+         name: str = 'd4_train', reader: str = 'seqio'):
   from promptjax.data import meta_sampler
-  cfg = meta_sampler.MetaDataConfig(name, LENGTHS, meta_batch_size=meta_batch_size,
-                                    inner_steps=inner_steps, support_batch_size=batch, query_batch_size=batch)
+  cfg = meta_sampler.MetaDataConfig(name, LENGTHS, meta_batch_size=meta_batch_size, inner_steps=inner_steps,
+                                    support_batch_size=batch, query_batch_size=batch, reader=reader)
   it = meta_sampler.meta_batches(cfg, process_index=0, process_count=hosts)
 
   def count(b):
@@ -120,6 +120,10 @@ def main(argv=None):
   parser.add_argument('--mfu', type=float, default=0.45)
   parser.add_argument('--chips', type=int, default=32)
   parser.add_argument('--feeding_hosts', type=int, default=8)
+  parser.add_argument('--readers', default='seqio,flat', help="DATA_READERs to measure ('seqio', 'flat')")
+  parser.add_argument('--resharded', type=int, default=16,
+                      help='also measure the flat reader as host 0 of 16 on a copy with this many shards per '
+                           'subset (0: skip)')
   parser.add_argument('--corpus', default=None, help='reuse (or keep) the generated corpus here')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
                                                     'input_pipeline.json'))
@@ -145,23 +149,41 @@ def main(argv=None):
     name = 'd4_train' if len(subsets) == 313 else 'd4_train_bench'
     record['demand_examples_per_s_per_host'] = demand(args.mfu, args.chips, args.feeding_hosts)
     results = {}
-    for hosts in (1, 16):
-      key = f'mtl_{hosts}_hosts'
-      results[key] = mtl(args.batch_size, hosts, args.batches, name)
+    for reader in args.readers.split(','):
+      for hosts in (1, 16):
+        key = f'{reader}/mtl_{hosts}_hosts'
+        results[key] = mtl(args.batch_size, hosts, args.batches, name, reader)
+        print(key, results[key], flush=True)
+      results[f'{reader}/one_task'] = mtl(args.batch_size // 16, 1, args.batches, subsets[0], reader)
+      print(f'{reader}/one_task', results[f'{reader}/one_task'], flush=True)
+      for hosts in (1, 16):
+        key = f'{reader}/meta_{hosts}_hosts'
+        results[key] = meta(args.meta_batch_size, args.inner_steps, args.inner_batch_size, hosts,
+                            args.meta_batches, name, reader)
+        print(key, results[key], flush=True)
+    if args.resharded and 'flat' in args.readers.split(','):
+      # The same records, `--resharded` files per subset: every host reads only its own files.
+      resharded = root + f'_{args.resharded}_shards'
+      if not os.path.isdir(os.path.join(resharded, subsets[-1])):
+        record['resharded_corpus_write_s'] = write_corpus(resharded, subsets, args.examples, args.resharded)
+      tasks.set_data_dir('p3', resharded)
+      key = f'flat/mtl_16_hosts_{args.resharded}_shards'
+      results[key] = mtl(args.batch_size, 16, args.batches, name, 'flat')
       print(key, results[key], flush=True)
-    results['one_task'] = mtl(args.batch_size // 16, 1, args.batches, subsets[0])
-    print('one_task', results['one_task'], flush=True)
-    for hosts in (1, 16):
-      key = f'meta_{hosts}_hosts'
-      results[key] = meta(args.meta_batch_size, args.inner_steps, args.inner_batch_size, hosts, args.meta_batches,
-                          name)
-      print(key, results[key], flush=True)
+      tasks.set_data_dir('p3', root)
+      if args.corpus is None:
+        shutil.rmtree(resharded, ignore_errors=True)
     record['results'] = results
     d = record['demand_examples_per_s_per_host']
-    record['ratios'] = {k: v['examples_per_s'] / d for k, v in results.items() if k != 'one_task'}
-    if 'meta_1_hosts' in results:
-      record['meta_cpu_per_example_vs_one_task'] = (results['meta_1_hosts']['cpu_s_per_example']
-                                                    / results['one_task']['cpu_s_per_example'])
+    record['ratios'] = {k: v['examples_per_s'] / d for k, v in results.items() if not k.endswith('one_task')}
+    for reader in args.readers.split(','):
+      record[f'{reader}/meta_cpu_per_example_vs_one_task'] = (results[f'{reader}/meta_1_hosts']['cpu_s_per_example']
+                                                              / results[f'{reader}/one_task']['cpu_s_per_example'])
+      if reader != 'seqio' and 'seqio' in args.readers.split(','):
+        record[f'{reader}/vs_seqio'] = {
+            k.split('/', 1)[1]: {'examples_per_s': results[k]['examples_per_s'] / results['seqio/' + k.split('/', 1)[1]]['examples_per_s'],
+                                 'first_batch_s': results[k]['first_batch_s'] / results['seqio/' + k.split('/', 1)[1]]['first_batch_s']}
+            for k in results if k.startswith(reader + '/') and 'seqio/' + k.split('/', 1)[1] in results}
     write_record(record, args.out)
     print({k: round(v, 2) for k, v in record['ratios'].items()}, flush=True)
   finally:

@@ -30,6 +30,7 @@ Resume is exact: the pipeline is a deterministic function of the seed, and ``sta
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -74,30 +75,56 @@ def _warn_once(key, msg: str) -> None:
     logging.warning(msg)
 
 
-def _task_records(task, index: int, split: str, seed: Optional[int], shuffle: bool, process_index: int,
-                  process_count: int, buffer_size: int):
-  """(index, serialized record) pairs of one task, this host's share, shuffled, repeated forever."""
+def task_records(task, split: str, task_seed: Optional[int], *, shuffle: bool = True, process_index: int = 0,
+                 process_count: int = 1, buffer_size: int = TASK_SHUFFLE_BUFFER, epochs_apart: bool = False):
+  """This host's serialized records of one P3-format task, shuffled (`task_seed`) and repeated forever.
+
+  With `epochs_apart` every pass is shuffled on its own (the buffer never mixes two passes, as the meta
+  sampler's seqio streams read one epoch at a time); otherwise seqio's mixture order (repeat, then shuffle).
+  """
   import tensorflow as tf
-  from promptjax.data.meta_sampler import stream_seed
   files = list(task.source.list_shards(split))
-  task_seed = None if seed is None else stream_seed(seed, task.name, split, process_index)
   if process_count > 1 and len(files) < process_count:
     _warn_once(('files', split, process_count),
                f'P3 task {task.name!r} (and maybe others) has {len(files)} file(s) for {process_count} hosts: '
                f'each host reads all of its records and parses 1/{process_count}. Reshard the data so every '
                f'host reads only its own files: python -m promptjax.tasks.p3_convert convert --input_dir '
                f'<P3 data> --output_dir <new dir> --num_shards {process_count}')
-    ds = tf.data.TFRecordDataset(files).shard(process_count, process_index).repeat()
+    ds = tf.data.TFRecordDataset(files).shard(process_count, process_index)
   else:
     if process_count > 1:
       files = files[process_index::process_count]
     if shuffle and len(files) > 1:   # a new file order every pass (numpy-made: no traced function per task)
       rng = np.random.default_rng(task_seed)
       files = [f for _ in range(_FILE_ORDER_PASSES) for f in rng.permutation(files)]
-    ds = tf.data.TFRecordDataset(files).repeat()
-  if shuffle:
-    ds = ds.shuffle(buffer_size, seed=task_seed)
-  return tf.data.Dataset.zip(tf.data.Dataset.from_tensors(tf.constant(index, tf.int32)).repeat(), ds)
+    ds = tf.data.TFRecordDataset(files)
+  if shuffle and epochs_apart:
+    return ds.shuffle(buffer_size, seed=task_seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.repeat()
+  return ds.shuffle(buffer_size, seed=task_seed) if shuffle else ds
+
+
+@functools.lru_cache(maxsize=None)
+def converter(inputs_length: int, targets_length: int):
+  """`records_to_examples` as one traced ``tf.function`` per pair of lengths, shared by every stream (the
+  meta sampler calls it on each chunk of raw records instead of tracing a ``map`` per task stream)."""
+  import tensorflow as tf
+  fn = records_to_examples({'inputs': inputs_length, 'targets': targets_length})
+  return tf.function(fn, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+
+def records_to_examples(lengths: Mapping[str, int]):
+  """A tf function: a batch of serialized P3 records -> ``{'inputs', 'targets'}`` int32 [batch, length],
+  the training view's examples after seqio's ``append_eos_after_trim``, zero-padded."""
+  import tensorflow as tf
+  description = {'inputs': tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
+                 'targets': tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)}
+
+  def convert(records):
+    ex = tf.io.parse_example(records, description)
+    return {'inputs': _trim_eos(ex['inputs'], int(lengths['inputs']), strip_eos=False),
+            'targets': _trim_eos(ex['targets'], int(lengths['targets']), strip_eos=True)}
+  return convert
 
 
 def _trim_eos(ragged, length: int, strip_eos: bool, eos_id: int = 1):
@@ -136,21 +163,25 @@ def flat_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size:
   if not keep:
     raise DataError(f'Mixture {name!r}: every task has rate 0.')
   lengths = {'inputs': int(task_feature_lengths['inputs']), 'targets': int(task_feature_lengths['targets'])}
-  streams = [_task_records(tasks[i], i, split, seed, shuffle, process_index, process_count, buffer_size)
-             for i in keep]
+
+  def tagged(i):
+    task = tasks[i]
+    task_seed = None if seed is None else stream_seed(seed, task.name, split, process_index)
+    ds = task_records(task, split, task_seed, shuffle=shuffle, process_index=process_index,
+                      process_count=process_count, buffer_size=buffer_size)
+    return tf.data.Dataset.zip(tf.data.Dataset.from_tensors(tf.constant(i, tf.int32)).repeat(), ds)
+
+  streams = [tagged(i) for i in keep]
   weights = np.asarray([rates[i] for i in keep], np.float64)
   mix_seed = None if seed is None else stream_seed(seed, name, split + '/mixture', process_index)
   if len(streams) == 1:
     ds = streams[0]
   else:
     ds = tf.data.Dataset.sample_from_datasets(streams, weights=list(weights / weights.sum()), seed=mix_seed)
-  description = {'inputs': tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64), 'targets': tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)}
+  to_examples = records_to_examples(lengths)
 
   def convert(index, records):
-    ex = tf.io.parse_example(records, description)
-    return {'task_index': index,
-            'inputs': _trim_eos(ex['inputs'], lengths['inputs'], strip_eos=False),
-            'targets': _trim_eos(ex['targets'], lengths['targets'], strip_eos=True)}
+    return {'task_index': index, **to_examples(records)}
 
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -164,4 +195,4 @@ def flat_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size:
     yield out
 
 
-__all__ = ['TASK_SHUFFLE_BUFFER', 'flat_batches', 'flat_reason']
+__all__ = ['TASK_SHUFFLE_BUFFER', 'flat_batches', 'flat_reason', 'records_to_examples', 'task_records']

@@ -82,6 +82,10 @@ class MetaDataConfig:
     task_sampling: 'rate' (seqio mixture rates) or 'uniform'.
     seed: the data seed (task choices and stream shuffles); a non-negative int.
     module: a module imported first to register the tasks.
+    reader: 'seqio' (each stream a seqio ``Task.get_dataset``) or 'flat' (P3-format training views read as
+      raw records, shuffled 1000 at a time per epoch and parsed a chunk at a time:
+      `promptjax.data.flat_mixture.task_records`; the same examples, far cheaper to open and to read for
+      mixtures of hundreds of templates) (``DATA_READER``).
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -96,6 +100,7 @@ class MetaDataConfig:
   task_sampling: str = 'rate'
   seed: int = 0
   module: Optional[str] = 'promptjax.tasks'
+  reader: str = 'seqio'
 
   def __post_init__(self):
     for name in ('meta_batch_size', 'inner_steps', 'support_batch_size', 'query_batch_size'):
@@ -103,7 +108,7 @@ class MetaDataConfig:
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise SamplerError(f'MetaDataConfig.{name} must be a positive int, got {value!r}.')
     for name, allowed in (('support_mode', SUPPORT_MODES), ('task_per', TASK_PER),
-                          ('task_sampling', TASK_SAMPLING)):
+                          ('task_sampling', TASK_SAMPLING), ('reader', feeds.READERS)):
       if getattr(self, name) not in allowed:
         raise SamplerError(f'MetaDataConfig.{name}={getattr(self, name)!r}; use one of {", ".join(allowed)}.')
     if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
@@ -231,6 +236,12 @@ def task_plan(cfg: MetaDataConfig) -> TaskPlan:
       if splits and split not in splits:
         raise DataError(f'Task {t.name!r} (in {cfg.mixture_or_task_name!r}) has no split {split!r}; its '
                         f'splits are {", ".join(splits)}.')
+      if cfg.reader == 'flat':
+        from promptjax.data import flat_mixture
+        reason = flat_mixture.flat_reason(t, split)
+        if reason:
+          raise DataError(f"{cfg.mixture_or_task_name!r} cannot be read with DATA_READER='flat': {reason}. Use "
+                          "DATA_READER='seqio'.")
   return TaskPlan(cfg=cfg, tasks=tasks, probs=probs)
 
 
@@ -264,14 +275,25 @@ def stream_seed(seed: int, task_name: str, split: str, process_index: int) -> in
 class _Stream:
   """An infinite stream of model-ready examples of one (task, split), read in chunks of `chunk`."""
 
-  def __init__(self, task, split: str, seed: int, lengths: Mapping[str, int], chunk: int, skip: int):
+  def __init__(self, task, split: str, seed: int, lengths: Mapping[str, int], chunk: int, skip: int,
+               reader: str = 'seqio'):
     self.task, self.split, self.seed = task, split, seed
     self.lengths, self.chunk, self.skip = dict(lengths), chunk, skip
+    self.reader = reader
     self._it = None
 
   def _open(self):
     import tensorflow as tf
     from promptjax.tasks import utils as task_utils
+    if self.reader == 'flat':   # raw records in chunks; one shared traced parser (no map traced per stream)
+      from promptjax.data import flat_mixture
+      ds = flat_mixture.task_records(self.task, self.split, self.seed, epochs_apart=True).batch(self.chunk)
+      if self.skip:
+        ds = ds.skip(self.skip // self.chunk)
+      convert = flat_mixture.converter(self.lengths['inputs'], self.lengths['targets'])
+      self._it = ({k: v.numpy() for k, v in convert(records).items()}
+                  for records in task_utils.iterate(ds, self.task.name))
+      return
     ds = self.task.get_dataset(sequence_length=self.lengths, split=self.split, shuffle=True, seed=self.seed,
                                num_epochs=1, use_cached=False)
     ds = ds.repeat()
@@ -342,7 +364,7 @@ def _generate(cfg: MetaDataConfig, plan: TaskPlan, start_step: int, process_inde
     if key not in streams:
       task = plan.tasks[i]
       streams[key] = _Stream(task, split, stream_seed(cfg.seed, task.name, split, process_index), lengths,
-                             chunk, skipped.get((task.name, split), 0))
+                             chunk, skipped.get((task.name, split), 0), cfg.reader)
     return streams[key]
 
   step = start_step

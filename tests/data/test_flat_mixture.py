@@ -116,3 +116,26 @@ def test_wu_mtl_rows_read_d4_train_flat():
       assert ledger.resolve('train/promptjax.training.DatasetConfig.mixture_or_task_name') == 'd4_train'
   finally:
     gin.clear_config()
+
+
+def test_meta_sampler_flat_streams_read_whole_epochs_and_resume():
+  from promptjax.data import meta_sampler as S
+  task = seqio.get_mixture_or_task(MIX).tasks[0]
+  n = task.num_input_examples('train')
+  c = S.MetaDataConfig(task.name, L, meta_batch_size=4, inner_steps=2, support_batch_size=4, query_batch_size=4,
+                       reader='flat')
+  it = S.meta_batches(c, process_index=0, process_count=1)
+  steps = [next(it) for _ in range(-(-n // 48))]   # 4 clones x (2 + 1) batches of 4 per step
+  order = []
+  for b in steps:   # the stream's order: clone by clone, its support batches, then its query
+    for ci in range(4):
+      for t in range(2):
+        order += rows({k: b[f'support/{k}'][ci, t] for k in feeds.FEATURES})
+      order += rows({k: b[f'query/{k}'][ci] for k in feeds.FEATURES})
+  epoch = rows(next(feeds.model_batches(task.name, L, n, shuffle=False)))
+  assert sorted(order[:n]) == sorted(epoch) and order[:n] != epoch   # one whole pass, shuffled
+  resumed = next(S.meta_batches(c, start_step=2, process_index=0, process_count=1))
+  for k in steps[2]:
+    np.testing.assert_array_equal(resumed[k], steps[2][k])
+  with pytest.raises(DataError, match="DATA_READER='seqio'"):
+    next(S.meta_batches(S.MetaDataConfig('mini_train_rank_classification', L, reader='flat')))
