@@ -113,6 +113,8 @@ def main(argv=None):
   parser.add_argument('--shards', type=int, default=2, help='TFRecord shards per split (fewer than 16 hosts)')
   parser.add_argument('--batch_size', type=int, default=512, help='global MTL batch (shared by --hosts)')
   parser.add_argument('--batches', type=int, default=20, help='MTL batches timed after the first')
+  parser.add_argument('--host_batches', type=int, default=200,
+                      help="batches timed as host 0 of 16 with the flat reader (seqio's: --batches; it reads ~12/s)")
   parser.add_argument('--meta_batch_size', type=int, default=128)
   parser.add_argument('--inner_steps', type=int, default=7)
   parser.add_argument('--inner_batch_size', type=int, default=16)
@@ -152,9 +154,13 @@ def main(argv=None):
     for reader in args.readers.split(','):
       for hosts in (1, 16):
         key = f'{reader}/mtl_{hosts}_hosts'
-        results[key] = mtl(args.batch_size, hosts, args.batches, name, reader)
+        batches = args.host_batches if hosts > 1 and reader == 'flat' else args.batches
+        results[key] = mtl(args.batch_size, hosts, batches, name, reader)
         print(key, results[key], flush=True)
-      results[f'{reader}/one_task'] = mtl(args.batch_size // 16, 1, args.batches, subsets[0], reader)
+      # As many examples as the meta sampler's timed batches, so the CPU per example compares like with like.
+      meta_examples = args.meta_batches * args.meta_batch_size * (args.inner_steps + 1) * args.inner_batch_size
+      results[f'{reader}/one_task'] = mtl(args.batch_size // 16, 1, max(args.batches, meta_examples // (args.batch_size // 16)),
+                                          subsets[0], reader)
       print(f'{reader}/one_task', results[f'{reader}/one_task'], flush=True)
       for hosts in (1, 16):
         key = f'{reader}/meta_{hosts}_hosts'
@@ -168,7 +174,7 @@ def main(argv=None):
         record['resharded_corpus_write_s'] = write_corpus(resharded, subsets, args.examples, args.resharded)
       tasks.set_data_dir('p3', resharded)
       key = f'flat/mtl_16_hosts_{args.resharded}_shards'
-      results[key] = mtl(args.batch_size, 16, args.batches, name, 'flat')
+      results[key] = mtl(args.batch_size, 16, args.host_batches, name, 'flat')
       print(key, results[key], flush=True)
       tasks.set_data_dir('p3', root)
       if args.corpus is None:

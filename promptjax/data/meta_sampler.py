@@ -46,6 +46,7 @@ costs about as much as reading them once; the replay of the task choices itself 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import math
@@ -60,6 +61,7 @@ FEATURES = feeds.FEATURES
 SUPPORT_MODES = ('different', 'same', 'split')
 TASK_PER = ('batch', 'clone')
 TASK_SAMPLING = ('rate', 'uniform')
+WARM_THREADS = 8   # streams opened at once when a step draws tasks not read before
 
 
 @dataclasses.dataclass
@@ -281,6 +283,17 @@ class _Stream:
     self.lengths, self.chunk, self.skip = dict(lengths), chunk, skip
     self.reader = reader
     self._it = None
+    self._pending: List[Dict[str, np.ndarray]] = []
+
+  def warm(self) -> None:
+    """Opens the stream and reads its first chunk (streams are warmed several at a time in threads: their
+    tf.data work runs outside the GIL). The examples and their order are those `take` would read."""
+    if self._it is None:
+      self._open()
+      try:
+        self._pending.append(next(self._it))
+      except StopIteration:
+        pass   # `take` names the empty task
 
   def _open(self):
     import tensorflow as tf
@@ -315,6 +328,9 @@ class _Stream:
       self._open()
     parts = []
     for _ in range(n // self.chunk):
+      if self._pending:
+        parts.append(self._pending.pop(0))
+        continue
       try:
         parts.append(next(self._it))
       except StopIteration:
@@ -370,6 +386,16 @@ def _generate(cfg: MetaDataConfig, plan: TaskPlan, start_step: int, process_inde
   step = start_step
   while True:
     idx = plan.choices(step, process_index, process_count)
+    new = []
+    for c in range(m_local):   # the streams this step opens, warmed together
+      for t in range(t_emit if cfg.support_mode == 'different' else 1):
+        new.append((int(idx[c, t]), cfg.support_split))
+      new.append((int(idx[c, -1]), qsplit))
+    new = [stream(i, split) for i, split in dict.fromkeys(new) if (i, split) not in streams or
+           streams[(i, split)]._it is None]
+    if len(new) > 1:
+      with concurrent.futures.ThreadPoolExecutor(WARM_THREADS) as pool:
+        list(pool.map(_Stream.warm, new))
     out = {}
     for k in FEATURES:
       out[f'support/{k}'] = np.empty((m_local, t_emit, b, feat_len[k]), np.int32)

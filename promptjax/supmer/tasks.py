@@ -50,7 +50,9 @@ placeholder off). M = ``meta_batch_size`` (Table 6: 4). p(T) is uniform over the
 ``formats`` (all five by default; one format = the "only one format" ablation of Table 4), or with
 ``task_sampling='per_format'`` uniform over formats, then over that format's tasks. τ_j ≠ τ_i. The
 choices of step k come from ``numpy.random.default_rng([seed, k])`` (as `promptjax.data.meta_sampler`), so a
-run resumes exactly with ``start_step``. All examples of the split are read once (tokenized) into memory.
+run resumes exactly with ``start_step``. ``SupmerDataConfig.storage``: all examples of the split read once
+(converted) into memory, or, for corpora larger than memory, an index of where each record is, the drawn
+tasks' records read and converted at each step (the same meta-batches).
 
 Public API: `FORMAT_NAMES`, `VERBALIZERS`, `VECTOR_PLACEHOLDER`, `register_supmer_tasks`,
 `SupmerDataConfig`, `supmer_meta_batches`, `load_manifest`, `SupmerSource`.
@@ -233,6 +235,8 @@ def register_supmer_tasks(name_prefix: str = 'supmer', data_dir_fn: Callable[[],
 # Meta-batches.
 
 TASK_SAMPLING = ('uniform', 'per_format')
+STORAGES = ('auto', 'memory', 'index')
+MEMORY_LIMIT_BYTES = 1 << 30   # storage='auto': a format's files up to this size are held in memory
 
 
 @dataclasses.dataclass
@@ -248,6 +252,10 @@ class SupmerDataConfig:
     task_sampling: ``uniform`` over tasks, or ``per_format`` (uniform format, then task).
     seed: the seed of the task choices.
     module: imported first to register the tasks.
+    storage: ``memory`` (every example of the split read, converted, into memory once), ``index`` (an index
+      of the records' places, each task's records read and converted when it is drawn: memory bounded by
+      the index, ~40 bytes a record, for corpora larger than memory) or ``auto`` (``memory`` while a
+      format's files are under `MEMORY_LIMIT_BYTES`). Both give the same meta-batches.
   """
   task_feature_lengths: Mapping[str, int] = dataclasses.field(
       default_factory=lambda: {'inputs': 512, 'targets': 8})
@@ -258,8 +266,11 @@ class SupmerDataConfig:
   task_sampling: str = 'uniform'
   seed: int = 0
   module: Optional[str] = 'promptjax.tasks'
+  storage: str = 'auto'
 
   def __post_init__(self):
+    if self.storage not in STORAGES:
+      raise DataError(f'SupmerDataConfig.storage={self.storage!r}; use one of {STORAGES}.')
     if not isinstance(self.meta_batch_size, int) or self.meta_batch_size < 1:
       raise DataError(f'SupmerDataConfig.meta_batch_size must be a positive int, got {self.meta_batch_size!r}.')
     if self.task_sampling not in TASK_SAMPLING:
@@ -278,6 +289,105 @@ class SupmerDataConfig:
 class _FormatData:
   arrays: Dict[str, np.ndarray]       # feature -> [n, ...]
   tasks: List[Tuple[str, np.ndarray, np.ndarray]]  # (meta_task, support rows, query rows)
+
+  def rows(self, t: int, role: str) -> Dict[str, np.ndarray]:
+    idx = self.tasks[t][1 if role == 'support' else 2]
+    return {k: v[idx] for k, v in self.arrays.items()}
+
+
+def _vector_features(toks: np.ndarray, pos, vec, placeholder: int, n: int, dim: int):
+  """(encoder_input_vectors [n, V, d], encoder_input_vector_positions [n, V]) of converted inputs `toks`:
+  the records' vectors and positions, or zeros / -1 where a record has none or truncation cut the
+  placeholder off (EOS took its place)."""
+  if pos is None:
+    return np.zeros((n, NUM_VECTORS, dim), np.float32), np.full((n, NUM_VECTORS), -1, np.int32)
+  pos = np.asarray(pos, np.int32).copy()
+  vec = np.asarray(vec, np.float32).reshape(n, NUM_VECTORS, dim).copy()
+  L = toks.shape[1]
+  at = np.take_along_axis(toks, np.clip(pos, 0, L - 1), axis=1)
+  cut = (pos < 0) | (pos >= L) | (at != placeholder)
+  pos[cut] = -1
+  vec[cut] = 0.0
+  return vec, pos
+
+
+class _IndexedFormat:
+  """One format and split as an index of its records (file, offset, length; grouped by meta-task and role in
+  reading order); `rows` reads and converts a task's support or query records when it is drawn, as
+  seqio's pipeline of the task would (tokenize, EOS after trim, `EncDecFeatureConverter(pack=False)`)."""
+
+  def __init__(self, task: seqio.Task, split: str, lengths: Mapping[str, int], dim: int):
+    import tensorflow as tf
+    self.task, self.lengths, self.dim = task, dict(lengths), dim
+    self.files = list(task.source.list_shards(split))
+    self.desc = task.source.feature_description(dim)
+    self.vocab = task.output_features['inputs'].vocabulary
+    self.placeholder = placeholder_id(self.vocab)
+    where, by_task = [], {}
+    meta_desc = {'meta_task': tf.io.FixedLenFeature([], tf.string), 'role': tf.io.FixedLenFeature([], tf.string)}
+
+    def flush(chunk):   # the records where[-len(chunk):]: their meta-task and role
+      if chunk:
+        ex = tf.io.parse_example(chunk, meta_desc)
+        first = len(where) - len(chunk)
+        for i, (t, r) in enumerate(zip(ex['meta_task'].numpy(), ex['role'].numpy())):
+          by_task.setdefault(t.decode(), {'support': [], 'query': []})[r.decode()].append(first + i)
+        chunk.clear()
+
+    chunk: List[bytes] = []
+    for fi, path in enumerate(self.files):   # TFRecord framing: length (8), its CRC (4), data, data CRC (4)
+      with tf.io.gfile.GFile(path, 'rb') as f:
+        offset = 0
+        while True:
+          head = f.read(12)
+          if len(head) < 12:
+            break
+          n = int.from_bytes(head[:8], 'little')
+          chunk.append(f.read(n))
+          f.read(4)
+          where.append((fi, offset + 12, n))
+          offset += 16 + n
+          if len(chunk) == 4096:
+            flush(chunk)
+    flush(chunk)
+    self.where = np.asarray(where, np.int64).reshape(-1, 3)
+    self.tasks = [(t, np.asarray(v['support'], np.int64), np.asarray(v['query'], np.int64))
+                  for t, v in sorted(by_task.items())]
+    self._handles: Dict[int, object] = {}
+
+  def _read(self, idx: np.ndarray) -> List[bytes]:
+    import tensorflow as tf
+    out = []
+    for fi, offset, n in self.where[idx]:
+      f = self._handles.get(int(fi))
+      if f is None:
+        f = self._handles[int(fi)] = tf.io.gfile.GFile(self.files[int(fi)], 'rb')
+      f.seek(int(offset))
+      out.append(f.read(int(n)))
+    return out
+
+  def rows(self, t: int, role: str) -> Dict[str, np.ndarray]:
+    import tensorflow as tf
+    from promptjax.data.meta_sampler import _model_features
+    idx = self.tasks[t][1 if role == 'support' else 2]
+    ex = tf.io.parse_example(self._read(idx), self.desc)
+    n = len(idx)
+
+    def ids(key, length):
+      out = np.zeros((n, length), np.int32)
+      for i, text in enumerate(ex[key].numpy()):
+        row = list(self.vocab.encode(text.decode()))[:length - 1] + [self.vocab.eos_id]
+        out[i, :len(row)] = row
+      return out
+
+    feats = _model_features(ids('inputs_pretokenized', self.lengths['inputs']),
+                            ids('targets_pretokenized', self.lengths['targets']))
+    has = 'encoder_input_vectors' in ex
+    vec, pos = _vector_features(feats['encoder_input_tokens'],
+                                ex['encoder_input_vector_positions'].numpy() if has else None,
+                                ex['encoder_input_vectors'].numpy() if has else None, self.placeholder, n, self.dim)
+    feats['encoder_input_vectors'], feats['encoder_input_vector_positions'] = vec, pos
+    return feats
 
 
 _CACHE: Dict[tuple, _FormatData] = {}
@@ -305,18 +415,10 @@ def _read_format(task: seqio.Task, split: str, lengths: Mapping[str, int], dim: 
     for k in ('meta_task', 'role'):
       parts.setdefault(k, []).append(np.asarray([x.decode() for x in e[k]]))
     n = len(e['meta_task'])
-    if 'encoder_input_vectors' in e:
-      pos = np.asarray(e['encoder_input_vector_positions'], np.int32).copy()
-      vec = np.asarray(e['encoder_input_vectors'], np.float32).copy()
-      toks = np.asarray(c['encoder_input_tokens'])
-      L = toks.shape[1]
-      at = np.take_along_axis(toks, np.clip(pos, 0, L - 1), axis=1)
-      cut = (pos < 0) | (pos >= L) | (at != placeholder)  # truncated away (EOS took its place)
-      pos[cut] = -1
-      vec[cut] = 0.0
-    else:
-      pos = np.full((n, NUM_VECTORS), -1, np.int32)
-      vec = np.zeros((n, NUM_VECTORS, dim), np.float32)
+    has = 'encoder_input_vectors' in e
+    vec, pos = _vector_features(np.asarray(c['encoder_input_tokens']),
+                                e['encoder_input_vector_positions'] if has else None,
+                                e['encoder_input_vectors'] if has else None, placeholder, n, dim)
     parts.setdefault('encoder_input_vectors', []).append(vec)
     parts.setdefault('encoder_input_vector_positions', []).append(pos)
   if not parts:
@@ -333,6 +435,19 @@ def _read_format(task: seqio.Task, split: str, lengths: Mapping[str, int], dim: 
   return _CACHE[key]
 
 
+def _format_data(task: seqio.Task, cfg: SupmerDataConfig, lengths: Mapping[str, int], dim: int):
+  """The format's examples in memory (`_read_format`) or as a record index (`_IndexedFormat`), by
+  ``cfg.storage``."""
+  import tensorflow as tf
+  storage = cfg.storage
+  if storage == 'auto':
+    size = sum(tf.io.gfile.stat(p).length for p in task.source.list_shards(cfg.split))
+    storage = 'memory' if size <= MEMORY_LIMIT_BYTES else 'index'
+  if storage == 'memory':
+    return _read_format(task, cfg.split, lengths, dim)
+  return _IndexedFormat(task, cfg.split, lengths, dim)
+
+
 def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
   """Meta-batches from step `start_step` on (see the module docstring for the layout)."""
   feeds.import_task_module(cfg.module)
@@ -347,7 +462,7 @@ def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterat
     raise DataError(f'SUPMER data in {probe.source.root()} has no format(s) {absent} (built: '
                     f'{manifest["formats"]}); rebuild with them or choose others in SupmerDataConfig.formats.')
   dim = int(manifest['embedding_dim'])
-  data = {f: _read_format(seqio.get_mixture_or_task(names[f]), cfg.split, lengths, dim) for f in formats}
+  data = {f: _format_data(seqio.get_mixture_or_task(names[f]), cfg, lengths, dim) for f in formats}
   S, Q = int(manifest['config']['support_size']), int(manifest['config']['query_size'])
   pool = [(f, k) for f in formats for k in range(len(data[f].tasks))]
   if len(pool) < 2:
@@ -372,13 +487,20 @@ def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterat
       parts = []
       for i in indices:
         f, t = pool[i]
-        rows = data[f].tasks[t][1 if role == 'support' else 2]
-        parts.append(data[f].arrays[k][rows])
+        parts.append(rows_of(f, t, role)[k])
       out[k] = np.stack(parts)
     return out
 
+  def rows_of(f: str, t: int, role: str) -> Dict[str, np.ndarray]:
+    key = (f, t, role)
+    if key not in step_rows:
+      step_rows[key] = data[f].rows(t, role)
+    return step_rows[key]
+
+
   step = int(start_step)
   while True:
+    step_rows: Dict[tuple, Dict[str, np.ndarray]] = {}   # a task drawn twice in a step is read once
     rng = np.random.default_rng([int(cfg.seed), step])
     first = [draw(rng) for _ in range(cfg.meta_batch_size)]
     mix = []

@@ -247,6 +247,26 @@ def test_meta_batch_layout_shapes_and_determinism(data_dir):
     assert (b0['mix_query/encoder_input_tokens'][m] != b0['query/encoder_input_tokens'][m]).any()
 
 
+@pytest.mark.parametrize('split', ['train', 'validation'])
+def test_record_index_gives_the_in_memory_meta_batches(data_dir, split):
+  lengths = {'inputs': 80, 'targets': 4}   # some inputs cut: the vector placeholders past the cut are dropped
+  kw = dict(task_feature_lengths=lengths, meta_batch_size=4, task_prefix='mini_supmer', seed=5, split=split)
+  memory = supmer.supmer_meta_batches(supmer.SupmerDataConfig(storage='memory', **kw))
+  index = supmer.supmer_meta_batches(supmer.SupmerDataConfig(storage='index', **kw), start_step=0)
+  resumed = supmer.supmer_meta_batches(supmer.SupmerDataConfig(storage='index', **kw), start_step=2)
+  batches = [next(memory) for _ in range(3)]
+  for b in batches:
+    got = next(index)
+    assert set(got) == set(b)
+    for k in b:
+      np.testing.assert_array_equal(got[k], b[k], err_msg=k)
+  for k, v in next(resumed).items():
+    np.testing.assert_array_equal(v, batches[2][k])
+  assert any((b['support/encoder_input_vector_positions'] >= 0).any() for b in batches)
+  with pytest.raises(DataError, match="storage='disk'; use one of"):
+    supmer.SupmerDataConfig(storage='disk', **kw)
+
+
 def test_format_restriction_and_readable_errors(data_dir, tmp_path):
   one = supmer.SupmerDataConfig(task_feature_lengths={'inputs': 64, 'targets': 4}, task_prefix='mini_supmer',
                                 formats=('sp_same_cluster',), split='validation')
