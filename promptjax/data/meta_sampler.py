@@ -62,6 +62,7 @@ SUPPORT_MODES = ('different', 'same', 'split')
 TASK_PER = ('batch', 'clone')
 TASK_SAMPLING = ('rate', 'uniform')
 WARM_THREADS = 8   # streams opened at once when a step draws tasks not read before
+READ_AHEAD = 4     # a stream reads this many draws' worth of examples at a time
 
 
 @dataclasses.dataclass
@@ -275,69 +276,76 @@ def stream_seed(seed: int, task_name: str, split: str, process_index: int) -> in
 
 
 class _Stream:
-  """An infinite stream of model-ready examples of one (task, split), read in chunks of `chunk`."""
+  """An infinite stream of model-ready examples of one (task, split). Draws are multiples of `chunk`; the
+  stream is read `READ_AHEAD` chunks at a time (the same examples in the same order: fewer, larger reads)."""
 
   def __init__(self, task, split: str, seed: int, lengths: Mapping[str, int], chunk: int, skip: int,
                reader: str = 'seqio'):
     self.task, self.split, self.seed = task, split, seed
     self.lengths, self.chunk, self.skip = dict(lengths), chunk, skip
+    self.read = chunk * READ_AHEAD
     self.reader = reader
     self._it = None
-    self._pending: List[Dict[str, np.ndarray]] = []
+    self._buf: Optional[Dict[str, np.ndarray]] = None   # read, not yet taken: {'inputs', 'targets'}
 
   def warm(self) -> None:
-    """Opens the stream and reads its first chunk (streams are warmed several at a time in threads: their
+    """Opens the stream and reads its first part (streams are warmed several at a time in threads: their
     tf.data work runs outside the GIL). The examples and their order are those `take` would read."""
     if self._it is None:
       self._open()
-      try:
-        self._pending.append(next(self._it))
-      except StopIteration:
-        pass   # `take` names the empty task
+      self._fill(1)
 
   def _open(self):
     import tensorflow as tf
     from promptjax.tasks import utils as task_utils
-    if self.reader == 'flat':   # raw records in chunks; one shared traced parser (no map traced per stream)
+    assert self.skip % self.chunk == 0
+    whole, rest = divmod(self.skip, self.read)   # skip whole parts in tf.data, the rest of one here
+    if self.reader == 'flat':   # raw records in parts; one shared traced parser (no map traced per stream)
       from promptjax.data import flat_mixture
-      ds = flat_mixture.task_records(self.task, self.split, self.seed, epochs_apart=True).batch(self.chunk)
-      if self.skip:
-        ds = ds.skip(self.skip // self.chunk)
+      ds = flat_mixture.task_records(self.task, self.split, self.seed, epochs_apart=True).batch(self.read)
+      if whole:
+        ds = ds.skip(whole)
       convert = flat_mixture.converter(self.lengths['inputs'], self.lengths['targets'])
       self._it = ({k: v.numpy() for k, v in convert(records).items()}
                   for records in task_utils.iterate(ds, self.task.name))
-      return
-    ds = self.task.get_dataset(sequence_length=self.lengths, split=self.split, shuffle=True, seed=self.seed,
-                               num_epochs=1, use_cached=False)
-    ds = ds.repeat()
-    # seqio.EncDecFeatureConverter(pack=False)'s output is made in numpy (`_model_features`) from padded
-    # inputs / targets: tracing its tf.data maps cost about half of opening a stream.
-    lengths = {'inputs': self.lengths['inputs'], 'targets': self.lengths['targets']}
-    ds = ds.map(lambda ex: {k: ex[k][:lengths[k]] for k in lengths})
-    ds = ds.padded_batch(self.chunk, padded_shapes={k: [n] for k, n in lengths.items()},
-                         padding_values={k: tf.constant(0, ex_dtype) for k, ex_dtype in
-                                         ((k, ds.element_spec[k].dtype) for k in lengths)})
-    assert self.skip % self.chunk == 0
-    if self.skip:
-      ds = ds.skip(self.skip // self.chunk)
-    self._it = task_utils.iterate(ds, self.task.name)
+    else:
+      ds = self.task.get_dataset(sequence_length=self.lengths, split=self.split, shuffle=True, seed=self.seed,
+                                 num_epochs=1, use_cached=False)
+      ds = ds.repeat()
+      # seqio.EncDecFeatureConverter(pack=False)'s output is made in numpy (`_model_features`) from padded
+      # inputs / targets: tracing its tf.data maps cost about half of opening a stream.
+      lengths = {'inputs': self.lengths['inputs'], 'targets': self.lengths['targets']}
+      ds = ds.map(lambda ex: {k: ex[k][:lengths[k]] for k in lengths})
+      ds = ds.padded_batch(self.read, padded_shapes={k: [n] for k, n in lengths.items()},
+                           padding_values={k: tf.constant(0, ex_dtype) for k, ex_dtype in
+                                           ((k, ds.element_spec[k].dtype) for k in lengths)})
+      if whole:
+        ds = ds.skip(whole)
+      self._it = task_utils.iterate(ds, self.task.name)
+    if rest:
+      self._fill(rest)
+      self._buf = {k: v[rest:] for k, v in self._buf.items()}
 
-  def take(self, n: int) -> Dict[str, np.ndarray]:
+  def _fill(self, n: int) -> None:
+    """Reads parts until at least `n` examples are buffered."""
     from promptjax.tasks.config import DataError
-    if self._it is None:
-      self._open()
-    parts = []
-    for _ in range(n // self.chunk):
-      if self._pending:
-        parts.append(self._pending.pop(0))
-        continue
+    while self._buf is None or len(self._buf['inputs']) < n:
       try:
-        parts.append(next(self._it))
+        part = next(self._it)
       except StopIteration:
         raise DataError(f'Task {self.task.name!r} split {self.split!r} has no examples; check its data files '
                         f'or use another split.') from None
-    return _model_features(np.concatenate([p['inputs'] for p in parts]),
-                           np.concatenate([p['targets'] for p in parts]))
+      part = {'inputs': np.asarray(part['inputs']), 'targets': np.asarray(part['targets'])}
+      self._buf = part if self._buf is None or not len(self._buf['inputs']) else {
+          k: np.concatenate([self._buf[k], part[k]]) for k in part}
+
+  def take(self, n: int) -> Dict[str, np.ndarray]:
+    if self._it is None:
+      self._open()
+    self._fill(n)
+    out = {k: v[:n] for k, v in self._buf.items()}
+    self._buf = {k: v[n:] for k, v in self._buf.items()}
+    return _model_features(out['inputs'], out['targets'])
 
 
 def _model_features(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, np.ndarray]:
