@@ -90,6 +90,7 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'test_mini_backbone.py',                    # ~30 (the backbone script's first steps in a subprocess)
     'training/test_partitioning.py',            # ~30
     'training/test_compiled_memory.py',         # ~25
+    'data/test_flat_mixture.py',                # ~25
     'tasks/test_mini.py',                       # ~25
     'meta/test_maml_reference.py',              # ~25
     'evaluation/test_rank_classification.py',   # ~20
