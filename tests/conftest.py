@@ -63,9 +63,9 @@ def supmer_construction(tmp_path_factory, worker_id):
     return out, json.load(f)
 
 
-# The longest test files first: `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`, which
-# hands files to the two workers in collection order (without the flag, xdist orders files by their number
-# of tests and a one-test file like the demo's runs last, alone). Longest-first keeps both workers busy to
+# The longest test files first: `make test` runs `pytest -n 3 --dist loadfile --no-loadscope-reorder`, which
+# hands files to the workers in collection order (without the flag, xdist orders files by their number
+# of tests and a one-test file like the demo's runs last, alone). Longest-first keeps the workers busy to
 # the end. The order is by the per-file times of a `--junitxml` run of the whole suite; files under ~10 s
 # are not listed and keep their order after these. Re-measure when a file grows.
 _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -94,9 +94,9 @@ def task_records(task, split: str, task_seed: Optional[int], *, shuffle: bool = 
   else:
     if process_count > 1:
       files = files[process_index::process_count]
-    if shuffle and len(files) > 1:   # a new file order every pass (numpy-made: no traced function per task)
-      rng = np.random.default_rng(task_seed)
-      files = [f for _ in range(_FILE_ORDER_PASSES) for f in rng.permutation(files)]
+    if shuffle and len(files) > 1:   # a new file order every pass (numpy-made: no traced function per task);
+      rng = np.random.default_rng(task_seed)   # one order for passes kept apart (each a dataset epoch)
+      files = [f for _ in range(1 if epochs_apart else _FILE_ORDER_PASSES) for f in rng.permutation(files)]
     ds = tf.data.TFRecordDataset(files)
   if shuffle and epochs_apart:
     return ds.shuffle(buffer_size, seed=task_seed, reshuffle_each_iteration=True).repeat()

@@ -139,3 +139,16 @@ def test_meta_sampler_flat_streams_read_whole_epochs_and_resume():
     np.testing.assert_array_equal(resumed[k], steps[2][k])
   with pytest.raises(DataError, match="DATA_READER='seqio'"):
     next(S.meta_batches(S.MetaDataConfig('mini_train_rank_classification', L, reader='flat')))
+
+
+def test_meta_stream_of_several_files_reads_whole_passes(sharded):
+  from promptjax.data import meta_sampler as S
+  c = S.MetaDataConfig(sharded, L, meta_batch_size=1, inner_steps=1, support_batch_size=4, query_batch_size=4,
+                       reader='flat')
+  it = S.meta_batches(c, process_index=0, process_count=1)
+  order = []
+  for _ in range(15):   # 8 examples a step: two passes over the 60 records of the 3 files
+    b = next(it)
+    order += b['support/encoder_input_tokens'][0, 0, :, 0].tolist() + b['query/encoder_input_tokens'][0, :, 0].tolist()
+  assert sorted(order[:60]) == sorted(order[60:]) == list(range(100, 160))
+  assert order[:60] != order[60:]   # each pass shuffled anew
