@@ -133,8 +133,10 @@ def _trim_eos(ragged, length: int, strip_eos: bool, eos_id: int = 1):
   import tensorflow as tf
   if strip_eos:
     lengths = ragged.row_lengths()
-    last = tf.gather(ragged.flat_values, tf.maximum(ragged.row_limits() - 1, 0))
-    drop = tf.logical_and(lengths > 0, tf.equal(last, eos_id))
+    values = tf.concat([ragged.flat_values, tf.constant([-1], ragged.dtype)], 0)   # -1: an empty row's "last"
+    last = tf.gather(values, tf.where(lengths > 0, ragged.row_limits() - 1,
+                                      tf.size(ragged.flat_values, out_type=lengths.dtype)))
+    drop = tf.equal(last, eos_id)
     keep = tf.ragged.range(lengths) < tf.expand_dims(lengths - tf.cast(drop, lengths.dtype), 1)
     ragged = tf.ragged.boolean_mask(ragged, keep)
   ragged = ragged[:, :length - 1]

@@ -225,8 +225,8 @@ class P3DataSource(seqio.DataSource):
 
 def _strip_eos(ids: tf.Tensor) -> tf.Tensor:
   """Drops the EOS the P3 release stores at the end of ``targets`` (seqio re-appends it after trim)."""
-  return tf.cond(tf.logical_and(tf.size(ids) > 0, tf.equal(ids[-1], EOS_ID)),
-                 lambda: ids[:-1], lambda: ids)
+  ends_with_eos = tf.reduce_any(tf.equal(ids[-1:], EOS_ID))   # False for an empty row (ids[-1] would fail)
+  return tf.cond(ends_with_eos, lambda: ids[:-1], lambda: ids)
 
 
 def _keep(ex, keys):

@@ -152,3 +152,19 @@ def test_meta_stream_of_several_files_reads_whole_passes(sharded):
     order += b['support/encoder_input_tokens'][0, 0, :, 0].tolist() + b['query/encoder_input_tokens'][0, :, 0].tolist()
   assert sorted(order[:60]) == sorted(order[60:]) == list(range(100, 160))
   assert order[:60] != order[60:]   # each pass shuffled anew
+
+
+def test_batched_trim_matches_seqio_on_edge_rows():
+  import tensorflow as tf
+  from promptjax.tasks.config import output_features
+  rows = [[], [5, 1], [1], [7, 8, 9, 10, 11], [7, 8, 9, 1], [3]]
+  ds = tf.data.Dataset.from_generator(lambda: ({'inputs': r, 'targets': r} for r in rows),
+                                      output_signature={k: tf.TensorSpec([None], tf.int64) for k in ('inputs', 'targets')})
+  ds = ds.map(lambda ex: {'inputs': ex['inputs'], 'targets': p3._strip_eos(ex['targets'])})
+  ds = seqio.preprocessors.append_eos_after_trim(ds, output_features('mini'), {'inputs': 4, 'targets': 3})
+  want = list(ds.as_numpy_iterator())
+  ragged = tf.ragged.constant(rows, dtype=tf.int64, row_splits_dtype=tf.int64)
+  for key, length, strip in (('inputs', 4, False), ('targets', 3, True)):
+    got = F._trim_eos(ragged, length, strip_eos=strip).numpy()
+    for g, w in zip(got, want):
+      assert g[:len(w[key])].tolist() == w[key].tolist() and not g[len(w[key]):].any(), (key, g, w[key])
