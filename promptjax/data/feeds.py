@@ -33,6 +33,17 @@ def abstract_features(task_feature_lengths: Mapping[str, int], lead_shape: Tuple
   return {k: jax.ShapeDtypeStruct(tuple(lead_shape) + (lengths[k],), np.int32) for k in FEATURES}
 
 
+def model_features(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, np.ndarray]:
+  """seqio.EncDecFeatureConverter(pack=False)'s features of padded inputs [n, L] and targets [n, T]:
+  encoder inputs, targets, decoder inputs (targets shifted right, 0 first) and loss weights (1 on
+  non-padding targets), int32."""
+  targets = targets.astype(np.int32, copy=False)
+  shifted = np.zeros_like(targets)
+  shifted[:, 1:] = targets[:, :-1]
+  return {'encoder_input_tokens': inputs.astype(np.int32, copy=False), 'decoder_input_tokens': shifted,
+          'decoder_target_tokens': targets, 'decoder_loss_weights': (targets != 0).astype(np.int32)}
+
+
 def import_task_module(module: Optional[str]) -> None:
   """Imports `module` to fill seqio's registries (T5X's ``MIXTURE_OR_TASK_MODULE``), with a readable error."""
   if not module:

@@ -153,7 +153,8 @@ def flat_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size:
   (`promptjax.data.feeds.FEATURES`); with `with_task_index` also ``'task_index'`` [batch] (the index of
   each example's task in the mixture's ``tasks``)."""
   import tensorflow as tf
-  from promptjax.data.meta_sampler import _model_features, stream_seed
+  from promptjax.data.feeds import model_features
+  from promptjax.data.meta_sampler import stream_seed
   from promptjax.tasks import utils as task_utils
   obj = task_utils.get_task_or_mixture(name)
   reason = flat_reason(obj, split)
@@ -191,7 +192,7 @@ def flat_batches(name: str, task_feature_lengths: Mapping[str, int], batch_size:
     ds = ds.skip(start_batch)
   ds = ds.prefetch(2)
   for batch in task_utils.iterate(ds, name):
-    out = _model_features(batch['inputs'], batch['targets'])
+    out = model_features(batch['inputs'], batch['targets'])
     if with_task_index:
       out['task_index'] = batch['task_index']
     yield out

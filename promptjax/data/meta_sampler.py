@@ -312,7 +312,7 @@ class _Stream:
       ds = self.task.get_dataset(sequence_length=self.lengths, split=self.split, shuffle=True, seed=self.seed,
                                  num_epochs=1, use_cached=False)
       ds = ds.repeat()
-      # seqio.EncDecFeatureConverter(pack=False)'s output is made in numpy (`_model_features`) from padded
+      # seqio.EncDecFeatureConverter(pack=False)'s output is made in numpy (`feeds.model_features`) from padded
       # inputs / targets: tracing its tf.data maps cost about half of opening a stream.
       lengths = {'inputs': self.lengths['inputs'], 'targets': self.lengths['targets']}
       ds = ds.map(lambda ex: {k: ex[k][:lengths[k]] for k in lengths})
@@ -345,18 +345,7 @@ class _Stream:
     self._fill(n)
     out = {k: v[:n] for k, v in self._buf.items()}
     self._buf = {k: v[n:] for k, v in self._buf.items()}
-    return _model_features(out['inputs'], out['targets'])
-
-
-def _model_features(inputs: np.ndarray, targets: np.ndarray) -> Dict[str, np.ndarray]:
-  """seqio.EncDecFeatureConverter(pack=False)'s features of padded inputs [n, L] and targets [n, T]:
-  encoder inputs, targets, decoder inputs (targets shifted right, 0 first) and loss weights (1 on
-  non-padding targets), int32."""
-  targets = targets.astype(np.int32, copy=False)
-  shifted = np.zeros_like(targets)
-  shifted[:, 1:] = targets[:, :-1]
-  return {'encoder_input_tokens': inputs.astype(np.int32, copy=False), 'decoder_input_tokens': shifted,
-          'decoder_target_tokens': targets, 'decoder_loss_weights': (targets != 0).astype(np.int32)}
+    return feeds.model_features(out['inputs'], out['targets'])
 
 
 def meta_batches(cfg: MetaDataConfig, *, start_step: int = 0, process_index: Optional[int] = None,

@@ -368,7 +368,6 @@ class _IndexedFormat:
 
   def rows(self, t: int, role: str) -> Dict[str, np.ndarray]:
     import tensorflow as tf
-    from promptjax.data.meta_sampler import _model_features
     idx = self.tasks[t][1 if role == 'support' else 2]
     ex = tf.io.parse_example(self._read(idx), self.desc)
     n = len(idx)
@@ -380,7 +379,7 @@ class _IndexedFormat:
         out[i, :len(row)] = row
       return out
 
-    feats = _model_features(ids('inputs_pretokenized', self.lengths['inputs']),
+    feats = feeds.model_features(ids('inputs_pretokenized', self.lengths['inputs']),
                             ids('targets_pretokenized', self.lengths['targets']))
     has = 'encoder_input_vectors' in ex
     vec, pos = _vector_features(feats['encoder_input_tokens'],
@@ -390,18 +389,13 @@ class _IndexedFormat:
     return feats
 
 
-_CACHE: Dict[tuple, _FormatData] = {}
+_CACHE: Dict[tuple, object] = {}   # _FormatData or _IndexedFormat, of one construction at a time
 
 
 def _read_format(task: seqio.Task, split: str, lengths: Mapping[str, int], dim: int) -> _FormatData:
-  """All examples of one format and split, converted, as arrays [n, ...] plus the task index (cached per
-  task, split, lengths and the manifest's content, so a resumed or repeated sampler reads once)."""
+  """All examples of one format and split, converted, as arrays [n, ...] plus the task index."""
   import tensorflow as tf
   from promptjax.tasks import utils as task_utils
-  key = (task.name, split, tuple(sorted(lengths.items())), task.source.root(),
-         json.dumps(task.source.manifest(), sort_keys=True))
-  if key in _CACHE:
-    return _CACHE[key]
   ds = task.get_dataset(sequence_length=dict(lengths), split=split, shuffle=False, num_epochs=1,
                         use_cached=False)
   conv = seqio.EncDecFeatureConverter(pack=False)(ds, dict(lengths))
@@ -429,23 +423,26 @@ def _read_format(task: seqio.Task, split: str, lengths: Mapping[str, int], dim: 
   for i, (t, r) in enumerate(zip(arrays.pop('meta_task'), arrays.pop('role'))):
     by_task.setdefault(str(t), {'support': [], 'query': []})[str(r)].append(i)
   tasks = [(t, np.asarray(v['support']), np.asarray(v['query'])) for t, v in sorted(by_task.items())]
-  for old in [k for k in _CACHE if k[3:] != key[3:]]:
-    del _CACHE[old]  # Hold one construction (data directory) in memory at a time.
-  _CACHE[key] = _FormatData(arrays, tasks)
-  return _CACHE[key]
+  return _FormatData(arrays, tasks)
 
 
 def _format_data(task: seqio.Task, cfg: SupmerDataConfig, lengths: Mapping[str, int], dim: int):
   """The format's examples in memory (`_read_format`) or as a record index (`_IndexedFormat`), by
-  ``cfg.storage``."""
+  ``cfg.storage``; cached per task, split, lengths, storage and the manifest's content, so a resumed or
+  repeated sampler (the validation's, every EVAL_PERIOD) reads or indexes once."""
   import tensorflow as tf
   storage = cfg.storage
   if storage == 'auto':
     size = sum(tf.io.gfile.stat(p).length for p in task.source.list_shards(cfg.split))
     storage = 'memory' if size <= MEMORY_LIMIT_BYTES else 'index'
-  if storage == 'memory':
-    return _read_format(task, cfg.split, lengths, dim)
-  return _IndexedFormat(task, cfg.split, lengths, dim)
+  key = (task.name, cfg.split, tuple(sorted(lengths.items())), storage, task.source.root(),
+         json.dumps(task.source.manifest(), sort_keys=True))
+  if key not in _CACHE:
+    for old in [k for k in _CACHE if k[4:] != key[4:]]:
+      del _CACHE[old]  # Hold one construction (data directory) at a time.
+    read = _read_format if storage == 'memory' else _IndexedFormat
+    _CACHE[key] = read(task, cfg.split, lengths, dim)
+  return _CACHE[key]
 
 
 def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
