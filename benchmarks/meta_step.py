@@ -8,8 +8,9 @@ such batch, so "(T + 1)·M MTL steps" is the multi-task training that reads the 
   - Wu et al. 2022's FOMAML and adapted Reptile (all parameters trained, T prompt-only Adafactor inner
     steps, clipping 1.0, as `fomaml.gin` / `reptile.gin`), against MTL steps of all parameters;
   - Qin et al. 2023's prompt-only MAML (second order, SGD inner steps, `maml_prompt.gin`) at T = 1 and
-    T = 4, with and without `remat` (and, with `--layer_remat 1`, on the model with `T5Config.remat`), and
-    prompt-only FoMAML, against prompt-only MTL steps;
+    T = 4: the default backward (`MetaConfig.maml_backward='hvp'`, a Hessian-vector product per inner step),
+    and JAX reversing the inner loop (`'autodiff'`) with and without `remat` (and, with `--layer_remat 1`,
+    on the model with `T5Config.remat`), and prompt-only FoMAML, against prompt-only MTL steps;
   - the official Wu et al. code's design (`--groups anchor`): clones one after another, each a copy of the
     whole model, rebuilt on HF PyTorch with the same shapes, against that model's PyTorch MTL step;
 * **memory**: XLA's `memory_analysis()` of each compiled step (temporaries, arguments, outputs), and
@@ -183,6 +184,26 @@ def anchor_programs(args, config, n_clones, inner_steps, rng):
                             mtl_steps=(inner_steps + 1) * n_clones, baseline=mtl.name)]
 
 
+def clone_parts(model, params, batch, m):
+  from promptjax.meta.inner import join_prompt, split_prompt
+  transformer, prompt = split_prompt(params)
+
+  def losses(p, b):
+    return jax.vmap(lambda q, x: model.loss_fn(join_prompt(transformer, q), x)[0])(p, b)
+
+  def grad(prompts, b):
+    return jax.grad(lambda p: jnp.sum(losses(p, b)))(prompts)
+
+  def hvp(prompts, b):
+    v = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), prompts)
+    return jax.jvp(lambda p: grad(p, b), (prompts,), (v,))[1]
+
+  prompts = jax.tree.map(lambda x: jnp.broadcast_to(x, (m,) + x.shape), prompt)
+  return [Program(f'{m} clones: prompt gradient', grad, prompts, batch, mtl_steps=m, baseline='MTL step (prompt only)'),
+          Program(f'{m} clones: prompt HVP (jvp of the gradient)', hvp, prompts, batch, mtl_steps=m,
+                  baseline='MTL step (prompt only)')]
+
+
 def build(args):
   from promptjax.meta import MetaConfig, make_meta_train_step
   from promptjax.models import PromptableT5, PromptConfig, get_config
@@ -227,22 +248,28 @@ def build(args):
                          'MTL step (all parameters)'))
   if 'qin' in groups:
     programs.append(mtl('prompt', 'MTL step (prompt only)'))
+    # The two parts a second-order meta-step is made of, on one batch per clone (M clones, vmapped): the
+    # prompt gradient (every inner step and the query) and the Hessian-vector product (each inner step's
+    # backward, `MetaConfig.maml_backward='hvp'`), so MAML's time can be accounted for.
+    programs.extend(clone_parts(model, params, _batch(rng, (m, args.batch), args, vocab), m))
     for qt in args.maml_steps:
       programs.append(meta(f'prompt FoMAML T={qt}', MetaConfig('fomaml', inner_steps=qt, **qin_inner), 'prompt',
                            'MTL step (prompt only)', lr=0.5))
+      # The default backward (a Hessian-vector product per inner step), then JAX reversing the inner loop.
+      programs.append(meta(f'prompt MAML T={qt}', MetaConfig('maml', inner_steps=qt, **qin_inner), 'prompt',
+                           'MTL step (prompt only)', lr=0.5))
       for remat in (False, True):
-        programs.append(meta(f'prompt MAML T={qt}' + (' remat' if remat else ''),
-                             MetaConfig('maml', inner_steps=qt, remat=remat, **qin_inner), 'prompt',
-                             'MTL step (prompt only)', lr=0.5))
+        programs.append(meta(f'prompt MAML T={qt} autodiff' + (' remat' if remat else ''),
+                             MetaConfig('maml', inner_steps=qt, remat=remat, maml_backward='autodiff',
+                                        **qin_inner), 'prompt', 'MTL step (prompt only)', lr=0.5))
       if args.layer_remat:
         # The same network with every T5 layer rematerialized in the backward pass (`T5Config.remat`): the
         # same parameter tree, so the runs share `params`.
         layer_remat = PromptableT5(get_config(args.size, remat=True, **overrides), model.prompt)
         programs.append(meta(f'prompt FoMAML T={qt} layer remat', MetaConfig('fomaml', inner_steps=qt, **qin_inner),
                              'prompt', 'MTL step (prompt only)', lr=0.5, net=layer_remat))
-        programs.append(meta(f'prompt MAML T={qt} remat + layer remat',
-                             MetaConfig('maml', inner_steps=qt, remat=True, **qin_inner), 'prompt',
-                             'MTL step (prompt only)', lr=0.5, net=layer_remat))
+        programs.append(meta(f'prompt MAML T={qt} layer remat', MetaConfig('maml', inner_steps=qt, **qin_inner),
+                             'prompt', 'MTL step (prompt only)', lr=0.5, net=layer_remat))
   if 'chunks' in groups:
     for chunk in [c for c in range(1, m + 1) if m % c == 0]:
       if chunk < m or 'wu' not in groups:   # chunk M is the `wu` group's adapted Reptile row, not compiled twice
@@ -270,8 +297,8 @@ def main(argv=None):
   p.add_argument('--inner_steps', type=int, default=7, help='T of FOMAML / Reptile (Wu et al.: 7)')
   p.add_argument('--maml_steps', type=lambda s: [int(x) for x in s.split(',')], default=[1, 4],
                  help='the T values of the prompt-only MAML / FoMAML rows')
-  p.add_argument('--layer_remat', type=int, default=1,
-                 help='1: the qin group adds FoMAML and MAML (remat) on the model with T5Config.remat')
+  p.add_argument('--layer_remat', type=int, default=0,
+                 help='1: the qin group adds FoMAML and MAML on the model with T5Config.remat')
   p.add_argument('--input_len', type=int, default=64)
   p.add_argument('--target_len', type=int, default=16)
   p.add_argument('--rounds', type=int, default=3)
@@ -318,14 +345,29 @@ def main(argv=None):
     fo = by_name.get(f'prompt FoMAML T={qt}')
     if fo is None:
       continue
-    for suffix in ('', ' remat', ' remat + layer remat'):
+    for suffix in ('', ' autodiff', ' autodiff remat', ' layer remat'):
       ma = by_name.get(f'prompt MAML T={qt}{suffix}')
       if ma is not None:
-        maml[f'T={qt}{suffix}'] = ma.memory.get('temp', 0) / max(fo.memory.get('temp', 1), 1)
+        base = by_name.get(f'prompt FoMAML T={qt}{suffix}') if suffix == ' layer remat' else fo
+        if base is not None:
+          maml[f'T={qt}{suffix}'] = ma.memory.get('temp', 0) / max(base.memory.get('temp', 1), 1)
   if maml:
     print('prompt MAML temporaries / prompt FoMAML temporaries: '
           + ', '.join(f'{k}: {v:.2f}x' for k, v in maml.items()))
     record['maml_memory_over_fomaml'] = maml
+  grad, hvp = by_name.get(f'{args.clones} clones: prompt gradient'), \
+      by_name.get(f'{args.clones} clones: prompt HVP (jvp of the gradient)')
+  if grad and hvp:
+    # A meta-step of T inner steps is T + 1 prompt gradients (T support, 1 query); MAML adds T HVPs.
+    parts = {'hvp_over_gradient': hvp.median / grad.median}
+    for qt in args.maml_steps:
+      for name, n_hvp in ((f'prompt FoMAML T={qt}', 0), (f'prompt MAML T={qt}', qt)):
+        if name in by_name:
+          parts[f'{name}: measured / ((T+1) gradients + {n_hvp} HVPs)'] = by_name[name].median / (
+              (qt + 1) * grad.median + n_hvp * hvp.median)
+    print(f'one HVP = {parts["hvp_over_gradient"]:.2f} prompt gradients; meta-step / its parts: '
+          + ', '.join(f'{k.split(":")[0]}: {v:.2f}' for k, v in parts.items() if ':' in k))
+    record['parts'] = parts
   write_record(record, args.out)
 
 

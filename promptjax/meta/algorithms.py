@@ -9,7 +9,10 @@ and α the inner learning rate (Wu et al. Appendix B):
 * ``fomaml``: φ_b = T prompt-only inner steps from φ; g = mean_b ∇L_query_b(φ_b) for every trainable
   parameter (Algorithm 1; the first-order approximation: no gradient through the inner steps).
 * ``maml``: g = mean_b ∂/∂φ L_query_b(U_T(φ)), differentiating through the inner updates (Qin et al.
-  Eq. 2-3: second order; `MetaConfig.remat` rematerializes the inner steps).
+  Eq. 2-3: second order). ``maml_backward='hvp'`` (the default) runs the backward pass through the inner
+  loop as one Hessian-vector product per step (`promptjax.meta.inner.second_order_inner_loops`): memory
+  independent of T; ``'autodiff'`` lets JAX reverse the inner loop, which keeps every step's forward and
+  backward intermediates (`MetaConfig.remat` then rematerializes each step). Both give the same gradient.
 * ``reptile``: Wu et al.'s adapted Reptile (Algorithm 2): after the T prompt steps one more step of *all*
   trainable parameters on the query batch with the inner optimizer, φ_b^{T+1}; g = (φ − mean_b φ_b^{T+1}) / α.
   With ``reptile_query_step=False`` it is plain Reptile (Nichol et al. 2018) on the prompt: g = (φ −
@@ -55,6 +58,7 @@ Params = Any
 Batch = Mapping[str, jax.Array]
 
 ALGORITHMS = ('fomaml', 'maml', 'reptile', 'mtl')
+MAML_BACKWARDS = ('hvp', 'autodiff')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,9 @@ class MetaConfig:
       False gives plain prompt Reptile (Qin).
     carry_inner_state: carry the inner optimizer state from clone to clone (official Wu code).
     chunk_size: clones per vmap chunk (None: all M at once); M must be a multiple of it.
-    remat: rematerialize inner steps in MAML's second-order backward pass.
+    remat: rematerialize inner steps in MAML's second-order backward pass (``maml_backward='autodiff'``).
+    maml_backward: how MAML differentiates through the inner loop: 'hvp' (a Hessian-vector product per
+      step, recomputing that step: the default) or 'autodiff' (JAX reverses the whole loop).
   """
   algorithm: str = 'fomaml'
   inner_steps: int = 7
@@ -84,6 +90,7 @@ class MetaConfig:
   carry_inner_state: bool = False
   chunk_size: Optional[int] = None
   remat: bool = False
+  maml_backward: str = 'hvp'
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -92,6 +99,8 @@ class MetaConfig:
       raise MetaError(f'inner_steps must be >= 1 for {self.algorithm}, got {self.inner_steps}.')
     if not self.inner_learning_rate or callable(self.inner_learning_rate):
       raise MetaError('inner_learning_rate must be a positive float (Reptile divides by it).')
+    if self.maml_backward not in MAML_BACKWARDS:
+      raise MetaError(f'Unknown maml_backward {self.maml_backward!r}; choose one of {MAML_BACKWARDS}.')
     if self.chunk_size is not None and self.chunk_size < 1:
       raise MetaError(f'chunk_size must be >= 1 or None, got {self.chunk_size}.')
 
@@ -207,7 +216,13 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
     else:  # maml: through the inner loop.
       def total(tr_t, p0):
         tr = {**tr_frozen, **tr_t}
-        adapted, states, s_losses = vinner(tr, p0, sup_c, r_c, states_c)
+        if cfg.maml_backward == 'hvp':
+          prompts = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk,) + x.shape), p0)
+          adapted, states, s_losses = inner_lib.second_order_inner_loops(
+              loss_fn, tr_t, tr_frozen, prompts, sup_c, opt, states_c,
+              global_norm_clip=cfg.inner_global_norm_clip, rngs=r_c)
+        else:
+          adapted, states, s_losses = vinner(tr, p0, sup_c, r_c, states_c)
         losses = jax.vmap(lambda p, q, r: loss_fn(join_prompt(tr, p), q, r),
                           in_axes=(0, 0, _axis(q_r)))(adapted, q_c, q_r)
         return jnp.sum(losses), (states, s_losses)

@@ -16,6 +16,15 @@ First order (FOMAML, Reptile): the adapted prompt is a constant of the outer gra
 (`stop_gradient`). Second order (MAML): the outer gradient flows through every inner update
 (`first_order=False`); `remat=True` recomputes each step's forward pass in the backward pass instead of
 storing it (`jax.checkpoint` on the scan body).
+
+`second_order_inner_loop` is the same second-order loop with a hand-written backward pass (the default of
+`MetaConfig.maml_backward`). Differentiating `inner_loop` lets JAX reverse each step's backward pass, so it
+keeps every step's forward *and* backward intermediates. The backward of one step is
+p_{t+1} = F(p_t, s_t, g_t) with g_t = ∇_p L(W, p_t): the cotangent of p_t is the transpose of ∂F (prompt-
+sized, cheap) plus H(W, p_t)[:, p]·v with v the cotangent of g_t, a Hessian-vector product that
+`jax.jvp` of the gradient computes (forward-over-reverse) after the query. The forward keeps only the
+trajectory (p_t, s_t, g_t: prompt-sized); the backward recomputes one step at a time. Both give the same
+gradient up to round-off (tests/meta).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Params = Any
@@ -100,3 +110,111 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
     xs = jnp.arange(num_steps)
   (prompt, state), losses = jax.lax.scan(step, (prompt, state), xs)
   return prompt, state, losses
+
+
+def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params, prompts: Params,
+                             support: Batch, inner_opt: optax.GradientTransformation, states: Any = None, *,
+                             global_norm_clip: Optional[float] = None, rngs: Optional[jax.Array] = None
+                             ) -> Tuple[Params, Any, jax.Array]:
+  """The inner loops of a chunk of clones, second order, with the backward pass written as Hessian-vector
+  products: what `jax.vmap` of `inner_loop(..., first_order=False)` returns, differentiating to the same
+  gradient.
+
+  Args:
+    loss_fn: as for `inner_loop`.
+    trainable: the transformer groups the outer gradient differentiates (their cotangent, H[W, p]·v, needs
+      weight gradients: one transformer-sized sum over the clones, never one per clone).
+    frozen: the other transformer groups (constants).
+    prompts: each clone's initial prompt, [M, ...].
+    support: [M, T, batch, ...], one batch per step.
+    inner_opt: the inner optimizer; `states` its per-clone states [M, ...] (None: fresh).
+    global_norm_clip: as for `inner_loop`.
+    rngs: per-clone dropout keys [M] (None: no dropout).
+
+  Returns:
+    (adapted prompts [M, ...], final states, support losses [M, T]).
+
+  The forward keeps only the trajectory (p_t, s_t, g_t: prompt-sized). The backward runs the steps in
+  reverse: with p_{t+1} = F(p_t, s_t, g_t) and g_t = ∇_p L(W, p_t), the cotangent of p_t is the transpose
+  of ∂F (prompt-sized, cheap) plus H(W, p_t)[:, p]·v, v the cotangent of g_t, which one `jax.jvp` of the
+  gradient computes (forward-over-reverse). Memory does not grow with T: one step's forward and tangent
+  activations at a time, instead of the forward and backward intermediates of every step.
+  """
+  if states is None:
+    states = jax.vmap(inner_opt.init)(prompts)
+  rng_axis = None if rngs is None else 0
+
+  def clone_loss(w, p, batch, r):
+    return loss_fn(join_prompt({**frozen, **w}, p), batch, r)
+
+  def losses(w, p, batch, r, i):
+    """[M] losses of the clones at step i."""
+    step_rngs = None if r is None else jax.vmap(lambda k: jax.random.fold_in(k, i))(r)
+    return jax.vmap(clone_loss, in_axes=(None, 0, 0, rng_axis))(w, p, batch, step_rngs)
+
+  def update(p, s, g):
+    updates, s = inner_opt.update(clip_by_global_norm(g, global_norm_clip), s, p)
+    return optax.apply_updates(p, updates), s
+
+  steps_first = lambda t: jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), t)   # [M, T, ...] <-> [T, M, ...]
+
+  def summed(w, p, batch, r, i, weights=None):
+    ls = losses(w, p, batch, r, i)
+    return jnp.sum(ls if weights is None else weights * ls), ls
+
+  def forward(w, p, sup, s, r):
+    def step(carry, xs):
+      p, s = carry
+      i, batch = xs
+      (_, ls), g = jax.value_and_grad(summed, argnums=1, has_aux=True)(w, p, batch, r, i)
+      return jax.vmap(update)(p, s, g), (ls, (p, s, g))
+    steps = jax.tree.leaves(sup)[0].shape[1]
+    (p_t, s_t), (ls, trajectory) = jax.lax.scan(step, (p, s), (jnp.arange(steps), steps_first(sup)))
+    return (p_t, s_t, jnp.swapaxes(ls, 0, 1)), trajectory
+
+  @jax.custom_vjp
+  def run(w, p, sup, s, r):
+    return forward(w, p, sup, s, r)[0]
+
+  def run_fwd(w, p, sup, s, r):
+    out, trajectory = forward(w, p, sup, s, r)
+    return out, (w, sup, r, trajectory)
+
+  def run_bwd(res, cts):
+    w, sup, r, (ps, ss, gs) = res      # the trajectory is [T, M, ...]
+    ct_p, ct_s, ct_losses = cts
+    # The optimizer state's integer leaves (step counts) have float0 cotangents, kept out of the scan.
+    s_leaves, s_def = jax.tree.flatten(states)
+    floats = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in s_leaves]
+
+    def float_part(tree):
+      return [x for f, x in zip(floats, jax.tree.leaves(tree)) if f]
+
+    def with_ints(float_values):
+      it = iter(float_values)
+      return jax.tree.unflatten(s_def, [next(it) if f else np.zeros(jnp.shape(x), jax.dtypes.float0)
+                                        for f, x in zip(floats, s_leaves)])
+
+    def step(carry, xs):
+      ct_p, ct_s_f, ct_w = carry
+      i, batch, p, s, g, ct_l = xs
+      # The recomputation must neither be merged with the forward's (as `jax.checkpoint` prevents) nor start
+      # before the cotangent arrives: with T = 1 the loops disappear and XLA would otherwise run this
+      # step's forward pass early, keeping its activations alive through the query's backward pass.
+      batch, p, ct_p = jax.lax.optimization_barrier((batch, p, ct_p))
+      ct_p_direct, ct_s_prev, ct_g = jax.vjp(jax.vmap(update), p, s, g)[1]((ct_p, with_ints(ct_s_f)))
+      # G(q, c) = ∇_(W, q) Σ_m c_m L_m(W, q_m) at c = 1, differentiated along (ct_g, ct_l):
+      # Σ_m H_m[:, p]·ct_g_m + Σ_m ct_l_m ∇L_m, both parts of the cotangent in one forward-over-reverse pass.
+      grads = lambda q, c: jax.grad(lambda w_, q_: summed(w_, q_, batch, r, i, c)[0], argnums=(0, 1))(w, q)
+      _, (h_w, h_p) = jax.jvp(grads, (p, jnp.ones_like(ct_l)), (ct_g, ct_l))
+      add = lambda a, b: jax.tree.map(jnp.add, a, b)
+      return (add(ct_p_direct, h_p), float_part(ct_s_prev), add(ct_w, h_w)), None
+
+    steps = ct_losses.shape[1]
+    carry = (ct_p, float_part(ct_s), jax.tree.map(jnp.zeros_like, w))
+    xs = (jnp.arange(steps), steps_first(sup), ps, ss, gs, jnp.swapaxes(ct_losses, 0, 1))
+    (ct_p0, ct_s0, ct_w), _ = jax.lax.scan(step, carry, xs, reverse=True)
+    return ct_w, ct_p0, None, with_ints(ct_s0), None
+
+  run.defvjp(run_fwd, run_bwd)
+  return run(trainable, prompts, support, states, rngs)

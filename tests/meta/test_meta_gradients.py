@@ -9,6 +9,8 @@
    first-order expansions up to O(α²) (error ratio ≈ 4 when α halves), the zeroth-order terms alone
    only up to O(α) (ratio ≈ 2), and g_Reptile = m∘Σ_j g_j + g_FOMAML holds exactly; MAML (outer
    trainable 'all', through the inner loop) also equals an unrolled second-order Python reference.
+   MAML through Adafactor with clipping and clone chunks equals `jax.grad` of the inner loop unrolled in
+   Python, with either backward pass (Hessian-vector products, or JAX reversing the loop).
 
 The module runs with jax_enable_x64 (restored afterwards) and float64 *parameters*, so that inner
 updates φ + u and Reptile's (φ − φ_b)/α carry no float32 parameter round-off (with α = 1e-3 one
@@ -253,6 +255,52 @@ def test_carried_state_differs_from_fresh_state(env):
   """carry_inner_state changes the result (Adafactor's step count and moments carry across clones)."""
   fresh, carried = run_case(env, 'reptile_adafactor')[1], run_case(env, 'reptile_adafactor_carry')[1]
   assert _max_err(carried, fresh) > 1e-3
+
+
+MAML_ADAFACTOR = optimizers.adafactor(0.05, global_norm_clip=None)   # large enough for a visible 2nd-order term
+
+
+def _maml_adafactor_reference(env):
+  """(support, query, jax.value_and_grad of the meta-objective with the inner loop written as a plain Python
+  loop of optax calls, clone by clone, FoMAML's gradient): 2 clones, 2 inner steps (memoized)."""
+  if 'maml_adafactor' not in env['cache']:
+    params, model = env['params'], env['model']
+    support = jax.tree.map(lambda x: x[:2, :2], env['data']['support'])
+    query = jax.tree.map(lambda x: x[:2], env['data']['query'])
+    loss = lambda p, batch: model.loss_fn(p, batch)[0]
+
+    def outer(phi):
+      total = 0.0
+      for b in range(2):
+        prompt, state = phi[PROMPT], MAML_ADAFACTOR.init(phi[PROMPT])
+        for t in range(2):
+          g = jax.grad(lambda q: loss({**phi, PROMPT: q}, _take(_take(support, b), t)))(prompt)
+          u, state = MAML_ADAFACTOR.update(_clip(g, SGD_CLIP), state, prompt)
+          prompt = optax.apply_updates(prompt, u)
+        total = total + loss({**phi, PROMPT: prompt}, _take(query, b))
+      return total / 2
+
+    cfg = MetaConfig('fomaml', inner_steps=2, inner_optimizer=MAML_ADAFACTOR, inner_learning_rate=0.05,
+                     inner_global_norm_clip=SGD_CLIP)
+    fomaml = _jit(lambda p: meta_gradient(model, p, support, query, cfg, trainable='all'))(params)[1]
+    env['cache']['maml_adafactor'] = (support, query, _jit(jax.value_and_grad(outer))(params), fomaml)
+  return env['cache']['maml_adafactor']
+
+
+@pytest.mark.parametrize('backward', ['hvp', 'autodiff'])
+def test_maml_adafactor_clipped_matches_unrolled_autodiff(env, backward):
+  """Second-order MAML through a stateful, parameter-scaled inner optimizer (Adafactor) with clipping that
+  bites, outer trainable 'all', one clone per chunk: both backward passes (`maml_backward`) equal `jax.grad`
+  of the inner loop unrolled in Python; FoMAML differs from it by far more than the tolerance (the
+  second-order term is material)."""
+  support, query, (ref_loss, ref_grads), fomaml = _maml_adafactor_reference(env)
+  cfg = MetaConfig('maml', inner_steps=2, inner_optimizer=MAML_ADAFACTOR, inner_learning_rate=0.05,
+                   inner_global_norm_clip=SGD_CLIP, chunk_size=1, maml_backward=backward)
+  loss, grads, _ = _jit(lambda p: meta_gradient(env['model'], p, support, query, cfg, trainable='all'))(env['params'])
+  err = _assert_close(grads, ref_grads, 1e-5)
+  np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+  print(f'maml {backward}: max error {err:.2e}; FoMAML against it {_max_err(fomaml, ref_grads):.2e}')
+  assert _max_err(fomaml, ref_grads) > 100 * 1e-5
 
 
 # ------------------------------------------------------------------------------------------------
