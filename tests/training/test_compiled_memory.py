@@ -1,7 +1,7 @@
 """``promptjax train --dry_run --compile``: the sharded step compiled for the method's abstract batch, XLA's
 per-device memory next to the estimate. The arguments XLA reports must be the per-device shards of
 the train state and the batch (summed here from their shapes and shardings), for multi-task learning and
-a meta-learning step on an 8-device mesh, and the estimate must bound the compiled peak within 25% from
+first- and second-order meta-learning steps on an 8-device mesh, and the estimate must bound the compiled peak within 25% from
 above (no remat: XLA:CPU does not honour it); a mesh larger than the devices is refused with the fix."""
 
 import math
@@ -38,14 +38,14 @@ def _per_device_bytes(run, batch):
   return total, placeholders
 
 
-@pytest.mark.parametrize('which', ['mtl', 'fomaml'])
+@pytest.mark.parametrize('which', ['mtl', 'fomaml', 'maml'])
 def test_compiled_arguments_are_the_state_and_batch_shards(which, tmp_path):
   if which == 'mtl':
     method, mesh = MultiTask(trainer.DatasetConfig('none', LENGTHS, batch_size=16)), (4, 2)
-  else:
+  else:   # second-order MAML: its estimate counts one inner step's Hessian-vector product (support rows twice)
     data = MetaDataConfig('none', LENGTHS, meta_batch_size=8, inner_steps=2, support_batch_size=2,
                           query_batch_size=2, module=None)
-    method, mesh = MetaLearning(MetaConfig('fomaml', inner_steps=2, inner_optimizer=optax.sgd(1e-2)), data), (8, 1)
+    method, mesh = MetaLearning(MetaConfig(which, inner_steps=2, inner_optimizer=optax.sgd(1e-2)), data), (8, 1)
   report = trainer.train(model_dir=str(tmp_path), model=MODEL, method=method, total_steps=1, mesh_shape=mesh,
                          dry_run=True, compile_step=True)
   compiled = report.compiled
