@@ -60,19 +60,15 @@ class MetaLearning(ModelOnlyMethod):
   def activation_rows(self) -> int:
     """The rows of one clone chunk whose activations a meta-step holds at once (the dry run's estimate): one
     batch for the first-order algorithms; for second-order MAML with `maml_backward='hvp'` one inner step's
-    Hessian-vector product (the support rows twice: forward and tangent activations) or the query batch,
-    and with one inner step both at once (XLA:CPU's compiled program for T = 1 keeps the query's
-    activations alive through the HVP; `benchmarks/README.md`);
+    Hessian-vector product (the support rows twice: forward and tangent activations) or the query batch;
     with `'autodiff'` the support rows of the inner steps twice (forward and the backward it differentiates;
     one inner step at a time with `MetaConfig.remat`) plus the query rows."""
     data, meta = self.data_cfg, self.config
     chunk = meta.chunk_size or data.meta_batch_size
     if meta.algorithm != 'maml':
       return chunk * max(data.support_batch_size, data.query_batch_size)
-    if meta.maml_backward == 'hvp' and meta.inner_steps > 1:
+    if meta.maml_backward == 'hvp':
       return chunk * max(2 * data.support_batch_size, data.query_batch_size)
-    if meta.maml_backward == 'hvp':   # XLA keeps the query's activations through the HVP when T = 1 (measured)
-      return chunk * (2 * data.support_batch_size + data.query_batch_size)
     steps = 1 if meta.remat else meta.inner_steps
     return chunk * (2 * data.support_batch_size * steps + data.query_batch_size)
 
