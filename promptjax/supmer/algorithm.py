@@ -86,13 +86,16 @@ The θ-update uses ∇_θ L_outer and the φ-update ∇_φ [L_outer + λ L_reg] 
 
 * default (``second_order=True``, the paper: Eq. 8 and the gradients g_θ, g_φ of App. A.1, Eq. 13-15, which
   carry the Hessian H_0 of the support loss): the full Eq. 8, differentiating through ∇_θ L_S(θ) and H(θ)
-  (z depends on θ through H); L_reg still only updates φ (its H is a constant). Cost: one more
-  backward pass through the support forward/backward (a Hessian-vector product per task); the memory
-  of the support pass is kept for it. Measured (XLA's cost and buffer analysis of the compiled step,
-  T5-base, M = 4 tasks of 32 + 32 examples, 512 input + 100 prompt tokens, all tasks in one program):
-  149 vs 106 TFLOP and ~620 vs ~300 GiB of temporaries for second vs first order (layer remat does not
-  lower the second-order figure) — beyond one accelerator either way: shard over several devices
-  (MESH_SHAPE) or use smaller task batches.
+  (z depends on θ through H); L_reg still only updates φ (its H is a constant). Cost: a Hessian-vector
+  product per task through the support pass. By default (``second_order_backward='hvp'``) it is one
+  `jax.jvp` of the support gradient that recomputes the support pass after the query's backward pass
+  (`_support_pass_hvp_backward`), so nothing of the support pass is kept; ``'autodiff'`` lets JAX reverse
+  the stored support forward and backward passes. Both give the same gradient. Measured (XLA's analysis of
+  the compiled step, T5-base, M = 4 tasks of 32 + 32 examples, 512 input + 100 prompt tokens, all tasks
+  in one program, per device on one CPU device): 353 GiB peak with 'hvp' against 507 GiB with 'autodiff'
+  (first order: ~300 GiB of temporaries; 149 vs 106 TFLOP for second vs first order with 'autodiff').
+  That is beyond one accelerator either way: shard over several devices (MESH_SHAPE) or use smaller task
+  batches.
 * ``second_order=False`` (first order in θ, the official code's ``create_graph=False``): g_s and H are
   constants (stop_gradient), so ∂θ'/∂θ = I and the θ-gradient is mean_i ∇L_{Q̃_i}(θ'_i); the φ-gradient
   is still exact through the inner step, −α₁ mean_i (∂ψ_φ(g_s,i)/∂φ)ᵀ ∇L_{Q̃_i}(θ'_i) (g_s does not
@@ -168,6 +171,9 @@ class SupmerConfig:
     beta_form: 'alg2' (λ ~ Beta(α, bα), Eq. 10 / Alg. 2) | 'increasing' (Beta(bα, α), §3.5's text).
     second_order: the full Eq. 8 (through ∇_θ L_S and H; the paper, App. A.1); False: first order in θ
       (the official code).
+    second_order_backward: how the second-order gradient goes back through the support pass: 'hvp' (one
+      Hessian-vector product per task, recomputing the support pass: the default, less memory) or
+      'autodiff' (JAX reverses the stored support forward and backward passes). The same gradient.
     task_augmentation: mixup of query sets (ablation: False).
     curriculum: the curriculum of b (ablation: False, b = 1).
     gradient_regularization: ψ_φ (ablation: False, plain prompt FoMAML).
@@ -187,6 +193,7 @@ class SupmerConfig:
   similarity_decay: float = 0.0
   beta_form: str = 'alg2'
   second_order: bool = True
+  second_order_backward: str = 'hvp'
   task_augmentation: bool = True
   curriculum: bool = True
   gradient_regularization: bool = True
@@ -198,7 +205,8 @@ class SupmerConfig:
     for name, value, allowed in (('transform', self.transform, TRANSFORMS),
                                  ('similarity', self.similarity, SIMILARITIES),
                                  ('similarity_query', self.similarity_query, SIMILARITY_QUERIES),
-                                 ('beta_form', self.beta_form, BETA_FORMS)):
+                                 ('beta_form', self.beta_form, BETA_FORMS),
+                                 ('second_order_backward', self.second_order_backward, ('hvp', 'autodiff'))):
       if value not in allowed:
         raise MetaError(f'SupmerConfig.{name}={value!r}; choose one of {allowed}.')
     if not 0.0 < self.gate_init < 1.0:
@@ -214,7 +222,8 @@ class SupmerConfig:
 
   def signature(self) -> Dict[str, Any]:
     """The fields that define the parameters and the objective (for checkpoint compatibility)."""
-    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != 'phi_optimizer'}
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+           if f.name not in ('phi_optimizer', 'second_order_backward')}   # the backward: the same gradient
     return {k: (float(v) if isinstance(v, float) else v) for k, v in out.items()}
 
   @property
@@ -439,7 +448,10 @@ def supmer_gradient(model, transformer: Params, prompt: Params, phi: Params, set
 
   def outer(theta, phi_, offsets, frozen_support):
     if frozen_support is None:  # second order: through ∇_θ L_S(θ) and H(θ)
-      (s_losses, reps), g_s = support_grads(theta, support)
+      if cfg.second_order_backward == 'hvp':
+        (s_losses, reps), g_s = _support_pass_hvp_backward(support_fn, theta, support)
+      else:
+        (s_losses, reps), g_s = support_grads(theta, support)
     else:
       s_losses, reps, g_s = frozen_support
 
@@ -489,6 +501,47 @@ def supmer_gradient(model, transformer: Params, prompt: Params, phi: Params, set
              'mixing_ratio_mean': jnp.mean(lam) if augment else jnp.zeros((), jnp.float32),
              'curriculum_b': b}
   return SupmerOutput(q_loss, g_theta, g_phi, jnp.mean(sims), metrics)
+
+
+def _support_pass_hvp_backward(support_fn: Callable, theta: Params, support: Batch):
+  """``vmap(value_and_grad(support_fn, has_aux=True), in_axes=(None, 0))(theta, support)``: per task
+  ((L_S, H), ∇_θ L_S), with a backward pass written by hand for the second-order gradient.
+
+  JAX's own backward pass reverses the stored support forward and backward passes. Here, with cotangents
+  (c_L, c_H, v) of (L_S, H, ∇_θ L_S), the cotangent of θ is ∂/∂θ [c_L L_S + ⟨c_H, H⟩] + ∇²L_S v. Both come
+  from one `jax.jvp`: G(θ, a, c) = ∇_θ [a L_S(θ) + ⟨c, H(θ)⟩] is linear in (a, c), so its derivative at
+  (θ, 1, 0) along (v, c_L, c_H) is exactly that sum (forward-over-reverse; the support pass is recomputed,
+  nothing of it is stored)."""
+  def primal(th, sup):
+    return jax.vmap(jax.value_and_grad(support_fn, has_aux=True), in_axes=(None, 0))(th, sup)
+
+  @jax.custom_vjp
+  def run(th, sup):
+    return primal(th, sup)
+
+  def run_fwd(th, sup):
+    return primal(th, sup), (th, sup)
+
+  def run_bwd(res, cts):
+    th, sup = res
+    (ct_loss, ct_rep), ct_g = cts
+    m = ct_loss.shape[0]
+    # An exact no-op that makes the recomputation wait for its cotangent (XLA:CPU otherwise runs it before
+    # the query's backward pass and holds both: `promptjax.meta.inner.second_order_inner_loops`).
+    after_ct = jnp.sum(jnp.asarray([jnp.sum(c) for c in jax.tree.leaves(ct_g)])) * 0.0
+    thetas = jax.tree.map(lambda x: jnp.broadcast_to(x + after_ct.astype(x.dtype), (m,) + x.shape), th)
+
+    def g(ths, a, c):
+      def total(ths_):
+        ls, reps = jax.vmap(support_fn)(ths_, sup)
+        return jnp.sum(a * ls) + jnp.sum(c * reps)
+      return jax.grad(total)(ths)
+
+    _, tangent = jax.jvp(g, (thetas, jnp.ones_like(ct_loss), jnp.zeros_like(ct_rep)), (ct_g, ct_loss, ct_rep))
+    return jax.tree.map(lambda t: jnp.sum(t, 0), tangent), None
+
+  run.defvjp(run_fwd, run_bwd)
+  return run(theta, support)
 
 
 def validation_loss(model, params: Params, batch: Mapping[str, Any], cfg: SupmerConfig) -> jax.Array:

@@ -291,10 +291,13 @@ def test_first_order_gradients_match_finite_differences(f64, transform):
   assert max(errs) < 1e-7, errs
 
 
-def test_second_order_theta_gradient_matches_finite_differences(f64):
+@pytest.mark.parametrize('backward', ['hvp', 'autodiff'])
+def test_second_order_theta_gradient_matches_finite_differences(f64, backward):
+  """Both backward passes of the second-order gradient: Hessian-vector products (the default) and JAX
+  reversing the stored support pass."""
   model, params = f64
-  cfg = supmer.SupmerConfig(inner_learning_rate=ALPHA)   # second order is the default (Eq. 8, App. A.1)
-  assert cfg.second_order
+  cfg = supmer.SupmerConfig(inner_learning_rate=ALPHA, second_order_backward=backward)
+  assert cfg.second_order   # second order is the default (Eq. 8, App. A.1)
   sets = jax.tree.map(jnp.asarray, _sets(3))
   lam = jnp.asarray([0.6, 0.2])
   phi = _phi(cfg, seed=4)
