@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m promptjax.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=30 tests $(PYTEST_ARGS)
 
 # The bundled mini benchmark and the LM-adapted mini backbone the demo starts from (regenerate both, in this
 # order, after changing the generator; tests check the committed files are what these make).

@@ -8,7 +8,8 @@ such batch, so "(T + 1)·M MTL steps" is the multi-task training that reads the 
   - Wu et al. 2022's FOMAML and adapted Reptile (all parameters trained, T prompt-only Adafactor inner
     steps, clipping 1.0, as `fomaml.gin` / `reptile.gin`), against MTL steps of all parameters;
   - Qin et al. 2023's prompt-only MAML (second order, SGD inner steps, `maml_prompt.gin`) at T = 1 and
-    T = 4: the default backward (`MetaConfig.maml_backward='hvp'`, a Hessian-vector product per inner step),
+    T = 4: the default backward (`MetaConfig.maml_backward='hvp'`, a Hessian-vector product per inner step,
+    the clones' products in two halves), the same with all clones' products at once (`hvp_chunks=1`),
     and JAX reversing the inner loop (`'autodiff'`) with and without `remat` (and, with `--layer_remat 1`,
     on the model with `T5Config.remat`), and prompt-only FoMAML, against prompt-only MTL steps;
   - the official Wu et al. code's design (`--groups anchor`): clones one after another, each a copy of the
@@ -255,9 +256,13 @@ def build(args):
     for qt in args.maml_steps:
       programs.append(meta(f'prompt FoMAML T={qt}', MetaConfig('fomaml', inner_steps=qt, **qin_inner), 'prompt',
                            'MTL step (prompt only)', lr=0.5))
-      # The default backward (a Hessian-vector product per inner step), then JAX reversing the inner loop.
+      # The default backward (a Hessian-vector product per inner step, the clones' HVPs in two halves), the
+      # HVPs of all clones at once, then JAX reversing the inner loop.
       programs.append(meta(f'prompt MAML T={qt}', MetaConfig('maml', inner_steps=qt, **qin_inner), 'prompt',
                            'MTL step (prompt only)', lr=0.5))
+      programs.append(meta(f'prompt MAML T={qt} one HVP part', MetaConfig('maml', inner_steps=qt, hvp_chunks=1,
+                                                                           **qin_inner),
+                           'prompt', 'MTL step (prompt only)', lr=0.5))
       for remat in (False, True):
         programs.append(meta(f'prompt MAML T={qt} autodiff' + (' remat' if remat else ''),
                              MetaConfig('maml', inner_steps=qt, remat=remat, maml_backward='autodiff',
@@ -345,7 +350,7 @@ def main(argv=None):
     fo = by_name.get(f'prompt FoMAML T={qt}')
     if fo is None:
       continue
-    for suffix in ('', ' autodiff', ' autodiff remat', ' layer remat'):
+    for suffix in ('', ' one HVP part', ' autodiff', ' autodiff remat', ' layer remat'):
       ma = by_name.get(f'prompt MAML T={qt}{suffix}')
       if ma is not None:
         base = by_name.get(f'prompt FoMAML T={qt}{suffix}') if suffix == ' layer remat' else fo

@@ -80,6 +80,11 @@ class MetaConfig:
     remat: rematerialize inner steps in MAML's second-order backward pass (``maml_backward='autodiff'``).
     maml_backward: how MAML differentiates through the inner loop: 'hvp' (a Hessian-vector product per
       step, recomputing that step: the default) or 'autodiff' (JAX reverses the whole loop).
+    hvp_chunks: with 'hvp', the Hessian-vector products of a clone chunk run in this many parts, one after
+      the other (less activation memory); it must divide the clone chunk. None: 2 when each device holds an
+      even number of the chunk's clones (an HVP holds about twice a gradient's activations, so half the
+      clones' HVPs hold about what the query's gradient does), else 1. `MetaLearning.check` resolves it
+      from the mesh; `meta_gradient` alone counts the chunk's clones (one device).
   """
   algorithm: str = 'fomaml'
   inner_steps: int = 7
@@ -91,6 +96,7 @@ class MetaConfig:
   chunk_size: Optional[int] = None
   remat: bool = False
   maml_backward: str = 'hvp'
+  hvp_chunks: Optional[int] = None
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -101,8 +107,16 @@ class MetaConfig:
       raise MetaError('inner_learning_rate must be a positive float (Reptile divides by it).')
     if self.maml_backward not in MAML_BACKWARDS:
       raise MetaError(f'Unknown maml_backward {self.maml_backward!r}; choose one of {MAML_BACKWARDS}.')
+    if self.hvp_chunks is not None and self.hvp_chunks < 1:
+      raise MetaError(f'hvp_chunks must be >= 1, got {self.hvp_chunks}.')
     if self.chunk_size is not None and self.chunk_size < 1:
       raise MetaError(f'chunk_size must be >= 1 or None, got {self.chunk_size}.')
+
+  def hvp_parts(self, clones: int) -> int:
+    """The parts the Hessian-vector products of `clones` clones run in (`hvp_chunks`)."""
+    if self.hvp_chunks is not None:
+      return self.hvp_chunks
+    return 2 if clones % 2 == 0 else 1
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
@@ -172,6 +186,8 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
     chunk = 1
   if m % chunk:
     raise MetaError(f'meta-batch size {m} is not a multiple of chunk_size={chunk}.')
+  if cfg.algorithm == 'maml' and cfg.maml_backward == 'hvp' and chunk % cfg.hvp_parts(chunk):
+    raise MetaError(f'hvp_chunks={cfg.hvp_chunks} does not divide the {chunk} clones of a chunk.')
   n_chunks = m // chunk
   steps = max(cfg.inner_steps, 1)
   support = _support_steps(support, steps)
@@ -220,7 +236,7 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
           prompts = jax.tree.map(lambda x: jnp.broadcast_to(x, (chunk,) + x.shape), p0)
           adapted, states, s_losses = inner_lib.second_order_inner_loops(
               loss_fn, tr_t, tr_frozen, prompts, sup_c, opt, states_c,
-              global_norm_clip=cfg.inner_global_norm_clip, rngs=r_c)
+              global_norm_clip=cfg.inner_global_norm_clip, rngs=r_c, hvp_chunks=cfg.hvp_parts(chunk))
         else:
           adapted, states, s_losses = vinner(tr, p0, sup_c, r_c, states_c)
         losses = jax.vmap(lambda p, q, r: loss_fn(join_prompt(tr, p), q, r),

@@ -114,8 +114,8 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
 
 def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params, prompts: Params,
                              support: Batch, inner_opt: optax.GradientTransformation, states: Any = None, *,
-                             global_norm_clip: Optional[float] = None, rngs: Optional[jax.Array] = None
-                             ) -> Tuple[Params, Any, jax.Array]:
+                             global_norm_clip: Optional[float] = None, rngs: Optional[jax.Array] = None,
+                             hvp_chunks: int = 1) -> Tuple[Params, Any, jax.Array]:
   """The inner loops of a chunk of clones, second order, with the backward pass written as Hessian-vector
   products: what `jax.vmap` of `inner_loop(..., first_order=False)` returns, differentiating to the same
   gradient.
@@ -130,6 +130,9 @@ def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params,
     inner_opt: the inner optimizer; `states` its per-clone states [M, ...] (None: fresh).
     global_norm_clip: as for `inner_loop`.
     rngs: per-clone dropout keys [M] (None: no dropout).
+    hvp_chunks: the backward pass computes the Hessian-vector products of M / hvp_chunks clones at a time
+      (clone i of chunk j is clone j + i·hvp_chunks, as `MetaConfig.chunk_size` splits), which divides
+      their activation memory by hvp_chunks; M must be a multiple of it.
 
   Returns:
     (adapted prompts [M, ...], final states, support losses [M, T]).
@@ -208,11 +211,23 @@ def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params,
       after_ct = jnp.sum(jnp.asarray([jnp.sum(c) for c in jax.tree.leaves(ct_p)])) * 0.0
       p = jax.tree.map(lambda x: x + after_ct.astype(x.dtype), p)
       ct_p_direct, ct_s_prev, ct_g = jax.vjp(jax.vmap(update), p, s, g)[1]((ct_p, with_ints(ct_s_f)))
-      # G(q, c) = ∇_(W, q) Σ_m c_m L_m(W, q_m) at c = 1, differentiated along (ct_g, ct_l):
-      # Σ_m H_m[:, p]·ct_g_m + Σ_m ct_l_m ∇L_m, both parts of the cotangent in one forward-over-reverse pass.
-      grads = lambda q, c: jax.grad(lambda w_, q_: summed(w_, q_, batch, r, i, c)[0], argnums=(0, 1))(w, q)
-      _, (h_w, h_p) = jax.jvp(grads, (p, jnp.ones_like(ct_l)), (ct_g, ct_l))
       add = lambda a, b: jax.tree.map(jnp.add, a, b)
+
+      def hvp(q, v, c_l, b, rr):
+        # G(q, c) = ∇_(W, q) Σ_m c_m L_m(W, q_m) at c = 1, differentiated along (v, c_l):
+        # Σ_m H_m[:, p]·v_m + Σ_m c_l_m ∇L_m, both parts of the cotangent in one forward-over-reverse pass.
+        grads = lambda q_, c: jax.grad(lambda w_, q__: summed(w_, q__, b, rr, i, c)[0], argnums=(0, 1))(w, q_)
+        return jax.jvp(grads, (q, jnp.ones_like(c_l)), (v, c_l))[1]
+
+      if hvp_chunks == 1:
+        h_w, h_p = hvp(p, ct_g, ct_l, batch, r)
+      else:
+        def chunk(acc, x):
+          h_w_c, h_p_c = hvp(*x)
+          return add(acc, h_w_c), h_p_c
+        h_w, h_p = jax.lax.scan(chunk, jax.tree.map(jnp.zeros_like, w), _split(
+            (p, ct_g, ct_l, batch, r), hvp_chunks))
+        h_p = _unsplit(h_p)
       return (add(ct_p_direct, h_p), float_part(ct_s_prev), add(ct_w, h_w)), None
 
     steps = ct_losses.shape[1]
@@ -223,3 +238,13 @@ def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params,
 
   run.defvjp(run_fwd, run_bwd)
   return run(trainable, prompts, support, states, rngs)
+
+
+def _split(tree: Any, n: int) -> Any:
+  """[M, ...] -> [n, M / n, ...]; chunk j holds clones j, j + n, ... (every chunk spans every data shard)."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1), tree)
+
+
+def _unsplit(tree: Any) -> Any:
+  """The inverse of `_split`."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), tree)

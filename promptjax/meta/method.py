@@ -44,6 +44,11 @@ class MetaLearning(ModelOnlyMethod):
       raise TrainingError(f'META_BATCH_SIZE={data.meta_batch_size} is not a multiple of the clone chunk size '
                           f'{chunk} (MetaConfig.chunk_size).')
     data_axis = dict(mesh.shape)['data']
+    if meta.algorithm == 'maml' and meta.maml_backward == 'hvp' and meta.hvp_chunks is None:
+      # Halve the HVPs only where every device holds an even number of a chunk's clones: a split of the
+      # clone axis below the device count would reshard the clones.
+      per_device = (1 if meta.carry_inner_state else chunk) // data_axis
+      self.config = dataclasses.replace(meta, hvp_chunks=2 if per_device and per_device % 2 == 0 else 1)
     if data.meta_batch_size % data_axis:
       raise TrainingError(
           f'META_BATCH_SIZE={data.meta_batch_size} clones do not divide over the mesh\'s data axis '
@@ -60,7 +65,8 @@ class MetaLearning(ModelOnlyMethod):
   def activation_rows(self) -> int:
     """The rows of one clone chunk whose activations a meta-step holds at once (the dry run's estimate): one
     batch for the first-order algorithms; for second-order MAML with `maml_backward='hvp'` one inner step's
-    Hessian-vector product (the support rows twice: forward and tangent activations) or the query batch;
+    Hessian-vector products of one of the `hvp_chunks` parts of the clones (their support rows twice:
+    forward and tangent activations) or the query batch;
     with `'autodiff'` the support rows of the inner steps twice (forward and the backward it differentiates;
     one inner step at a time with `MetaConfig.remat`) plus the query rows."""
     data, meta = self.data_cfg, self.config
@@ -68,7 +74,7 @@ class MetaLearning(ModelOnlyMethod):
     if meta.algorithm != 'maml':
       return chunk * max(data.support_batch_size, data.query_batch_size)
     if meta.maml_backward == 'hvp':
-      return chunk * max(2 * data.support_batch_size, data.query_batch_size)
+      return max(2 * data.support_batch_size * (chunk // meta.hvp_parts(chunk)), chunk * data.query_batch_size)
     steps = 1 if meta.remat else meta.inner_steps
     return chunk * (2 * data.support_batch_size * steps + data.query_batch_size)
 

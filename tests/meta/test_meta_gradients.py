@@ -290,17 +290,30 @@ def _maml_adafactor_reference(env):
 @pytest.mark.parametrize('backward', ['hvp', 'autodiff'])
 def test_maml_adafactor_clipped_matches_unrolled_autodiff(env, backward):
   """Second-order MAML through a stateful, parameter-scaled inner optimizer (Adafactor) with clipping that
-  bites, outer trainable 'all', one clone per chunk: both backward passes (`maml_backward`) equal `jax.grad`
-  of the inner loop unrolled in Python; FoMAML differs from it by far more than the tolerance (the
-  second-order term is material)."""
+  bites, outer trainable 'all': both backward passes (`maml_backward`) equal `jax.grad` of the inner loop
+  unrolled in Python; FoMAML differs from it by far more than the tolerance (the second-order term is
+  material). The HVP backward runs its 2 clones' products in two parts (`hvp_chunks`' default), the
+  autodiff one the clones in two chunks of one (`chunk_size`)."""
   support, query, (ref_loss, ref_grads), fomaml = _maml_adafactor_reference(env)
   cfg = MetaConfig('maml', inner_steps=2, inner_optimizer=MAML_ADAFACTOR, inner_learning_rate=0.05,
-                   inner_global_norm_clip=SGD_CLIP, chunk_size=1, maml_backward=backward)
+                   inner_global_norm_clip=SGD_CLIP, chunk_size=None if backward == 'hvp' else 1,
+                   maml_backward=backward)
+  assert backward != 'hvp' or cfg.hvp_parts(2) == 2
   loss, grads, _ = _jit(lambda p: meta_gradient(env['model'], p, support, query, cfg, trainable='all'))(env['params'])
   err = _assert_close(grads, ref_grads, 1e-5)
   np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
   print(f'maml {backward}: max error {err:.2e}; FoMAML against it {_max_err(fomaml, ref_grads):.2e}')
   assert _max_err(fomaml, ref_grads) > 100 * 1e-5
+
+
+def test_hvp_chunks_that_do_not_divide_the_clones_are_refused(env):
+  from promptjax.errors import MetaError
+  with pytest.raises(MetaError, match='hvp_chunks must be >= 1'):
+    MetaConfig('maml', hvp_chunks=0)
+  cfg = MetaConfig('maml', inner_steps=T, inner_optimizer=optax.sgd(SGD_LR), inner_learning_rate=SGD_LR, hvp_chunks=3)
+  with pytest.raises(MetaError, match='hvp_chunks=3 does not divide the 4 clones'):
+    meta_gradient(env['model'], env['params'], env['data']['support'], env['data']['query'], cfg)
+  assert MetaConfig('maml').hvp_parts(3) == 1 and MetaConfig('maml').hvp_parts(4) == 2
 
 
 # ------------------------------------------------------------------------------------------------
