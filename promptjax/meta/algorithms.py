@@ -142,14 +142,6 @@ def _support_steps(support: Batch, inner_steps: int) -> Batch:
   return jax.tree.map(fix, support)
 
 
-def _chunks(tree: Any, n_chunks: int) -> Any:
-  """[M, ...] -> [n_chunks, M / n_chunks, ...]; chunk j holds clones j, j + n_chunks, ..."""
-  def split(x):
-    m = x.shape[0]
-    return jnp.swapaxes(x.reshape((m // n_chunks, n_chunks) + x.shape[1:]), 0, 1)
-  return jax.tree.map(split, tree)
-
-
 def _axis(x: Any) -> Optional[int]:
   """vmap in_axes for an optional batched argument: 0, or None when the argument is None."""
   return None if x is None else 0
@@ -304,7 +296,8 @@ def meta_gradient(model, params: Params, support: Batch, query: Batch, cfg: Meta
   chunk_fn = {'fomaml': chunk_fomaml_maml, 'maml': chunk_fomaml_maml, 'reptile': chunk_reptile,
               'mtl': chunk_mtl}[cfg.algorithm]
 
-  xs = (_chunks(support, n_chunks), _chunks(query, n_chunks), None if rngs is None else _chunks(rngs, n_chunks))
+  split = inner_lib.split_clones
+  xs = (split(support, n_chunks), split(query, n_chunks), None if rngs is None else split(rngs, n_chunks))
   if cfg.carry_inner_state and cfg.algorithm != 'mtl':
     init_state = opt.init(prompt)
 

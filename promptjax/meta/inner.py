@@ -17,7 +17,7 @@ First order (FOMAML, Reptile): the adapted prompt is a constant of the outer gra
 (`first_order=False`); `remat=True` recomputes each step's forward pass in the backward pass instead of
 storing it (`jax.checkpoint` on the scan body).
 
-`second_order_inner_loop` is the same second-order loop with a hand-written backward pass (the default of
+`second_order_inner_loops` is the same second-order loop (for a chunk of clones) with a hand-written backward pass (the default of
 `MetaConfig.maml_backward`). Differentiating `inner_loop` lets JAX reverse each step's backward pass, so it
 keeps every step's forward *and* backward intermediates. The backward of one step is
 p_{t+1} = F(p_t, s_t, g_t) with g_t = ∇_p L(W, p_t): the cotangent of p_t is the transpose of ∂F (prompt-
@@ -225,7 +225,7 @@ def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params,
         def chunk(acc, x):
           h_w_c, h_p_c = hvp(*x)
           return add(acc, h_w_c), h_p_c
-        h_w, h_p = jax.lax.scan(chunk, jax.tree.map(jnp.zeros_like, w), _split(
+        h_w, h_p = jax.lax.scan(chunk, jax.tree.map(jnp.zeros_like, w), split_clones(
             (p, ct_g, ct_l, batch, r), hvp_chunks))
         h_p = _unsplit(h_p)
       return (add(ct_p_direct, h_p), float_part(ct_s_prev), add(ct_w, h_w)), None
@@ -240,11 +240,11 @@ def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params,
   return run(trainable, prompts, support, states, rngs)
 
 
-def _split(tree: Any, n: int) -> Any:
+def split_clones(tree: Any, n: int) -> Any:
   """[M, ...] -> [n, M / n, ...]; chunk j holds clones j, j + n, ... (every chunk spans every data shard)."""
   return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1), tree)
 
 
 def _unsplit(tree: Any) -> Any:
-  """The inverse of `_split`."""
+  """The inverse of `split_clones`."""
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), tree)
