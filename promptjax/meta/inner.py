@@ -112,6 +112,20 @@ def inner_loop(loss_fn: LossFn, transformer: Params, prompt: Params, support: Ba
   return prompt, state, losses
 
 
+def after_cotangent(tree: Any, cotangent: Any) -> Any:
+  """`tree`, for a recomputation in a hand-written backward pass that must wait for `cotangent`.
+
+  The recomputation must neither be merged with the forward pass's (an optimization barrier, as
+  `jax.checkpoint` uses) nor start before the cotangent arrives. With one inner step the loops disappear
+  and XLA:CPU, which does not order work by an optimization barrier alone, ran the recomputed forward pass
+  before the query's backward pass and held both sets of activations (MAML: 3.0x FoMAML's memory instead
+  of 1.8x). So the floating-point leaves also get an exact no-op that depends on the cotangent, + 0·Σct (a
+  NaN cotangent gives a NaN gradient either way)."""
+  tree, cotangent = jax.lax.optimization_barrier((tree, cotangent))
+  zero = jnp.sum(jnp.asarray([jnp.sum(c) for c in jax.tree.leaves(cotangent)])) * 0.0
+  return jax.tree.map(lambda x: x + zero.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+
+
 def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params, prompts: Params,
                              support: Batch, inner_opt: optax.GradientTransformation, states: Any = None, *,
                              global_norm_clip: Optional[float] = None, rngs: Optional[jax.Array] = None,
@@ -201,15 +215,7 @@ def second_order_inner_loops(loss_fn: LossFn, trainable: Params, frozen: Params,
     def step(carry, xs):
       ct_p, ct_s_f, ct_w = carry
       i, batch, p, s, g, ct_l = xs
-      # The recomputation must neither be merged with the forward's (as `jax.checkpoint` prevents) nor start
-      # before the cotangent arrives. With T = 1 the loops disappear and XLA:CPU, which does not order
-      # work by an optimization barrier alone, ran this step's forward pass before the query's backward
-      # pass, holding both sets of activations (3.0x FoMAML's memory instead of 1.8x). The prompt is
-      # therefore made to depend on the cotangent through an exact no-op (+ 0·Σct; a NaN cotangent gives
-      # a NaN gradient either way).
-      batch, p, ct_p = jax.lax.optimization_barrier((batch, p, ct_p))
-      after_ct = jnp.sum(jnp.asarray([jnp.sum(c) for c in jax.tree.leaves(ct_p)])) * 0.0
-      p = jax.tree.map(lambda x: x + after_ct.astype(x.dtype), p)
+      batch, p = after_cotangent((batch, p), ct_p)
       ct_p_direct, ct_s_prev, ct_g = jax.vjp(jax.vmap(update), p, s, g)[1]((ct_p, with_ints(ct_s_f)))
       add = lambda a, b: jax.tree.map(jnp.add, a, b)
 

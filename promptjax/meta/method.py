@@ -48,7 +48,7 @@ class MetaLearning(ModelOnlyMethod):
       # Halve the HVPs only where every device holds an even number of a chunk's clones: a split of the
       # clone axis below the device count would reshard the clones.
       per_device = (1 if meta.carry_inner_state else chunk) // data_axis
-      self.config = dataclasses.replace(meta, hvp_chunks=2 if per_device and per_device % 2 == 0 else 1)
+      self.config = dataclasses.replace(meta, hvp_chunks=meta.hvp_parts(per_device) if per_device else 1)
     if data.meta_batch_size % data_axis:
       raise TrainingError(
           f'META_BATCH_SIZE={data.meta_batch_size} clones do not divide over the mesh\'s data axis '

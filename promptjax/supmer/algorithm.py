@@ -135,7 +135,7 @@ import optax
 
 from promptjax.data import feeds, meta_sampler
 from promptjax.errors import MetaError
-from promptjax.meta.inner import PROMPT, join_prompt, split_prompt
+from promptjax.meta.inner import PROMPT, after_cotangent, join_prompt, split_prompt
 from promptjax.models import losses
 from promptjax.supmer import tasks as supmer_tasks
 from promptjax.training import train_step as ts
@@ -526,10 +526,8 @@ def _support_pass_hvp_backward(support_fn: Callable, theta: Params, support: Bat
     th, sup = res
     (ct_loss, ct_rep), ct_g = cts
     m = ct_loss.shape[0]
-    # An exact no-op that makes the recomputation wait for its cotangent (XLA:CPU otherwise runs it before
-    # the query's backward pass and holds both: `promptjax.meta.inner.second_order_inner_loops`).
-    after_ct = jnp.sum(jnp.asarray([jnp.sum(c) for c in jax.tree.leaves(ct_g)])) * 0.0
-    thetas = jax.tree.map(lambda x: jnp.broadcast_to(x + after_ct.astype(x.dtype), (m,) + x.shape), th)
+    th, sup = after_cotangent((th, sup), ct_g)
+    thetas = jax.tree.map(lambda x: jnp.broadcast_to(x, (m,) + x.shape), th)
 
     def g(ths, a, c):
       def total(ths_):
