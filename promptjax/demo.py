@@ -20,7 +20,8 @@
 
 Settings that differ from the paper to fit a 0.3 M-parameter model and minutes of CPU (flags, ``--help``):
 continued pretraining at Adafactor lr 2e-2 with steps relative to the parameter scale (the paper: 1e-3,
-absolute) for 600 steps of batch 32; 16-shot tuning for 30 epochs (the paper: 100).
+absolute), batch 32 (the paper: 4,096), for one epoch over ``mini_train`` as in the paper (468 steps);
+16-shot tuning for 30 epochs (the paper: 100).
 """
 
 from __future__ import annotations
@@ -116,6 +117,15 @@ def verdict(runs) -> Dict:
   return {'claims': claims, 'meta': meta, 'alpha': ALPHA, 'text': '\n'.join(text)}
 
 
+def one_epoch_steps(batch_size: int) -> int:
+  """Steps of `batch_size` examples in one pass over `mini_train`'s training split (Wu et al. 2022 App. C:
+  "one epoch over the training datasets"; the mixture's rates are its subsets' example counts)."""
+  from promptjax.tasks import mini
+  m = mini.manifest()['p3']
+  examples = sum(m['subsets'][s]['splits']['train']['examples'] for s in m['train_subsets'])
+  return -(-examples // batch_size)
+
+
 def _train(args: List[str]) -> int:
   """`promptjax train` with the demo's run and model files; its exit code (a worker process's job)."""
   import gin
@@ -160,8 +170,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
   parser.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1),
                       help='training runs at a time (processes)')
   parser.add_argument('--seed', type=int, default=0, help='initialization, data order and few-shot examples')
-  parser.add_argument('--mtl_steps', type=int, default=600, help='continued-pretraining steps (batch 32; '
-                      '180 is one pass over mini_train; see the learning curves in the data README)')
+  parser.add_argument('--mtl_steps', type=int, default=None, help='continued-pretraining steps (batch 32); '
+                      'default: one epoch over mini_train, as Wu et al. 2022 App. C (468 steps; see the learning '
+                      'curves in the data README)')
   parser.add_argument('--learning_rate', type=float, default=2e-2,
                       help='continued pretraining (Adafactor, steps relative to parameter scale)')
   parser.add_argument('--meta_batch_size', type=int, default=4)
@@ -188,7 +199,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if unknown:
       raise SystemExit(f'demo: unknown method(s) {sorted(unknown)}; rows are {[m[0] for m in METHODS]}')
     methods = [m for m in METHODS if m[0] in wanted]
-  meta_steps = args.meta_steps or max(1, round(args.mtl_steps * 32 / (args.meta_batch_size * (args.inner_steps + 1) * 16)))
+  mtl_steps = args.mtl_steps or one_epoch_steps(32)
+  meta_steps = args.meta_steps or max(1, round(mtl_steps * 32 / (args.meta_batch_size * (args.inner_steps + 1) * 16)))
 
   backbone = os.path.abspath(args.backbone)
   if not os.path.isfile(os.path.join(backbone, 'model.safetensors')):
@@ -198,12 +210,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
   # 2. Continued pretraining, one gin method file per row.
   ckpts = {'No cont. pretraining': (backbone, 'none')}
-  print(f'[2/4] continued pretraining on mini_train: {args.mtl_steps} MTL steps (batch 32) / {meta_steps} '
+  print(f'[2/4] continued pretraining on mini_train: {mtl_steps} MTL steps (batch 32) / {meta_steps} '
         f'meta-steps (meta-batch {args.meta_batch_size}, {args.inner_steps} inner steps, batch 16)', flush=True)
   jobs = {}
   for name, gin_file, kind, is_meta in methods:
     model_dir = os.path.join(out, 'models', SLUG[name])
-    steps = meta_steps if is_meta else args.mtl_steps
+    steps = meta_steps if is_meta else mtl_steps
     ckpts[name] = (os.path.join(model_dir, f'checkpoint_{steps}'), kind)
     if os.path.isdir(ckpts[name][0]):
       print(f'      {name}: {gin_file} (done before: {ckpts[name][0]})', flush=True)

@@ -40,3 +40,17 @@ def test_demo_writes_the_table_and_the_plots(tmp_path, capsys):
   assert comp['p_value'] == row['p_value']   # the same paired bootstrap as the table's
   assert comp['holds'] == (comp['diff'] > 0 and comp['p_value'] < demo.ALPHA)
   assert ('HOLDS here' if comp['holds'] else 'does NOT hold here') in out
+
+
+def test_default_steps_are_one_epoch_over_the_training_records():
+  """Wu et al. 2022 App. C train one epoch: the demo's default step count covers mini_train's training
+  records (counted in the TFRecord files, not from the manifest) with batch 32, and no more."""
+  import glob
+  import tensorflow as tf
+  from promptjax.tasks import config, mini
+  files = [f for s in mini.p3_subsets('train')
+           for f in glob.glob(os.path.join(config.BUNDLED_DIR, 'p3', s, 'train.tfrecord-*'))]
+  assert len(files) == len(mini.p3_subsets('train'))
+  records = sum(1 for f in files for _ in tf.data.TFRecordDataset(f))
+  steps = demo.one_epoch_steps(32)
+  assert (steps - 1) * 32 < records <= steps * 32

@@ -43,7 +43,8 @@ CROSSFIT_SPLITS = ('train', 'dev', 'test')
 TEXT_SHARDS = 4
 
 SIZES = {
-    'p3_train': 300,            # examples per training-family dataset (every template renders each one)
+    'p3_train': 1000,           # examples per training-family dataset (every template renders each one),
+                                # at most P3_TRAIN_LIMITS'
     'p3_validation': 64,
     'heldout_train': 64,        # held-out examples for few-shot training (16-shot draws from these)
     'heldout_validation': 100,  # held-out examples for evaluation
@@ -51,6 +52,10 @@ SIZES = {
     'crossfit_t2t_pool': 96,        # text-to-text: the train+dev pool each seed samples 2k from
     'crossfit_test': 100,
 }
+
+# Training-family datasets whose world has fewer distinct examples than SIZES['p3_train'] (with validation's
+# drawn from the rest): paraphrase pairs and closed-book facts.
+P3_TRAIN_LIMITS = {'mini_paraphrase': 700, 'mini_closed_book_qa': 300}
 
 # Knobs for how hard the tasks are (see data/README.md, "Tuning difficulty").
 DIFFICULTY = {
@@ -848,9 +853,10 @@ def _split_facts(world):
 def p3_examples(world):
   """dataset -> split -> examples."""
   out = {}
-  tr = {'train': SIZES['p3_train'], 'validation': SIZES['p3_validation']}
   ho = {'train': SIZES['heldout_train'], 'validation': SIZES['heldout_validation']}
   for name, ds in TRAIN_DATASETS.items():
+    tr = {'train': min(SIZES['p3_train'], P3_TRAIN_LIMITS.get(name, SIZES['p3_train'])),
+          'validation': SIZES['p3_validation']}
     if name == 'mini_closed_book_qa':
       facts = _split_facts(world)
       rng = rng_for('examples:' + name)
