@@ -117,15 +117,6 @@ def verdict(runs) -> Dict:
   return {'claims': claims, 'meta': meta, 'alpha': ALPHA, 'text': '\n'.join(text)}
 
 
-def one_epoch_steps(batch_size: int) -> int:
-  """Steps of `batch_size` examples in one pass over `mini_train`'s training split (Wu et al. 2022 App. C:
-  "one epoch over the training datasets"; the mixture's rates are its subsets' example counts)."""
-  from promptjax.tasks import mini
-  m = mini.manifest()['p3']
-  examples = sum(m['subsets'][s]['splits']['train']['examples'] for s in m['train_subsets'])
-  return -(-examples // batch_size)
-
-
 def _train(args: List[str]) -> int:
   """`promptjax train` with the demo's run and model files; its exit code (a worker process's job)."""
   import gin
@@ -199,7 +190,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if unknown:
       raise SystemExit(f'demo: unknown method(s) {sorted(unknown)}; rows are {[m[0] for m in METHODS]}')
     methods = [m for m in METHODS if m[0] in wanted]
-  mtl_steps = args.mtl_steps or one_epoch_steps(32)
+  # Wu et al. 2022 App. C: "one epoch over the training datasets" (mini_train's rates are its example counts).
+  from promptjax.data import feeds
+  mtl_steps = args.mtl_steps or feeds.epoch_steps('mini_train', 1, 32)
   meta_steps = args.meta_steps or max(1, round(mtl_steps * 32 / (args.meta_batch_size * (args.inner_steps + 1) * 16)))
 
   backbone = os.path.abspath(args.backbone)

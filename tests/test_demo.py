@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from promptjax import demo
 
@@ -42,9 +43,9 @@ def test_demo_writes_the_table_and_the_plots(tmp_path, capsys):
   assert ('HOLDS here' if comp['holds'] else 'does NOT hold here') in out
 
 
-def test_default_steps_are_one_epoch_over_the_training_records():
+def test_default_steps_are_one_epoch_over_the_training_records(tmp_path, capsys, monkeypatch):
   """Wu et al. 2022 App. C train one epoch: the demo's default step count covers mini_train's training
-  records (counted in the TFRecord files, not from the manifest) with batch 32, and no more."""
+  records (counted in the TFRecord files, not through seqio) with batch 32, and no more."""
   import glob
   import tensorflow as tf
   from promptjax.tasks import config, mini
@@ -52,5 +53,10 @@ def test_default_steps_are_one_epoch_over_the_training_records():
            for f in glob.glob(os.path.join(config.BUNDLED_DIR, 'p3', s, 'train.tfrecord-*'))]
   assert len(files) == len(mini.p3_subsets('train'))
   records = sum(1 for f in files for _ in tf.data.TFRecordDataset(f))
-  steps = demo.one_epoch_steps(32)
+  # The demo's printed plan, stopped before any training starts.
+  monkeypatch.setattr(demo, '_train_all', lambda jobs, workers: (_ for _ in ()).throw(SystemExit(0)))
+  with pytest.raises(SystemExit):
+    demo.main(['--output_dir', str(tmp_path), '--methods', 'MTL-T✓P✗'])
+  plan = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('[2/4]'))
+  steps = int(plan.split(': ')[1].split(' MTL steps')[0])
   assert (steps - 1) * 32 < records <= steps * 32

@@ -43,8 +43,8 @@ CROSSFIT_SPLITS = ('train', 'dev', 'test')
 TEXT_SHARDS = 4
 
 SIZES = {
-    'p3_train': 1000,           # examples per training-family dataset (every template renders each one),
-                                # at most P3_TRAIN_LIMITS'
+    'p3_train': 1000,           # examples per training-family dataset (every template renders each one;
+                                # capped by P3_TRAIN_LIMITS)
     'p3_validation': 64,
     'heldout_train': 64,        # held-out examples for few-shot training (16-shot draws from these)
     'heldout_validation': 100,  # held-out examples for evaluation
