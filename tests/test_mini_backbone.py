@@ -52,8 +52,12 @@ def test_the_script_reproduces_the_recorded_trajectory(recorded, tmp_path):
   fresh = json.load(open(os.path.join(out, 'trajectory.json')))
   assert fresh['settings'] == recorded['settings']
   if fresh['loss'] != recorded['loss'][:steps]:
-    # Another CPU's XLA may round differently; the losses must still agree closely.
-    np.testing.assert_allclose(fresh['loss'], recorded['loss'][:steps], rtol=1e-4)
+    # Another CPU's XLA may round differently. The first loss (the initialization on the first batch) differs
+    # by rounding only; the later ones by rounding amplified through the updates (measured on an AMD EPYC VM:
+    # 6e-7 relative at step 1, up to 7e-4 by step 19). Another seed moves the first loss by 1.4e-2 (measured),
+    # far more than 1e-5, and the settings are compared above.
+    np.testing.assert_allclose(fresh['loss'][0], recorded['loss'][0], rtol=1e-5)
+    np.testing.assert_allclose(fresh['loss'], recorded['loss'][:steps], rtol=5e-3)
   if not FULL:
     return
   assert json.load(open(os.path.join(out, 'config.json'))) == json.load(open(os.path.join(BUNDLED, 'config.json')))
