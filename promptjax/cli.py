@@ -231,16 +231,20 @@ def _macro_references(value, found: set) -> None:
       _macro_references(v, found)
 
 
+def read_macros() -> set:
+  """The macros some binding of the parsed configuration reads (``%NAME``)."""
+  read = set()
+  for params in gin.config._CONFIG.values():  # pylint: disable=protected-access
+    for value in params.values():
+      _macro_references(value, read)
+  return read
+
+
 def check_command_line_macros(bindings: Sequence[str]) -> None:
   """A macro bound on the command line (``--gin.NAME=VALUE``) that no binding of the parsed
   configuration reads is a typo or a T5X macro without meaning here: refuse it instead of running with
   the default."""
-  read, defined = set(), set()
-  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
-    if selector == 'gin.macro':
-      defined.add(scope)
-    for value in params.values():
-      _macro_references(value, read)
+  read = read_macros()
   for binding in bindings:
     name = binding.partition('=')[0].strip()
     if not name.isidentifier() or not name.isupper() or name in read:

@@ -129,23 +129,6 @@ def cli(model_dir, method, steps, *extra):
   return h.run_cli(['train', *args])
 
 
-def test_cli_wu_reptile_on_the_bundled_p3_templates(tmp_path):
-  out = cli(tmp_path, 'reptile.gin', 1, "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.QUERY_BATCH_SIZE=2')
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'step 1: loss' in out.stdout
-  assert {'checkpoint_1', 'config.gin', 'model-info.txt'} <= set(os.listdir(tmp_path))
-  assert "algorithm = 'reptile'" in open(tmp_path / 'config.gin').read()
-
-
-def test_cli_qin_fomaml_on_the_bundled_crossfit_tasks(tmp_path):
-  # Qin et al.'s prompt-only files through the command line on CrossFit-format data (the second-order MAML
-  # step itself: tests/meta/test_maml_reference.py; every Qin row's settings: tests/test_ledger.py).
-  out = cli(tmp_path, 'fomaml_prompt.gin', 1, "--gin.MIXTURE_OR_TASK_NAME='crossfit_cls_to_cls_source_13'",
-            '--gin.META_BATCH_SIZE=1', '--gin.MESH_SHAPE=(1, -1)')
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert {'checkpoint_1', 'model-info.txt'} <= set(os.listdir(tmp_path))
-
-
 def test_cli_bad_meta_setting_is_one_error_line(tmp_path):
   out = cli(tmp_path, 'fomaml.gin', 2, "--gin.MIXTURE_OR_TASK_NAME='mini_train'", '--gin.CLONE_CHUNK_SIZE=3')
   assert out.returncode == 2
