@@ -15,7 +15,7 @@ tests/test_ledger.py.
 The suite runs `SUITE_ROWS`: Wu et al.'s deep MTL-T✓P✓ and Reptile rows, the two that evaluate a release (No
 Cont. Pretraining, the official T0 in its HF layout), Qin et al.'s FoMAML row and its fine-tuning baseline (the
 other rows share their programs up to the method file, the mixture or the model size). ``PROMPTJAX_ALL_ROWS=1`` runs every
-Wu et al. and Qin et al. row: 27 rows, all passing, about 14 minutes on 2 cores. Pan et al.'s rows need the
+Wu et al. and Qin et al. row: 27 rows, all passing, 638 s on 2 cores. Pan et al.'s rows need the
 SUPMER construction, MetaPT's clusters and the T5 vocabulary; their mini runs are in tests/supmer/.
 """
 
