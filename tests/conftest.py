@@ -70,7 +70,7 @@ def supmer_construction(tmp_path_factory, worker_id):
 # are not listed and keep their order after these. Re-measure when a file grows.
 _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)
     'training/test_trainer.py',                 # ~185
-    'meta/test_meta_training.py',               # ~125
+    'test_paper_rows.py',                       # ~150 alone (six ledger rows end to end at mini scale)
     'interop/test_t5x_end_to_end.py',           # ~60 (one test: T5X train, eval, infer; promptjax eval)
     'test_demo.py',                             # ~60 (one test)
     'meta/test_meta_gradients.py',              # ~100
@@ -78,6 +78,7 @@ _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers s
     'training/test_multiprocess.py',            # ~65 (one test)
     'supmer/test_baselines.py',                 # ~70
     'training/test_hardening.py',               # ~60
+    'meta/test_meta_training.py',               # ~50 (~125 before its two CLI runs became ledger rows)
     'interop/test_t5x_trainer.py',              # ~85
     'models/test_decoding_cache.py',            # ~35
     'evaluation/test_eval_cli.py',              # ~55
