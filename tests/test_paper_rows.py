@@ -127,7 +127,7 @@ def _run_row(file, backbones, tmp_path):
       assert os.listdir(dest), (file, args)
 
 
-# One row per distinct program (see the module docstring); every row with PROMPTJAX_ALL_ROWS=1.
+# The rows the suite runs (the module docstring says why these); every row with PROMPTJAX_ALL_ROWS=1.
 SUITE_ROWS = ['paper/wu2022_large_reptile.gin', 'paper/wu2022_large_mtl_prompt_deep.gin',
               'paper/wu2022_large_no_cont_pretraining.gin', 'paper/wu2022_xl_t0_official.gin',
               'paper/qin2023_large_fomaml_prompt.gin', 'paper/qin2023_large_finetune.gin']
