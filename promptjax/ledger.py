@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 
@@ -93,21 +93,26 @@ def parse_row(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> Non
   cli.parse_command_gin(row['command'], row['files'], extra_bindings)
 
 
-def check_row(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> List[str]:
-  """Every setting of `row` whose resolved gin value differs from the ledger's, one line each."""
+def differences(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> List[Tuple[Mapping[str, Any], Any]]:
+  """(setting, resolved value) for every setting of `row` whose resolved gin value differs from the
+  ledger's (the value `_UNSET` where the configuration does not set it)."""
   parse_row(row, extra_bindings)
   try:
-    problems = []
+    out = []
     for s in row['settings']:
       got = resolve(s['key'])
-      if got is _UNSET:
-        problems.append(f"{row['files'][0]}: {s['key']} is not set (the ledger says {s['value']!r})")
-      elif _normal(got) != s['value'] and not _close(got, s['value']):
-        problems.append(f"{row['files'][0]}: {s['key']} = {got!r}, the ledger says {s['value']!r} "
-                        f"({s['source']})")
-    return problems
+      if got is _UNSET or (_normal(got) != s['value'] and not _close(got, s['value'])):
+        out.append((s, got))
+    return out
   finally:
     gin.clear_config()
+
+
+def check_row(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> List[str]:
+  """Every setting of `row` whose resolved gin value differs from the ledger's, one line each."""
+  return [f"{row['files'][0]}: {s['key']} is not set (the ledger says {s['value']!r})" if got is _UNSET
+          else f"{row['files'][0]}: {s['key']} = {got!r}, the ledger says {s['value']!r} ({s['source']})"
+          for s, got in differences(row, extra_bindings)]
 
 
 def _close(got: Any, want: Any) -> bool:

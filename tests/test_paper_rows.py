@@ -70,13 +70,14 @@ def _commands(row, model_dir: str, out_dir: str):
 
 
 def _parsed(args):
-  """(macros the command reads, get_config.name, its CHECKPOINT_PATH) from the command's gin configuration."""
-  files = [a.split('=', 1)[1] for a in args if a.startswith('--gin_file=')]
-  bindings = [f"{a[len('--gin.'):].partition('=')[0]} = {a.partition('=')[2]}" for a in args if a.startswith('--gin.')]
+  """(macros the command reads, get_config.name, its CHECKPOINT_PATH) from the command's gin configuration,
+  parsed as `promptjax <command>` parses it."""
+  rest, bindings = cli.split_gin_args(args[1:])
+  files = [a.split('=', 1)[1] for a in rest if a.startswith('--gin_file=')]
   gin.clear_config()
   cli.register_gin_configurables()
   try:
-    cli.parse_gin(files, bindings, [])
+    cli.parse_command_gin(args[0], files, bindings)
     read = cli.read_macros()
     name = gin.query_parameter('promptjax.models.get_config.name')
     ckpt = gin.query_parameter('CHECKPOINT_PATH/gin.macro.value') if 'CHECKPOINT_PATH' in read else None
@@ -118,10 +119,9 @@ def _run_row(file, backbones, tmp_path):
     if args[0] == 'train':
       assert 'step 1: loss' in out.stdout and os.path.isdir(os.path.join(model_dir, 'checkpoint_1')), file
       # The configuration the run wrote differs from the ledger's row in the scale only.
-      problems = ledger.check_row({**row, 'files': [os.path.join(model_dir, 'config.gin')]})
-      changed = {p.split(': ', 1)[1].split(' ')[0] for p in problems}
+      diffs = ledger.differences({**row, 'files': [os.path.join(model_dir, 'config.gin')]})
       scale_keys = {f'%{k}' for k in scale} | {f'promptjax.models.get_config.{k}' for k in DIMS}
-      assert changed <= scale_keys, (file, sorted(changed - scale_keys), problems)
+      assert {s['key'] for s, _ in diffs} <= scale_keys, (file, [(s['key'], got) for s, got in diffs])
     else:
       dest = next(a.partition('=')[2].strip("'") for a in args if a.startswith('--gin.EVAL_OUTPUT_DIR='))
       assert os.listdir(dest), (file, args)
