@@ -69,8 +69,8 @@ def supmer_construction(tmp_path_factory, worker_id):
 # the end. The order is by the per-file times of a `--junitxml` run of the whole suite; files under ~10 s
 # are not listed and keep their order after these. Re-measure when a file grows.
 _LONG_FILES = (  # seconds in a --junitxml run of the whole suite (two workers sharing 2 cores)
+    'test_paper_rows.py',                       # ~255 alone (ten ledger rows end to end at mini scale)
     'training/test_trainer.py',                 # ~185
-    'test_paper_rows.py',                       # ~150 alone (six ledger rows end to end at mini scale)
     'interop/test_t5x_end_to_end.py',           # ~60 (one test: T5X train, eval, infer; promptjax eval)
     'test_demo.py',                             # ~60 (one test)
     'meta/test_meta_gradients.py',              # ~100

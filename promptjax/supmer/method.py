@@ -39,6 +39,9 @@ class Supmer:
     if opt_lib.canonical_group(trainable) != 'prompt':
       raise TrainingError(f'SUPMER tunes only the prompt (and φ), but TRAINABLE={trainable!r}: use '
                           "TRAINABLE = 'prompt' (supmer.gin sets it).")
+    if self.data_cfg is not None and not isinstance(self.data_cfg, meta_sampler.MetaDataConfig):
+      from promptjax.supmer import tasks as supmer_tasks
+      supmer_tasks.check_embedding_width(self.data_cfg, model.config.emb_dim)
 
   def data(self) -> DatasetConfig:
     """The data described for the checkpoint info."""

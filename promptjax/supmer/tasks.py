@@ -63,7 +63,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
@@ -445,25 +445,52 @@ def _format_data(task: seqio.Task, cfg: SupmerDataConfig, lengths: Mapping[str, 
   return _CACHE[key]
 
 
-def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-  """Meta-batches from step `start_step` on (see the module docstring for the layout)."""
+def construction(cfg: SupmerDataConfig) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
+  """(data directory, manifest, the formats `cfg` reads) of the construction `cfg` names; a `DataError`
+  when it is not there or lacks a format."""
   feeds.import_task_module(cfg.module)
-  lengths = {'inputs': int(cfg.task_feature_lengths['inputs']),
-             'targets': int(cfg.task_feature_lengths['targets'])}
-  names = {f: f'{cfg.task_prefix}_{f}' for f in FORMAT_NAMES}
-  probe = seqio.get_mixture_or_task(names[FORMAT_NAMES[0]])
+  probe = seqio.get_mixture_or_task(f'{cfg.task_prefix}_{FORMAT_NAMES[0]}')
   manifest = probe.source.manifest()
   formats = tuple(cfg.formats or manifest['formats'])
   absent = [f for f in formats if f not in manifest['formats']]
   if absent:
     raise DataError(f'SUPMER data in {probe.source.root()} has no format(s) {absent} (built: '
                     f'{manifest["formats"]}); rebuild with them or choose others in SupmerDataConfig.formats.')
+  return probe.source.root(), manifest, formats
+
+
+def check_embedding_width(cfg: SupmerDataConfig, emb_dim: int) -> None:
+  """A `DataError` naming the fix when the construction `cfg` names is there and its centroids (the
+  inserted vectors of ``cls_cluster_centroid``) are not `emb_dim` wide: they live in the embedding space of
+  the encoder that built them (`ConstructConfig.model_size` / ``checkpoint_path``), which must be the model
+  trained on them."""
+  try:
+    root, manifest, formats = construction(cfg)
+  except ValueError:
+    return   # no construction here (a dry run) or an unknown prefix: reading the batches reports it
+  dim = int(manifest['embedding_dim'])
+  if VECTOR_FORMAT in formats and dim != emb_dim:
+    built = manifest.get('config', {})
+    raise DataError(
+        f'The SUPMER construction in {root} holds {dim}-wide cluster centroids (built with model '
+        f'{built.get("model_size")!r}, checkpoint {built.get("checkpoint_path")!r}), but the model trained on them '
+        f'has emb_dim {emb_dim}: {VECTOR_FORMAT} inserts the centroids into the model\'s input embeddings. Rebuild '
+        f'the construction with the model you train (python -m promptjax.supmer.construct --model_size=... '
+        f'--checkpoint_path=...), or leave {VECTOR_FORMAT} out of SUPMER_FORMATS.')
+
+
+def supmer_meta_batches(cfg: SupmerDataConfig, *, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Meta-batches from step `start_step` on (see the module docstring for the layout)."""
+  lengths = {'inputs': int(cfg.task_feature_lengths['inputs']),
+             'targets': int(cfg.task_feature_lengths['targets'])}
+  names = {f: f'{cfg.task_prefix}_{f}' for f in FORMAT_NAMES}
+  root, manifest, formats = construction(cfg)
   dim = int(manifest['embedding_dim'])
   data = {f: _format_data(seqio.get_mixture_or_task(names[f]), cfg, lengths, dim) for f in formats}
   S, Q = int(manifest['config']['support_size']), int(manifest['config']['query_size'])
   pool = [(f, k) for f in formats for k in range(len(data[f].tasks))]
   if len(pool) < 2:
-    raise DataError(f'SUPMER data in {probe.source.root()} has {len(pool)} {cfg.split} task(s) of formats {formats}; '
+    raise DataError(f'SUPMER data in {root} has {len(pool)} {cfg.split} task(s) of formats {formats}; '
                     f'the mixed query needs at least 2. Rebuild with a larger corpus or smaller support/query sizes.')
   for f in formats:
     for t, s, q in data[f].tasks:

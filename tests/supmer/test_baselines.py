@@ -1,6 +1,6 @@
 """SUPMER's prompt-initialization baselines (promptjax.supmer.baselines, promptjax/configs/paper/pan2023_*):
-PPT and Unified-PPT over the mini SUPMER construction, MetaPT over a fake Yelp Review Full csv, one
-`promptjax train` step of each through the CLI, and the paper gin files.
+PPT and Unified-PPT over the mini SUPMER construction, MetaPT over a fake Yelp Review Full csv, and the paper
+gin files (their rows' commands run end to end in tests/test_paper_rows.py).
 
 Independent references: construction records are read back with plain `tf.train.Example` parsing; the
 expected PPT / Unified-PPT inputs are written here by hand from the raw fields; MetaPT cluster memberships

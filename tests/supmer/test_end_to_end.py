@@ -38,6 +38,23 @@ def supmer_run(tmp_path_factory, supmer_construction):
   T.set_data_dir('supmer', None)
 
 
+def test_a_model_of_another_width_than_the_centroids_is_refused(supmer_construction, tmp_path, capsys):
+  """The construction's centroids come from the mini encoder (64 wide); a 32-wide model cannot take them as
+  input vectors: one readable line naming both widths and the fix, before anything is written."""
+  T.set_data_dir('supmer', supmer_construction[0])
+  try:
+    rc = _cli(['train', '--gin_file=runs/train.gin', *MINI, '--gin_file=supmer.gin',
+               f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.SUPMER_TASK_PREFIX='mini_supmer'",
+               '--gin.promptjax.models.get_config.emb_dim=32', '--gin.TRAIN_STEPS=1'])
+  finally:
+    T.set_data_dir('supmer', None)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1, err
+  assert '64-wide cluster centroids' in err[0] and 'emb_dim 32' in err[0] and 'Rebuild' in err[0]
+  run = tmp_path / 'run'
+  assert not run.exists() or not any(d.startswith('checkpoint_') for d in os.listdir(run))
+
+
 def test_supmer_checkpoint_holds_prompt_and_phi(supmer_run):
   phi, cfg = load_supmer(supmer_run)
   assert cfg.transform == 'affine'
