@@ -162,7 +162,7 @@ def backbones(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def pan_data(supmer_construction, tmp_path_factory):
+def pan_data(request, tmp_path_factory):
   """Pan et al.'s data variables -> directories in the real sources' formats: the mini SUPMER construction
   (tests/conftest.py), MetaPT's mini clusters of a Yelp Review Full csv, tiny copies of the downstream releases
   (they need the T5 vocabulary from ../shared/data)."""
@@ -173,6 +173,7 @@ def pan_data(supmer_construction, tmp_path_factory):
   if not os.path.exists(vocab):
     pytest.skip(f'needs the T5 SentencePiece model (PROMPTJAX_T5_VOCAB, or {SPIECE} with ../shared/data beside '
                 'the checkout): the downstream releases are T5-tokenized')
+  supmer_construction = request.getfixturevalue('supmer_construction')   # after the skip: a Beam build
   root = tmp_path_factory.mktemp('pan_data')
   os.makedirs(root / 'yelp')
   _write_yelp(root / 'yelp' / 'train.csv', 10, 0)
