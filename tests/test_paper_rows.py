@@ -59,6 +59,9 @@ HELDOUT_TASK = 'mini_nli_can_we_infer_score_eval_rank_classification'
 # SUPMER construction, MetaPT's mini clusters): their models keep T5's 32128 rows, and the width of the mini
 # encoder that computed the construction's centroids (which SUPMER inserts as input vectors).
 PAN_DIMS = {**DIMS, 'vocab_size': 32128, 'emb_dim': 64}
+PAN_FEWSHOT_DATASET = 'sst2'   # the first of Table 1's datasets
+# The data variables of Pan et al.'s commands; each points at a fixture in its source's format (`pan_data`).
+PAN_DATA = ('PROMPTJAX_SUPMER_DIR', 'PROMPTJAX_METAPT_DIR', 'PROMPTJAX_SUPMER_DOWNSTREAM_DIR')
 
 
 def _scale(subcommand: str, row: dict, backbone: str, row_values: dict) -> dict:
@@ -85,7 +88,7 @@ def _pan_scale(subcommand: str, backbone: str, row_values: dict) -> dict:
   zero- and few-shot inference on one dataset instead of the 12."""
   if subcommand == 'train':
     return {
-        'MIXTURE_OR_TASK_NAME': repr('mini_' + row_values['MIXTURE_OR_TASK_NAME']),
+        'MIXTURE_OR_TASK_NAME': repr('mini_' + str(row_values.get('MIXTURE_OR_TASK_NAME'))),
         'SUPMER_TASK_PREFIX': repr('mini_' + str(row_values.get('SUPMER_TASK_PREFIX'))),
         'TASK_FEATURE_LENGTHS': "{'inputs': 128, 'targets': 8}",
         'TRAIN_STEPS': 1, 'CHECKPOINT_PERIOD': 1, 'EVAL_PERIOD': 1, 'EVAL_BATCHES': 1, 'BATCH_SIZE': 8,
@@ -99,11 +102,6 @@ def _pan_scale(subcommand: str, backbone: str, row_values: dict) -> dict:
       'DOWNSTREAM_SEEDS': tuple(row_values.get('DOWNSTREAM_SEEDS') or ())[:1],
       'DOWNSTREAM_EPOCHS': 1, 'DOWNSTREAM_EVAL_INTERVAL': 1, 'MESH_SHAPE': (1, 1),
   }
-
-
-PAN_FEWSHOT_DATASET = 'sst2'   # the first of Table 1's datasets
-# Where each data family's variable points in Pan et al.'s commands: a fixture of the same on-disk format.
-PAN_DATA = ('PROMPTJAX_SUPMER_DIR', 'PROMPTJAX_METAPT_DIR', 'PROMPTJAX_SUPMER_DOWNSTREAM_DIR')
 
 
 def _commands(row, model_dir: str, out_dir: str):
