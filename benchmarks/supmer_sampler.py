@@ -7,7 +7,9 @@ A corpus in the construction's output layout (`promptjax.supmer.tasks`: ``manife
 Table 6 sizes (support 32 + query 32 per task, inputs up to 512 tokens, T5-base's d = 768), two formats,
 ``sp_same_cluster`` (sentence pairs) and ``cls_cluster_centroid`` (4 centroid vectors of 768 floats per
 record, most of the bytes). Each storage runs in a process of its own: seconds to the first meta-batch,
-meta-batches per second after it (Table 6: 4 tasks per step), and the peak resident memory (``ru_maxrss``).
+meta-batches per second after it (Table 6: 4 tasks per step), and the peak resident memory (``ru_maxrss``);
+``index_saved`` is ``'index'`` reading the record index the construction saves beside the shards
+(`promptjax.supmer.tasks.write_index`, its writing timed) instead of reading every record to build it.
 Nothing is downloaded; seqio's test SentencePiece model stands in for T5's vocabulary.
 
 Usage:
@@ -87,7 +89,8 @@ def measure(root: str, storage: str, steps: int) -> dict:
   tasks.set_data_dir('supmer', root)
   tasks.set_vocabulary_path('t5', os.path.join(os.path.dirname(seqio.__file__), 'test_data', 'sentencepiece',
                                                'sentencepiece.model'))
-  cfg = st.SupmerDataConfig(task_feature_lengths=LENGTHS, meta_batch_size=4, storage=storage)
+  cfg = st.SupmerDataConfig(task_feature_lengths=LENGTHS, meta_batch_size=4,
+                            storage='index' if storage == 'index_saved' else storage)
   t0 = time.time()
   it = st.supmer_meta_batches(cfg)
   next(it)
@@ -100,12 +103,21 @@ def measure(root: str, storage: str, steps: int) -> dict:
           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def _drop_indexes(root: str) -> None:
+  """Removes saved record indexes (`promptjax.supmer.tasks.write_index`), so 'index' builds its own."""
+  for d, _, files in os.walk(root):
+    for f in files:
+      if '.index.' in f:
+        os.remove(os.path.join(d, f))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--gigabytes', type=float, default=2.6)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--corpus', default=None, help='reuse (or keep) the generated corpus here')
-  parser.add_argument('--storages', default='index,memory')
+  parser.add_argument('--storages', default='index,index_saved,memory',
+                      help="'index_saved': 'index' reading the record index saved beside the shards")
   parser.add_argument('--measure', default=None, help=argparse.SUPPRESS)   # the child process
   parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
                                                     'supmer_sampler.json'))
@@ -121,6 +133,13 @@ def main(argv=None):
     record['corpus_bytes'] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
     results = {}
     for storage in args.storages.split(','):
+      _drop_indexes(root)
+      if storage == 'index_saved':   # the construction's saved record index (written here, timed)
+        import time
+        from promptjax.supmer import tasks as st
+        t0 = time.time()
+        st.write_indexes(root)
+        record['index_write_s'] = time.time() - t0
       out = subprocess.run([sys.executable, os.path.abspath(__file__), '--corpus', root, '--measure', storage,
                             '--steps', str(args.steps)], capture_output=True, text=True,
                            env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
@@ -130,6 +149,8 @@ def main(argv=None):
     record['results'] = results
     if all('peak_rss_gb' in results.get(s, {}) for s in ('index', 'memory')):
       record['memory_over_index_rss'] = results['memory']['peak_rss_gb'] / results['index']['peak_rss_gb']
+    if all('first_batch_s' in results.get(s, {}) for s in ('index', 'index_saved')):
+      record['scan_over_saved_first_batch'] = results['index']['first_batch_s'] / results['index_saved']['first_batch_s']
     write_record(record, args.out)
   finally:
     if args.corpus is None:

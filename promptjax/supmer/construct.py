@@ -46,7 +46,10 @@ with the Table 6 defaults (K = 250 clusters per format, support 32 + query 32 pe
 6. Write seqio-readable shards ``<output_dir>/<format>/<split>-SSSSS-of-NNNNN.tfrecord`` (tf.train.Example;
    features in `promptjax.supmer.tasks`), ``centroids.npy`` [K, d] and ``manifest.json`` (formats, counts
    per label, tasks, K, embedding dim, vocabulary, the config used), the manifest last (it depends on
-   the written files), so a directory with a manifest is complete.
+   the written files), so a directory with a manifest is complete. Then each format's record index
+   ``<format>/<split>.index.{npy,json}`` (`promptjax.supmer.tasks.write_index`: every record's shard, offset,
+   meta-task and role), so a run with ``storage='index'`` starts without reading the shards
+   (``--write_index --output_dir=DIR`` writes them for an existing construction).
 
 Runner: DirectRunner by default; `construct` takes ``PipelineOptions`` and `main` passes unknown flags to
 Beam (``--runner=DataflowRunner --project=... --temp_location=gs://...``, or Flink). Workers need the
@@ -682,6 +685,8 @@ def construct(cfg: ConstructConfig, pipeline_options=None) -> dict:
          | 'Manifest' >> beam.Map(_write_manifest, cfg=cfg, centroids=cent,
                                   stats=beam.pvalue.AsSingleton(stats),
                                   written=beam.pvalue.AsSingleton(files_written)))
+  from promptjax.supmer import tasks as supmer_tasks
+  supmer_tasks.write_indexes(out)   # after the manifest: optional, a run without it indexes at its start
   return read_manifest(out)
 
 
@@ -732,11 +737,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(f'--{field.name}', type=kind, default=None)
   parser.add_argument('--formats', default=None, help=f'comma-separated subset of {",".join(FORMAT_NAMES)}')
   parser.add_argument('--overwrite', action='store_true')
+  parser.add_argument('--write_index', action='store_true',
+                      help="only (re)write the record indexes of the construction in --output_dir")
   parser.add_argument('--gin_file', action='append', default=[],
                       help='gin files binding ConstructConfig (flags given here take precedence)')
   parser.add_argument('--gin_bindings', action='append', default=[],
                       help='e.g. "promptjax.supmer.construct.ConstructConfig.num_clusters = 100"')
   args, beam_args = parser.parse_known_args(argv)
+  if args.write_index:
+    from promptjax.supmer import tasks as supmer_tasks
+    try:
+      written = supmer_tasks.write_indexes(args.output_dir or '')
+    except DataError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    print(f'wrote {len(written)} record indexes in {args.output_dir}')
+    return 0
   bound = {}
   if args.gin_file or args.gin_bindings:   # gin at this edge only: ConstructConfig's bindings
     import gin
@@ -747,7 +763,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
     bound = dict(gin.get_bindings('promptjax.supmer.construct.ConstructConfig'))
   given = {**bound, **{k: v for k, v in vars(args).items()
-                       if v is not None and k not in ('mini', 'formats', 'overwrite', 'gin_file', 'gin_bindings')}}
+                       if v is not None and k not in ('mini', 'formats', 'overwrite', 'gin_file', 'gin_bindings',
+                                                      'write_index')}}
   if args.formats:
     given['formats'] = tuple(f.strip() for f in args.formats.split(',') if f.strip())
   if args.overwrite:

@@ -52,16 +52,21 @@ placeholder off). M = ``meta_batch_size`` (Table 6: 4). p(T) is uniform over the
 choices of step k come from ``numpy.random.default_rng([seed, k])`` (as `promptjax.data.meta_sampler`), so a
 run resumes exactly with ``start_step``. ``SupmerDataConfig.storage``: all examples of the split read once
 (converted) into memory, or, for corpora larger than memory, an index of where each record is, the drawn
-tasks' records read and converted at each step (the same meta-batches).
+tasks' records read and converted at each step (the same meta-batches). The index is the one the
+construction saves beside each format's shards (``<format>/<split>.index.npy`` and ``.json``, `write_index`)
+when it matches them, so a run starts without reading the corpus; otherwise the run builds it by reading
+every record once.
 
 Public API: `FORMAT_NAMES`, `VERBALIZERS`, `VECTOR_PLACEHOLDER`, `register_supmer_tasks`,
-`SupmerDataConfig`, `supmer_meta_batches`, `load_manifest`, `SupmerSource`.
+`SupmerDataConfig`, `supmer_meta_batches`, `load_manifest`, `SupmerSource`, `write_index`, `write_indexes`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import logging
 import os
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -71,6 +76,8 @@ import seqio
 from promptjax.data import feeds
 from promptjax.tasks import config
 from promptjax.tasks.config import DataError
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAMES = ('nsp_yes_maybe_no', 'sp_same_cluster', 'mc_next_segment', 'mc_same_cluster',
                 'cls_cluster_centroid')
@@ -311,48 +318,126 @@ def _vector_features(toks: np.ndarray, pos, vec, placeholder: int, n: int, dim: 
   return vec, pos
 
 
+def _scan_records(files: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+  """Every record of `files` in reading order: (where [N, 3] int64: shard, data offset, data length;
+  meta [N, 2] int64: meta-task number, role (0 support, 1 query); the meta-task names, sorted, that the
+  numbers index). Reads every byte once (TFRecord framing: length (8), its CRC (4), data, data CRC (4))."""
+  import tensorflow as tf
+  meta_desc = {'meta_task': tf.io.FixedLenFeature([], tf.string), 'role': tf.io.FixedLenFeature([], tf.string)}
+  where, tasks, roles = [], [], []
+
+  def flush(chunk):
+    if chunk:
+      ex = tf.io.parse_example(chunk, meta_desc)
+      tasks.extend(t.decode() for t in ex['meta_task'].numpy())
+      roles.extend(r.decode() for r in ex['role'].numpy())
+      chunk.clear()
+
+  chunk: List[bytes] = []
+  for fi, path in enumerate(files):
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      offset = 0
+      while True:
+        head = f.read(12)
+        if len(head) < 12:
+          break
+        n = int.from_bytes(head[:8], 'little')
+        chunk.append(f.read(n))
+        f.read(4)
+        where.append((fi, offset + 12, n))
+        offset += 16 + n
+        if len(chunk) == 4096:
+          flush(chunk)
+  flush(chunk)
+  names = sorted(set(tasks))
+  number = {t: i for i, t in enumerate(names)}
+  bad = sorted(set(roles) - {'support', 'query'})
+  if bad:
+    raise DataError(f'{os.path.dirname(files[0])}: records with role(s) {bad}; the construction writes support '
+                    f'and query only. Rebuild it ({CONSTRUCT_HINT}).')
+  meta = np.asarray([(number[t], r == 'query') for t, r in zip(tasks, roles)], np.int64).reshape(-1, 2)
+  return np.asarray(where, np.int64).reshape(-1, 3), meta, names
+
+
+def _index_paths(files: Sequence[str], split: str) -> Tuple[str, str]:
+  """The saved record index of a format's split: ``<format>/<split>.index.npy`` (where and meta, [N, 5]) and
+  ``<format>/<split>.index.json`` (the shards it indexes, with their sizes, and the meta-task names)."""
+  base = f'{os.path.dirname(files[0])}/{split}.index'
+  return base + '.npy', base + '.json'
+
+
+def _shard_sizes(files: Sequence[str]) -> List[List[object]]:
+  import tensorflow as tf
+  return [[os.path.basename(p), int(tf.io.gfile.stat(p).length)] for p in files]
+
+
+def write_index(files: Sequence[str], split: str) -> str:
+  """Scans `files` (one format's `split` shards) and saves their record index beside them, so a run with
+  ``storage='index'`` starts without reading the data; returns the .npy path."""
+  import tensorflow as tf
+  where, meta, names = _scan_records(files)
+  npy, meta_json = _index_paths(files, split)
+  buf = io.BytesIO()
+  np.save(buf, np.concatenate([where, meta], axis=1))
+  with tf.io.gfile.GFile(npy, 'wb') as f:
+    f.write(buf.getvalue())
+  with tf.io.gfile.GFile(meta_json, 'w') as f:
+    f.write(json.dumps({'shards': _shard_sizes(files), 'tasks': names}, indent=0))
+  return npy
+
+
+def write_indexes(output_dir: str) -> List[str]:
+  """`write_index` for every format and split of the construction in `output_dir`."""
+  import tensorflow as tf
+  manifest = load_manifest(output_dir, 'SUPMER construction')
+  out = []
+  for fmt in manifest['formats']:
+    for split in SPLITS:
+      files = sorted(tf.io.gfile.glob(f'{output_dir.rstrip("/")}/{fmt}/{split}-*.tfrecord'))
+      if files:
+        out.append(write_index(files, split))
+  return out
+
+
+def _load_index(files: Sequence[str], split: str) -> Optional[Tuple[np.ndarray, np.ndarray, List[str]]]:
+  """The saved index of `files` as `_scan_records` gives it, or None when there is none or it indexes other
+  shards (names or sizes differ: a rebuilt construction)."""
+  import tensorflow as tf
+  npy, meta_json = _index_paths(files, split)
+  if not (tf.io.gfile.exists(npy) and tf.io.gfile.exists(meta_json)):
+    return None
+  with tf.io.gfile.GFile(meta_json) as f:
+    info = json.load(f)
+  if info.get('shards') != _shard_sizes(files):
+    log.warning('The record index %s is of other shards than %s holds now; indexing them again (python -m '
+                'promptjax.supmer.construct --write_index --output_dir=... saves a new one).', npy,
+                os.path.dirname(files[0]))
+    return None
+  with tf.io.gfile.GFile(npy, 'rb') as f:
+    table = np.load(io.BytesIO(f.read()))
+  return table[:, :3], table[:, 3:], list(info['tasks'])
+
+
 class _IndexedFormat:
   """One format and split as an index of its records (file, offset, length; grouped by meta-task and role in
   reading order); `rows` reads and converts a task's support or query records when it is drawn, as
-  seqio's pipeline of the task would (tokenize, EOS after trim, `EncDecFeatureConverter(pack=False)`)."""
+  seqio's pipeline of the task would (tokenize, EOS after trim, `EncDecFeatureConverter(pack=False)`). The
+  index is the one saved beside the shards (`write_index`; the construction writes it) when it matches
+  them, else built by reading every record once."""
 
   def __init__(self, task: seqio.Task, split: str, lengths: Mapping[str, int], dim: int):
-    import tensorflow as tf
     self.task, self.lengths, self.dim = task, dict(lengths), dim
     self.files = list(task.source.list_shards(split))
     self.desc = task.source.feature_description(dim)
     self.vocab = task.output_features['inputs'].vocabulary
     self.placeholder = placeholder_id(self.vocab)
-    where, by_task = [], {}
-    meta_desc = {'meta_task': tf.io.FixedLenFeature([], tf.string), 'role': tf.io.FixedLenFeature([], tf.string)}
-
-    def flush(chunk):   # the records where[-len(chunk):]: their meta-task and role
-      if chunk:
-        ex = tf.io.parse_example(chunk, meta_desc)
-        first = len(where) - len(chunk)
-        for i, (t, r) in enumerate(zip(ex['meta_task'].numpy(), ex['role'].numpy())):
-          by_task.setdefault(t.decode(), {'support': [], 'query': []})[r.decode()].append(first + i)
-        chunk.clear()
-
-    chunk: List[bytes] = []
-    for fi, path in enumerate(self.files):   # TFRecord framing: length (8), its CRC (4), data, data CRC (4)
-      with tf.io.gfile.GFile(path, 'rb') as f:
-        offset = 0
-        while True:
-          head = f.read(12)
-          if len(head) < 12:
-            break
-          n = int.from_bytes(head[:8], 'little')
-          chunk.append(f.read(n))
-          f.read(4)
-          where.append((fi, offset + 12, n))
-          offset += 16 + n
-          if len(chunk) == 4096:
-            flush(chunk)
-    flush(chunk)
-    self.where = np.asarray(where, np.int64).reshape(-1, 3)
-    self.tasks = [(t, np.asarray(v['support'], np.int64), np.asarray(v['query'], np.int64))
-                  for t, v in sorted(by_task.items())]
+    saved = _load_index(self.files, split)
+    self.where, meta, names = saved if saved is not None else _scan_records(self.files)
+    # Each task's support, then query, records in reading order (a stable sort by task and role).
+    order = np.argsort(meta[:, 0] * 2 + meta[:, 1], kind='stable')
+    bounds = np.searchsorted(meta[order, 0] * 2 + meta[order, 1], np.arange(2 * len(names) + 1))
+    self.tasks = [(t, order[bounds[2 * i]:bounds[2 * i + 1]], order[bounds[2 * i + 1]:bounds[2 * i + 2]])
+                  for i, t in enumerate(names)]
     self._handles: Dict[int, object] = {}
 
   def _read(self, idx: np.ndarray) -> List[bytes]:

@@ -267,6 +267,86 @@ def test_record_index_gives_the_in_memory_meta_batches(data_dir, split):
     supmer.SupmerDataConfig(storage='disk', **kw)
 
 
+def test_saved_record_index_points_at_each_record_with_its_task_and_role(built):
+  """The construction saves each format's record index beside its shards; every entry is checked against
+  tf.data's own TFRecord reader (the record at that position, byte for byte) and the record's parsed
+  tf.train.Example (its meta-task and role)."""
+  import tensorflow as tf
+  root, manifest = built
+  for fmt in manifest['formats']:
+    for split in ('train', 'validation'):
+      files = sorted(tf.io.gfile.glob(f'{root}/{fmt}/{split}-*.tfrecord'))
+      table = np.load(f'{root}/{fmt}/{split}.index.npy')
+      names = json.load(open(f'{root}/{fmt}/{split}.index.json'))['tasks']
+      records = [(i, r.numpy()) for i, path in enumerate(files) for r in tf.data.TFRecordDataset(path)]
+      assert len(table) == len(records) > 0, (fmt, split)
+      handles = [open(path, 'rb') for path in files]
+      try:
+        for (shard, offset, length, task, role), (i, record) in zip(table, records):
+          handles[shard].seek(offset)
+          assert shard == i and handles[shard].read(length) == record
+          feature = tf.train.Example.FromString(record).features.feature
+          assert names[task] == feature['meta_task'].bytes_list.value[0].decode()
+          assert ('support', 'query')[role] == feature['role'].bytes_list.value[0].decode()
+      finally:
+        for f in handles:
+          f.close()
+
+
+def test_a_missing_or_stale_index_is_rebuilt_from_the_shards(built, tmp_path, caplog, monkeypatch):
+  """Without a saved index, or with one of other shards, a run indexes the shards itself (the same
+  meta-batches as the in-memory reader); `construct --write_index` writes the indexes of an existing
+  construction again, byte for byte the construction's own."""
+  import logging
+  import shutil
+  from promptjax.supmer import construct as sc
+  root, manifest = built
+  kw = dict(task_feature_lengths={'inputs': 80, 'targets': 4}, meta_batch_size=4, task_prefix='mini_supmer', seed=3)
+  T.set_data_dir('supmer', root)
+  try:
+    want = next(supmer.supmer_meta_batches(supmer.SupmerDataConfig(storage='memory', **kw)))
+  finally:
+    T.set_data_dir('supmer', None)
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(root, copy)
+  index_files = sorted(os.path.relpath(os.path.join(d, f), copy) for d, _, fs in os.walk(copy) for f in fs
+                       if '.index.' in f)
+  assert len(index_files) == 2 * 2 * len(manifest['formats'])
+  for rel in index_files:
+    os.remove(os.path.join(copy, rel))
+  stale = os.path.join(copy, manifest['formats'][0], 'train.index.json')
+
+  def first_batch():
+    supmer._CACHE.clear()   # the per-construction cache would keep the first run's index
+    T.set_data_dir('supmer', copy)
+    try:
+      return next(supmer.supmer_meta_batches(supmer.SupmerDataConfig(storage='index', **kw)))
+    finally:
+      T.set_data_dir('supmer', None)
+
+  got = first_batch()   # no index at all
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert sc.main(['--write_index', f'--output_dir={copy}']) == 0
+  for rel in index_files:
+    assert open(os.path.join(copy, rel), 'rb').read() == open(os.path.join(root, rel), 'rb').read(), rel
+  with monkeypatch.context() as m:   # a saved index that matches the shards is read, not rebuilt
+    m.setattr(supmer, '_scan_records', lambda files: pytest.fail(f'{files[0]} was indexed again'))
+    got = first_batch()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  info = json.load(open(stale))
+  info['shards'][0][1] += 1     # an index of another shard than the one there now
+  json.dump(info, open(stale, 'w'))
+  with caplog.at_level(logging.WARNING):
+    got = first_batch()
+  assert any('indexing them again' in r.getMessage() for r in caplog.records)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  supmer._CACHE.clear()
+  assert sc.main(['--write_index', f'--output_dir={tmp_path / "absent"}']) == 2
+
+
 def test_format_restriction_and_readable_errors(data_dir, tmp_path):
   one = supmer.SupmerDataConfig(task_feature_lengths={'inputs': 64, 'targets': 4}, task_prefix='mini_supmer',
                                 formats=('sp_same_cluster',), split='validation')
