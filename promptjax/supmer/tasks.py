@@ -379,10 +379,11 @@ def write_index(files: Sequence[str], split: str) -> str:
   npy, meta_json = _index_paths(files, split)
   buf = io.BytesIO()
   np.save(buf, np.concatenate([where, meta], axis=1))
-  with tf.io.gfile.GFile(npy, 'wb') as f:
-    f.write(buf.getvalue())
-  with tf.io.gfile.GFile(meta_json, 'w') as f:
-    f.write(json.dumps({'shards': _shard_sizes(files), 'tasks': names}, indent=0))
+  for path, content, mode in ((npy, buf.getvalue(), 'wb'),
+                              (meta_json, json.dumps({'shards': _shard_sizes(files), 'tasks': names}, indent=0), 'w')):
+    with tf.io.gfile.GFile(path + '.tmp', mode) as f:   # a reader starting meanwhile never sees half a file
+      f.write(content)
+    tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
   return npy
 
 
@@ -403,6 +404,8 @@ def _load_index(files: Sequence[str], split: str) -> Optional[Tuple[np.ndarray, 
   """The saved index of `files` as `_scan_records` gives it, or None when there is none or it indexes other
   shards (names or sizes differ: a rebuilt construction)."""
   import tensorflow as tf
+  if not files:
+    return None
   npy, meta_json = _index_paths(files, split)
   if not (tf.io.gfile.exists(npy) and tf.io.gfile.exists(meta_json)):
     return None
