@@ -454,6 +454,12 @@ class _IndexedFormat:
       out.append(f.read(int(n)))
     return out
 
+  def close(self) -> None:
+    """Closes the shard files opened by `rows` (a later `rows` opens them again)."""
+    handles, self._handles = self._handles, {}
+    for f in handles.values():
+      f.close()
+
   def rows(self, t: int, role: str) -> Dict[str, np.ndarray]:
     import tensorflow as tf
     idx = self.tasks[t][1 if role == 'support' else 2]
@@ -527,7 +533,7 @@ def _format_data(task: seqio.Task, cfg: SupmerDataConfig, lengths: Mapping[str, 
          json.dumps(task.source.manifest(), sort_keys=True))
   if key not in _CACHE:
     for old in [k for k in _CACHE if k[4:] != key[4:]]:
-      del _CACHE[old]  # Hold one construction (data directory) at a time.
+      getattr(_CACHE.pop(old), 'close', lambda: None)()  # Hold one construction (data directory) at a time.
     read = _read_format if storage == 'memory' else _IndexedFormat
     _CACHE[key] = read(task, cfg.split, lengths, dim)
   return _CACHE[key]
