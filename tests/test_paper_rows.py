@@ -149,12 +149,12 @@ def backbones(tmp_path_factory):
   root, made = tmp_path_factory.mktemp('backbones'), {}
 
   def get(name, dims):
-    key = (name, dims['vocab_size'])
+    key = (name, tuple(sorted(dims.items())))
     if key not in made:
       config = get_config(name, **dims)
       params = PromptableT5(config, PromptConfig(kind='none')).init_params(jax.random.PRNGKey(0))
       made[key] = export_hf({k: v for k, v in params.items() if k != 'prompt'}, config,
-                            str(root / f'{name}_{dims["vocab_size"]}'))
+                            str(root / f'{name}_{len(made)}'))
     return made[key]
   return get
 
@@ -163,7 +163,7 @@ def backbones(tmp_path_factory):
 def pan_data(request, tmp_path_factory):
   """Pan et al.'s data variables -> directories in the real sources' formats: the mini SUPMER construction
   (tests/conftest.py), MetaPT's mini clusters of a Yelp Review Full csv, tiny copies of the downstream releases
-  (they need the T5 vocabulary from ../shared/data)."""
+  (T5-tokenized: skips without the T5 SentencePiece model); and PROMPTJAX_T5_VOCAB -> that model."""
   from promptjax.supmer import baselines as sb
   from tests.supmer.test_baselines import _write_yelp
   from tests.supmer.test_datasets import SPIECE, _make_release
