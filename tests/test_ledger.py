@@ -3,6 +3,7 @@ every setting a paper states (and every choice we made where it is silent) is wh
 through gin, exactly as the command line parses it; a changed setting fails; every row file is in the ledger."""
 
 import os
+import shlex
 
 import pytest
 
@@ -38,6 +39,24 @@ def test_changing_any_setting_of_any_row_fails():
     rhs = repr(other) if not isinstance(other, str) or not other.startswith('@') else other
     problems = ledger.check_row(row, [f'{key} = {rhs}'])
     assert any(s['key'] in p for p in problems), (row['files'], s['key'], problems)
+
+
+def test_command_variables_are_ones_promptjax_reads():
+  """A variable set in front of a ledger command is a data family's directory or a vocabulary's path (the
+  configuration names them; whether it is the family the command reads is checked by running the commands:
+  tests/test_paper_rows.py)."""
+  from promptjax.tasks import config
+  known = set(config.ENV_VARS.values()) | set(config.VOCAB_ENV_VARS.values())
+  seen = 0
+  for row in LEDGER['rows']:
+    for line in row['commands']:
+      words = shlex.split(line, comments=True) if not line.startswith('(') else []
+      if 'promptjax' not in words:
+        continue
+      for word in words[:words.index('promptjax')]:
+        seen += 1
+        assert word.partition('=')[0] in known, (row['files'][0], word, sorted(known))
+  assert seen   # Pan et al.'s commands set their data directories
 
 
 def test_markdown_is_rendered_from_the_json():
