@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
@@ -113,6 +114,18 @@ def check_row(row: Mapping[str, Any], extra_bindings: Sequence[str] = ()) -> Lis
   return [f"{row['files'][0]}: {s['key']} is not set (the ledger says {s['value']!r})" if got is _UNSET
           else f"{row['files'][0]}: {s['key']} = {got!r}, the ledger says {s['value']!r} ({s['source']})"
           for s, got in differences(row, extra_bindings)]
+
+
+def command_words(line: str) -> Optional[Tuple[Dict[str, str], List[str]]]:
+  """(the variables set in front of it, the arguments after ``promptjax``) of a ledger command line, or
+  None for a line that is not a ``promptjax`` command (a note in parentheses, a ``python -m`` data build)."""
+  if line.startswith('('):
+    return None
+  words = shlex.split(line, comments=True)
+  if 'promptjax' not in words:
+    return None
+  at = words.index('promptjax')
+  return dict(w.split('=', 1) for w in words[:at]), words[at + 1:]
 
 
 def _close(got: Any, want: Any) -> bool:

@@ -3,7 +3,6 @@ every setting a paper states (and every choice we made where it is silent) is wh
 through gin, exactly as the command line parses it; a changed setting fails; every row file is in the ledger."""
 
 import os
-import shlex
 
 import pytest
 
@@ -49,13 +48,10 @@ def test_command_variables_are_ones_promptjax_reads():
   known = set(config.ENV_VARS.values()) | set(config.VOCAB_ENV_VARS.values())
   seen = 0
   for row in LEDGER['rows']:
-    for line in row['commands']:
-      words = shlex.split(line, comments=True) if not line.startswith('(') else []
-      if 'promptjax' not in words:
-        continue
-      for word in words[:words.index('promptjax')]:
+    for env, _ in filter(None, map(ledger.command_words, row['commands'])):
+      for var, value in env.items():
         seen += 1
-        assert word.partition('=')[0] in known, (row['files'][0], word, sorted(known))
+        assert var in known, (row['files'][0], f'{var}={value}', sorted(known))
   assert seen   # Pan et al.'s commands set their data directories
 
 

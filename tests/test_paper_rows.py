@@ -35,7 +35,6 @@ et al.), all passing; 638 s and 441 s on 2 cores.
 import json
 import os
 import re
-import shlex
 
 import gin
 import jax
@@ -110,14 +109,12 @@ def _commands(row, model_dir: str, out_dir: str):
   are left out."""
   targets = repr(QIN_PARTITION['target'][:1])
   for line in row['commands']:
-    if 'promptjax ' not in line.split('#')[0] or line.startswith(('python ', '(')):
-      continue
     line = re.sub(r'"\$\(python -c \'[^\']*\'\)"', '__TARGETS__', line)
     line = line.replace("'/tmp/", f"'{out_dir}/").replace('$MODEL_DIR', model_dir)
-    words = shlex.split(line, comments=True)
-    at = words.index('promptjax')
-    env = dict(w.split('=', 1) for w in words[:at])
-    yield env, [a.replace('__TARGETS__', targets) for a in words[at + 1:]]
+    parsed = ledger.command_words(line)
+    if parsed is not None:
+      env, args = parsed
+      yield env, [a.replace('__TARGETS__', targets) for a in args]
 
 
 ROW_VALUES = ('MIXTURE_OR_TASK_NAME', 'SUPMER_TASK_PREFIX', 'TARGET_TASKS', 'DOWNSTREAM_SEEDS', 'CHECKPOINT_PATH')

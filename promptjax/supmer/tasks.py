@@ -101,6 +101,11 @@ CONSTRUCT_HINT = ('python -m promptjax.supmer.construct --corpus_dir=... --outpu
                   f'{config.ENV_VARS["supmer"]}=DIR (or promptjax.tasks.set_data_dir("supmer", DIR))')
 
 
+def shard_pattern(root: str, fmt: str, split: str) -> str:
+  """The glob of one format's split in a construction: ``<root>/<format>/<split>-*.tfrecord``."""
+  return f'{root.rstrip("/")}/{fmt}/{split}-*.tfrecord'
+
+
 def load_manifest(root: str, task: str = 'supmer') -> dict:
   """The construction manifest of ``root``; a `DataError` naming the fix when it is missing."""
   import tensorflow as tf
@@ -162,7 +167,7 @@ class SupmerSource(seqio.DataSource):
     if self.fmt not in m['formats']:
       raise DataError(f'Task {self.task_name!r}: {self.root()} was built without format {self.fmt!r} '
                       f'(formats: {", ".join(m["formats"])}); rebuild with it or use another format.')
-    pattern = f'{self.root().rstrip("/")}/{self.fmt}/{split}-*.tfrecord'
+    pattern = shard_pattern(self.root(), self.fmt, split)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
       raise DataError(f'Task {self.task_name!r}: no files {pattern}; the construction output is incomplete. '
@@ -394,7 +399,7 @@ def write_indexes(output_dir: str) -> List[str]:
   out = []
   for fmt in manifest['formats']:
     for split in SPLITS:
-      files = sorted(tf.io.gfile.glob(f'{output_dir.rstrip("/")}/{fmt}/{split}-*.tfrecord'))
+      files = sorted(tf.io.gfile.glob(shard_pattern(output_dir, fmt, split)))
       if files:
         out.append(write_index(files, split))
   return out
